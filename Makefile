@@ -1,0 +1,57 @@
+# taskstream: two commands on a fresh machine, `make run` and `make test`.
+# Every target installs what it needs and is safe to run again.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+KAFKA_PORT ?= 19092
+export KAFKA_PORT
+
+.PHONY: setup run test test-unit test-integration lint bench kafka-up kafka-down kafka-status clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# The main job: local broker (unless KAFKA_BOOTSTRAP is set), topics, sample
+# data, one worker in the foreground. Ctrl-C stops the worker, and the broker
+# too if this run started it.
+run: setup
+	$(BIN)/python -m taskstream.devrun
+
+# The whole suite; the suite starts and stops its own broker on free ports.
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit tests/stream
+
+test-integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench
+
+kafka-up: setup
+	$(BIN)/taskstream kafka up
+
+kafka-down: setup
+	$(BIN)/taskstream kafka down
+
+kafka-status: setup
+	$(BIN)/taskstream kafka status
+
+clean:
+	-test -x $(BIN)/taskstream && $(BIN)/taskstream kafka down
+	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

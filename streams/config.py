@@ -1,0 +1,73 @@
+"""Worker settings, read once from the environment (twelve-factor style)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to know about where it runs.
+
+    KAFKA_BOOTSTRAP            brokers, host:port[,host:port] (default 127.0.0.1:19092)
+    TASKSTREAM_APP_ID          consumer group and table namespace (default taskstream)
+    TASKSTREAM_TOPIC_PREFIX    prefix of every topic name (default taskstream.)
+    TASKSTREAM_PARTITIONS      partitions of the input topics (default 8)
+    TASKSTREAM_REPLICATION     replication factor of created topics (default 1)
+    TASKSTREAM_DATA_DIR        where RocksDB tables live (default .data/<app id>)
+    TASKSTREAM_WEB_PORT        faust's web server port (default 6066)
+    """
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    app_id: str = "taskstream"
+    topic_prefix: str = "taskstream."
+    partitions: int = 8
+    replication: int = 1
+    data_dir: Path = Path(".data/taskstream")
+    web_port: int = 6066
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        app_id = env.get("TASKSTREAM_APP_ID", cls.app_id)
+        return cls(
+            bootstrap=env.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+            app_id=app_id,
+            topic_prefix=env.get("TASKSTREAM_TOPIC_PREFIX", cls.topic_prefix),
+            partitions=_positive_int(env, "TASKSTREAM_PARTITIONS", cls.partitions),
+            replication=_positive_int(env, "TASKSTREAM_REPLICATION", cls.replication),
+            data_dir=Path(env.get("TASKSTREAM_DATA_DIR", f".data/{app_id}")),
+            web_port=_positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port),
+        )
+
+    def topic(self, name: str) -> str:
+        """The full name of one of our topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+# Short names of our topics; the full name is Settings.topic(short name).
+ORDERS = "orders"
+ORDER_COUNTS = "order-counts"
+DEAD_LETTERS = "dead-letters"
+TOPICS = (ORDERS, ORDER_COUNTS, DEAD_LETTERS)
+
+# Which topic an input event goes to, by its `type`.
+INPUT_TOPIC_BY_TYPE = {"order_paid": ORDERS}

@@ -1,0 +1,257 @@
+"""The `taskstream` command: one entry point, a subcommand per job.
+
+Entry points only translate arguments into calls; the work lives in
+`taskstream.*` (Kafka tooling), `streams.*` (the worker) and `app.*` (the core).
+
+Exit codes: 0 success, 1 the job failed (message on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from streams.config import Settings
+
+EXIT_FAILED = 1
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _fail(message: str) -> None:
+    click.echo(f"taskstream: {message}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taskstream")
+def main() -> None:
+    """taskstream: marketing tasks and hot budget pools on Kafka.
+
+    Configuration comes from the environment: KAFKA_BOOTSTRAP (brokers),
+    TASKSTREAM_TOPIC_PREFIX, TASKSTREAM_PARTITIONS, TASKSTREAM_DATA_DIR,
+    TASKSTREAM_APP_ID, TASKSTREAM_WEB_PORT.
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# ------------------------------------------------------------------- worker
+
+
+@main.command()
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def worker(loglevel: str) -> None:
+    """Run a stream worker in the foreground (Ctrl-C stops it cleanly).
+
+    Start as many as you like with the same TASKSTREAM_APP_ID: partitions are
+    shared among them and move on a crash; each needs its own
+    TASKSTREAM_DATA_DIR and TASKSTREAM_WEB_PORT on one machine.
+    """
+    from faust.worker import Worker
+
+    import streams.agents  # noqa: F401  (registers the agents on the app)
+    from streams.app import app, settings
+
+    click.echo(
+        f"worker {settings.app_id}: brokers {settings.bootstrap}, "
+        f"{settings.partitions} partitions, tables in {settings.data_dir}",
+        err=True,
+    )
+    Worker(app, loglevel=loglevel).execute_from_commandline()
+
+
+# -------------------------------------------------------------------- kafka
+
+
+@main.group()
+def kafka() -> None:
+    """Manage the local development broker (single-node KRaft, 127.0.0.1)."""
+
+
+port_option = click.option(
+    "--port", default=19092, show_default=True, envvar="KAFKA_PORT", help="Broker port."
+)
+version_option = click.option(
+    "--kafka-version",
+    "version",
+    default=None,
+    envvar="KAFKA_VERSION",
+    help="Apache Kafka version to run (default: the project's pinned 4.x).",
+)
+
+
+@kafka.command("up")
+@port_option
+@version_option
+def kafka_up(port: int, version: str | None) -> None:
+    """Start the broker, or reuse the one already answering on the port."""
+    from taskstream import broker
+
+    spec = broker.BrokerSpec.create(port=port, version=version)
+    try:
+        started = broker.up(spec)
+    except broker.BrokerError as exc:
+        _fail(str(exc))
+        return
+    if started.started:
+        click.echo(
+            f"Kafka {spec.version} started on {started.bootstrap} in {started.seconds:.1f}s "
+            f"(pid {started.pid}, log {spec.log_file})"
+        )
+    else:
+        click.echo(f"Kafka already up on {started.bootstrap}; reusing it")
+
+
+@kafka.command("down")
+@port_option
+def kafka_down(port: int) -> None:
+    """Stop the broker started for this port (and any stray process of it)."""
+    from taskstream import broker
+
+    spec = broker.BrokerSpec.create(port=port)
+    stopped = broker.down(spec)
+    click.echo(f"stopped broker pid(s) {stopped}" if stopped else "no broker of ours was running")
+
+
+@kafka.command("status")
+@port_option
+def kafka_status(port: int) -> None:
+    """Say whether the broker answers; exit 1 when it does not."""
+    from taskstream import broker
+
+    spec = broker.BrokerSpec.create(port=port)
+    if broker.metadata_ok(spec.bootstrap):
+        click.echo(f"up on {spec.bootstrap} (pid {broker.read_pid(spec)})")
+    else:
+        _fail(f"no broker answers on {spec.bootstrap}")
+
+
+@kafka.command("fetch")
+@version_option
+def kafka_fetch(version: str | None) -> None:
+    """Download Kafka's jars from Maven Central into .cache/ (once)."""
+    from taskstream import broker
+
+    chosen = version or broker.DEFAULT_KAFKA_VERSION
+    try:
+        libs = broker.fetch_jars(chosen)
+    except broker.BrokerError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"Kafka {chosen} jars in {libs}")
+
+
+# ------------------------------------------------------------------- topics
+
+
+@main.group()
+def topics() -> None:
+    """Create and list taskstream's topics."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every taskstream topic that does not exist yet (idempotent)."""
+    from taskstream.kafka_io import ensure_topics
+
+    settings = _settings()
+    created = ensure_topics(settings)
+    click.echo(
+        f"created {', '.join(created)}" if created else "all topics exist already",
+    )
+
+
+# --------------------------------------------------------- produce and tail
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def produce(path: str, progress: bool) -> None:
+    """Send input events from a JSON-lines file (or - for stdin) to Kafka.
+
+    Each line goes to the topic of its `type`, keyed by its `user_id`. Lines
+    that cannot be routed are reported and skipped; exit 1 if any were.
+    """
+    from tqdm import tqdm
+
+    from taskstream.kafka_io import UnroutableEvent, producer, route
+
+    settings = _settings()
+    client = producer(settings)
+    failures: list[str] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    sent = skipped = 0
+    stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
+    with stream, tqdm(unit="ev", disable=not progress, file=sys.stderr) as bar:
+        for number, line in enumerate(stream, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                routed = route(settings, line)
+            except UnroutableEvent as exc:
+                click.echo(f"line {number}: {exc}", err=True)
+                skipped += 1
+                continue
+            while True:
+                try:
+                    client.produce(routed.topic, routed.value, routed.key, on_delivery=delivered)
+                    break
+                except BufferError:
+                    client.poll(0.1)
+            client.poll(0)
+            sent += 1
+            bar.update(1)
+    remaining = client.flush(60)
+    if remaining or failures:
+        _fail(f"{len(failures) + remaining} of {sent} events were not delivered: {failures[:3]}")
+    click.echo(f"sent {sent} events, skipped {skipped}")
+    if skipped:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest message.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help="Stop after this many seconds without a message (default: run until Ctrl-C).",
+)
+def tail(topic: str, from_beginning: bool, idle_timeout: float | None) -> None:
+    """Print the events of TOPIC as they arrive, one JSON object per line.
+
+    TOPIC is a short name (order-counts, dead-letters, ...) or a full name.
+    """
+    from taskstream import kafka_io
+
+    settings = _settings()
+    full = topic if topic.startswith(settings.topic_prefix) else settings.topic(topic)
+    try:
+        for _partition, _offset, _key, value in kafka_io.tail(
+            settings, full, from_beginning=from_beginning, idle_timeout=idle_timeout
+        ):
+            click.echo(value.decode("utf-8", "replace") if value is not None else "null")
+    except KeyboardInterrupt:
+        pass

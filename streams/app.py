@@ -15,7 +15,7 @@ settings = Settings.from_env()
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
-    store="rocksdb://",
+    store=settings.store,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication,
     datadir=str(settings.data_dir),
@@ -27,6 +27,10 @@ app = faust.App(
     producer_acks=-1,
     # RocksDB tables read and write the current event's partition.
     table_standby_replicas=0,
+    # A crashed worker's partitions move after this long; the broker's
+    # group.min.session.timeout.ms (6 s by default) is the floor.
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=max(1, settings.session_timeout // 5),
     autodiscover=False,
 )
 

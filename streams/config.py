@@ -21,6 +21,8 @@ class Settings:
     TASKSTREAM_REPLICATION     replication factor of created topics (default 1)
     TASKSTREAM_DATA_DIR        where RocksDB tables live (default .data/<app id>)
     TASKSTREAM_WEB_PORT        faust's web server port (default 6066)
+    TASKSTREAM_STORE           table store URL (default rocksdb://; memory:// for tests)
+    TASKSTREAM_SESSION_TIMEOUT seconds before a silent worker's partitions move (default 30)
     """
 
     bootstrap: str = DEFAULT_BOOTSTRAP
@@ -30,6 +32,8 @@ class Settings:
     replication: int = 1
     data_dir: Path = Path(".data/taskstream")
     web_port: int = 6066
+    store: str = "rocksdb://"
+    session_timeout: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -43,6 +47,8 @@ class Settings:
             replication=_positive_int(env, "TASKSTREAM_REPLICATION", cls.replication),
             data_dir=Path(env.get("TASKSTREAM_DATA_DIR", f".data/{app_id}")),
             web_port=_positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port),
+            store=env.get("TASKSTREAM_STORE", cls.store),
+            session_timeout=_positive_int(env, "TASKSTREAM_SESSION_TIMEOUT", cls.session_timeout),
         )
 
     def topic(self, name: str) -> str:

@@ -1,0 +1,197 @@
+"""Real worker processes, a producer and an output reader for integration tests.
+
+Each test gets its own app id and topic prefix, so tests share the session's
+broker without seeing each other's topics, groups or changelogs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, KafkaError
+
+from streams.config import Settings
+from taskstream.broker import free_port
+from taskstream.kafka_io import ensure_topics, producer, route
+
+TASKSTREAM = str(Path(sys.executable).with_name("taskstream"))
+
+
+@dataclass
+class Deployment:
+    """One isolated taskstream deployment on the shared test broker."""
+
+    bootstrap: str
+    root: Path
+    partitions: int = 8
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP": self.bootstrap,
+            "TASKSTREAM_APP_ID": self.name,
+            "TASKSTREAM_TOPIC_PREFIX": f"{self.name}.",
+            "TASKSTREAM_PARTITIONS": str(self.partitions),
+            # The broker's floor: a killed worker's partitions move in ~6 s.
+            "TASKSTREAM_SESSION_TIMEOUT": "6",
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def create_topics(self) -> None:
+        ensure_topics(self.settings)
+
+    def worker(self, label: str) -> WorkerProcess:
+        data_dir = self.root / f"worker-{label}"
+        env = {
+            **os.environ,
+            **self.env,
+            "TASKSTREAM_DATA_DIR": str(data_dir),
+            "TASKSTREAM_WEB_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+        }
+        return WorkerProcess(label, env, data_dir, self.root / f"worker-{label}.log")
+
+    def produce(self, lines: Iterable[bytes]) -> int:
+        settings = self.settings
+        client = producer(settings)
+        sent = 0
+        for line in lines:
+            routed = route(settings, line)
+            client.produce(routed.topic, routed.value, routed.key)
+            client.poll(0)
+            sent += 1
+        assert client.flush(30) == 0, "producer could not deliver every message"
+        return sent
+
+    def reader(self, short_topic: str) -> TopicReader:
+        return TopicReader(self.bootstrap, self.settings.topic(short_topic))
+
+
+class WorkerProcess:
+    """A `taskstream worker` in its own process, logs to a file."""
+
+    def __init__(self, label: str, env: dict[str, str], data_dir: Path, log_path: Path) -> None:
+        self.label = label
+        self.env = env
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [TASKSTREAM, "worker", "--loglevel", "info"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no final commit, no flush."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def wipe_state(self) -> None:
+        """Delete the worker's local RocksDB folder (as if its disk were lost)."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class TopicReader:
+    """Reads a topic from the beginning, keeping every message it has seen."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.messages: list[dict[str, object]] = []
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self._consumer.subscribe([topic])
+
+    def poll(self, seconds: float = 0.5) -> int:
+        """Read what is there now; return how many new messages arrived."""
+        before = len(self.messages)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            batch = self._consumer.consume(num_messages=1000, timeout=0.2)
+            for message in batch:
+                if message.error():
+                    if message.error().code() in (
+                        KafkaError._PARTITION_EOF,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    ):
+                        continue
+                    raise RuntimeError(message.error())
+                self.messages.append(orjson.loads(message.value()))
+        return len(self.messages) - before
+
+    def wait_until(
+        self,
+        done: Callable[[list[dict[str, object]]], bool],
+        timeout: float,
+        *,
+        why: str,
+        workers: Iterable[WorkerProcess] = (),
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll(0.5)
+            if done(self.messages):
+                return
+        logs = "\n\n".join(f"--- worker {w.label} ---\n{w.log_tail()}" for w in workers)
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {why} on {self.topic} "
+            f"({len(self.messages)} messages seen)\n{logs}"
+        )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def produce_raw(deployment: Deployment, short_topic: str, items: Iterable[tuple[bytes, bytes]]) -> None:
+    """Send (key, value) pairs as they are, bypassing routing (for bad input)."""
+    client = producer(deployment.settings)
+    for key, value in items:
+        client.produce(deployment.settings.topic(short_topic), value, key)
+    assert client.flush(30) == 0

@@ -94,6 +94,8 @@ def test_worker_survives_sigkill_and_lost_rocksdb_folder(kafka: str, tmp_path: P
         # Phase 2: SIGKILL, lose the RocksDB folder, produce while it is down,
         # restart: the table must come back from the changelog.
         worker.kill()
+        rocksdb_files = list(worker.data_dir.rglob("CURRENT"))
+        assert rocksdb_files, f"no RocksDB database under {worker.data_dir}"
         worker.wipe_state()
         phase2 = paid_orders(300, 300, rng)
         deployment.produce(lines(phase2))

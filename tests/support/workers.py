@@ -60,6 +60,7 @@ class Deployment:
             **os.environ,
             **self.env,
             "TASKSTREAM_DATA_DIR": str(data_dir),
+            "TASKSTREAM_STORE": "rocksdb://",
             "TASKSTREAM_WEB_PORT": str(free_port()),
             "PYTHONUNBUFFERED": "1",
         }

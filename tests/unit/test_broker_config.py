@@ -1,0 +1,82 @@
+"""The local broker's configuration and its refusals, without starting Java."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from streams.config import Settings
+from taskstream import broker
+
+
+def test_server_properties_describe_a_single_node_kraft_broker_on_loopback(
+    tmp_path: Path,
+) -> None:
+    spec = broker.BrokerSpec.create(port=30000, home=tmp_path)
+    props = dict(
+        line.split("=", 1) for line in broker.server_properties(spec).splitlines() if line
+    )
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:30000,CONTROLLER://127.0.0.1:30001"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:30001"
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert props["log.dirs"] == str(tmp_path / "data")
+
+
+def test_cluster_id_has_kafkas_format() -> None:
+    cluster_id = broker.kraft_cluster_id()
+    assert len(cluster_id) == 22
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_kafka_version_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_VERSION", "3.9.1")
+    assert broker.BrokerSpec.create().version == "3.9.1"
+    monkeypatch.delenv("KAFKA_VERSION")
+    assert broker.BrokerSpec.create().version == broker.DEFAULT_KAFKA_VERSION
+
+
+def test_missing_java_names_what_to_install_and_the_kafka_bootstrap_escape(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-such-jdk"))
+    with pytest.raises(broker.BrokerError) as error:
+        broker.java_binary()
+    assert "Java 17" in str(error.value)
+    assert "KAFKA_BOOTSTRAP" in str(error.value)
+
+
+def test_old_java_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake_java = tmp_path / "jdk" / "bin" / "java"
+    fake_java.parent.mkdir(parents=True)
+    fake_java.write_text('#!/bin/sh\necho \'openjdk version "1.8.0_392"\' >&2\n')
+    fake_java.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    with pytest.raises(broker.BrokerError, match="is Java 8"):
+        broker.java_binary()
+
+
+def test_missing_maven_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(broker, "CACHE", tmp_path)
+    monkeypatch.setattr(broker, "java_binary", lambda: "/usr/bin/java")
+    monkeypatch.setattr(broker.shutil, "which", lambda name: None)
+    with pytest.raises(broker.BrokerError, match="Maven is needed") as error:
+        broker.fetch_jars("4.3.1")
+    assert "KAFKA_BOOTSTRAP" in str(error.value)
+
+
+def test_settings_read_the_environment_and_refuse_nonsense() -> None:
+    settings = Settings.from_env(
+        {"KAFKA_BOOTSTRAP": "k:1", "TASKSTREAM_PARTITIONS": "3", "TASKSTREAM_APP_ID": "x"}
+    )
+    assert (settings.bootstrap, settings.partitions, settings.app_id) == ("k:1", 3, "x")
+    assert settings.topic("orders") == "taskstream.orders"
+    assert settings.data_dir == Path(".data/x")
+    with pytest.raises(ValueError, match="TASKSTREAM_PARTITIONS"):
+        Settings.from_env({"TASKSTREAM_PARTITIONS": "0"})
+    with pytest.raises(ValueError, match="TASKSTREAM_WEB_PORT"):
+        Settings.from_env({"TASKSTREAM_WEB_PORT": "http"})

@@ -26,6 +26,19 @@ def _settings() -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
+def _connected_settings() -> Settings:
+    """Settings whose brokers answer; otherwise exit 1 with what to do."""
+    from taskstream.broker import metadata_ok
+
+    settings = _settings()
+    if not metadata_ok(settings.bootstrap, timeout=5.0):
+        _fail(
+            f"no Kafka broker answers at {settings.bootstrap}: start the local one with "
+            "`make kafka-up` (or `make run`), or set KAFKA_BOOTSTRAP to your cluster"
+        )
+    return settings
+
+
 def _fail(message: str) -> None:
     click.echo(f"taskstream: {message}", err=True)
     sys.exit(EXIT_FAILED)
@@ -67,6 +80,7 @@ def worker(loglevel: str) -> None:
     import streams.agents  # noqa: F401  (registers the agents on the app)
     from streams.app import app, settings
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     click.echo(
         f"worker {settings.app_id}: brokers {settings.bootstrap}, "
         f"{settings.partitions} partitions, tables in {settings.data_dir}",
@@ -169,7 +183,7 @@ def topics_create() -> None:
     """Create every taskstream topic that does not exist yet (idempotent)."""
     from taskstream.kafka_io import ensure_topics
 
-    settings = _settings()
+    settings = _connected_settings()
     created = ensure_topics(settings)
     click.echo(
         f"created {', '.join(created)}" if created else "all topics exist already",
@@ -192,7 +206,7 @@ def produce(path: str, progress: bool) -> None:
 
     from taskstream.kafka_io import UnroutableEvent, producer, route
 
-    settings = _settings()
+    settings = _connected_settings()
     client = producer(settings)
     failures: list[str] = []
 
@@ -246,7 +260,7 @@ def tail(topic: str, from_beginning: bool, idle_timeout: float | None) -> None:
     """
     from taskstream import kafka_io
 
-    settings = _settings()
+    settings = _connected_settings()
     full = topic if topic.startswith(settings.topic_prefix) else settings.topic(topic)
     try:
         for _partition, _offset, _key, value in kafka_io.tail(

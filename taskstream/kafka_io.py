@@ -15,9 +15,17 @@ from streams.config import INPUT_TOPIC_BY_TYPE, TOPICS, Settings
 
 log = logging.getLogger(__name__)
 
+# librdkafka's own log lines go through Python logging (one format, one place
+# to filter) instead of raw stderr.
+RDKAFKA_LOGGER = logging.getLogger("rdkafka")
+
+
+def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.bootstrap, "logger": RDKAFKA_LOGGER, **extra}
+
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap})
+    return AdminClient(client_config(settings))
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -72,7 +80,7 @@ def route(settings: Settings, line: bytes) -> Routed:
 
 def producer(settings: Settings, **extra: Any) -> Producer:
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap,
+        **client_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -97,12 +105,14 @@ def tail(
     Stops after `idle_timeout` seconds without a message (None: never).
     """
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": group or f"taskstream-tail-{topic}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-        }
+        client_config(
+            settings,
+            **{
+                "group.id": group or f"taskstream-tail-{topic}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+            },
+        )
     )
     try:
         consumer.subscribe([topic])

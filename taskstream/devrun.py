@@ -1,0 +1,70 @@
+"""`make run`: the main job on one machine.
+
+1. A broker: KAFKA_BOOTSTRAP if set, else the local one on KAFKA_PORT
+   (started now, or reused if it already answers).
+2. The topics (created if missing).
+3. One `taskstream worker` in the foreground. Ctrl-C stops it cleanly; a
+   broker this run started is stopped too (TASKSTREAM_KEEP_BROKER=1 keeps it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from streams.config import Settings
+from taskstream import broker
+from taskstream.kafka_io import ensure_topics
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def say(message: str) -> None:
+    print(f"[make run] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    spec: broker.BrokerSpec | None = None
+    if not os.environ.get("KAFKA_BOOTSTRAP"):
+        spec = broker.BrokerSpec.create(port=int(os.environ.get("KAFKA_PORT", "19092")))
+        try:
+            started = broker.up(spec)
+        except broker.BrokerError as exc:
+            say(str(exc))
+            return 1
+        how = f"started in {started.seconds:.1f}s" if started.started else "already up, reused"
+        say(f"Kafka {spec.version} on {spec.bootstrap} ({how}; log {spec.log_file})")
+        os.environ["KAFKA_BOOTSTRAP"] = spec.bootstrap
+        if not started.started:
+            spec = None  # not ours to stop
+    settings = Settings.from_env()
+    created = ensure_topics(settings)
+    say(f"topics: {'created ' + ', '.join(created) if created else 'all present'}")
+    say(
+        "in a second terminal:\n"
+        f"    .venv/bin/taskstream produce {SAMPLES / 'orders.jsonl'}\n"
+        "    .venv/bin/taskstream tail order-counts --from-beginning\n"
+        "    .venv/bin/taskstream tail dead-letters --from-beginning"
+    )
+    worker = subprocess.Popen([str(Path(sys.executable).with_name("taskstream")), "worker"])
+    try:
+        code = worker.wait()
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to the worker too; give it time to commit.
+        try:
+            code = worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.send_signal(signal.SIGKILL)
+            code = worker.wait()
+    finally:
+        if spec is not None and os.environ.get("TASKSTREAM_KEEP_BROKER") != "1":
+            say(f"stopping the broker this run started ({spec.bootstrap})")
+            broker.down(spec)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,9 @@ Rules this module keeps:
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
+import logging
 import os
 import re
 import shutil
@@ -28,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_KAFKA_VERSION = "4.3.1"
 DEFAULT_PORT = 19092
@@ -265,14 +268,14 @@ def metadata_ok(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when a broker at `bootstrap` answers a metadata request."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(
-        {
-            "bootstrap.servers": bootstrap,
-            "socket.connection.setup.timeout.ms": int(timeout * 1000),
-            "log_level": 0,
-            "logger": _silent_logger(),
-        }
-    )
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "socket.connection.setup.timeout.ms": int(timeout * 1000),
+        # A probe of a broker that is not up yet is expected to fail: quietly.
+        "log_level": 0,
+        "logger": _silent_logger(),
+    }
+    admin = AdminClient(config)
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:
@@ -280,9 +283,7 @@ def metadata_ok(bootstrap: str, timeout: float = 2.0) -> bool:
     return bool(metadata.brokers)
 
 
-def _silent_logger() -> object:
-    import logging
-
+def _silent_logger() -> logging.Logger:
     logger = logging.getLogger("taskstream.broker.probe")
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
@@ -447,19 +448,15 @@ def down(spec: BrokerSpec, *, timeout: float = 30.0) -> list[int]:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _reap(pids: list[int]) -> None:
     """Collect our own exited children so they do not linger as zombies."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import INPUT_TOPIC_BY_TYPE, TOPICS, Settings
 
@@ -122,11 +122,12 @@ def tail(
             if message is None:
                 idle += 0.5
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise KafkaException(message.error())
+                raise KafkaException(error)
             idle = 0.0
-            yield message.partition(), message.offset(), message.key(), message.value()
+            yield message.partition() or 0, message.offset() or 0, message.key(), message.value()
     finally:
         consumer.close()

@@ -32,8 +32,10 @@ def kafka() -> Iterator[str]:
     spec = broker.BrokerSpec.create(port=broker.free_port(), home=home)
     try:
         started = broker.up(spec, die_with_parent=True)
-        print(f"\n[kafka] test broker {spec.version} on {started.bootstrap}, up in "
-              f"{started.seconds:.1f}s")
+        print(
+            f"\n[kafka] test broker {spec.version} on {started.bootstrap}, up in "
+            f"{started.seconds:.1f}s"
+        )
         yield started.bootstrap
     finally:
         broker.down(spec)

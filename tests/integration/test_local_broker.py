@@ -21,7 +21,12 @@ def make(target: str, port: int, cache: Path) -> str:
     env.pop("KAFKA_BOOTSTRAP", None)
     result = subprocess.run(
         ["make", "--no-print-directory", target],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout

@@ -81,14 +81,19 @@ def test_worker_survives_sigkill_and_lost_rocksdb_folder(kafka: str, tmp_path: P
         bad = [
             (b"user-001", b"{not json"),
             (b"user-002", b'{"type":"order_paid","v":1,"event_id":"x","user_id":"user-002"}'),
-            (b"user-003", b'{"type":"order_paid","v":1,"event_id":"y","order_id":"o",'
-             b'"user_id":"user-003","amount_cents":-5,"channel":"app","at":"2026-11-01T00:00:00Z"}'),
+            (
+                b"user-003",
+                b'{"type":"order_paid","v":1,"event_id":"y","order_id":"o",'
+                b'"user_id":"user-003","amount_cents":-5,"channel":"app","at":"2026-11-01T00:00:00Z"}',
+            ),
         ]
         produce_raw(deployment, "orders", bad)
         sent += phase1
         outputs.wait_until(
             lambda ms: caused(ms) >= {o["event_id"] for o in sent},
-            120, why="phase 1 outputs", workers=[worker],
+            120,
+            why="phase 1 outputs",
+            workers=[worker],
         )
 
         # Phase 2: SIGKILL, lose the RocksDB folder, produce while it is down,
@@ -103,7 +108,9 @@ def test_worker_survives_sigkill_and_lost_rocksdb_folder(kafka: str, tmp_path: P
         worker = deployment.worker("a").start()
         outputs.wait_until(
             lambda ms: caused(ms) >= {o["event_id"] for o in sent},
-            120, why="phase 2 outputs after restart on an empty disk", workers=[worker],
+            120,
+            why="phase 2 outputs after restart on an empty disk",
+            workers=[worker],
         )
 
         # Phase 3: SIGKILL in the middle of a burst (uncommitted offsets, so
@@ -113,22 +120,30 @@ def test_worker_survives_sigkill_and_lost_rocksdb_folder(kafka: str, tmp_path: P
         sent += phase3
         outputs.wait_until(
             lambda ms: len(caused(ms) & {o["event_id"] for o in phase3}) >= 200,
-            120, why="part of phase 3", workers=[worker],
+            120,
+            why="part of phase 3",
+            workers=[worker],
         )
         worker.kill()
         worker = deployment.worker("a").start()
         outputs.wait_until(
             lambda ms: caused(ms) >= {o["event_id"] for o in sent},
-            180, why="phase 3 outputs after a mid-burst SIGKILL", workers=[worker],
+            180,
+            why="phase 3 outputs after a mid-burst SIGKILL",
+            workers=[worker],
         )
         outputs.poll(2.0)  # late duplicates, if any, must agree too
-        print(f"outputs: {len(outputs.messages)} messages for {len(sent)} orders "
-              f"({len(outputs.messages) - len(sent)} re-emitted after the crashes)")
+        print(
+            f"outputs: {len(outputs.messages)} messages for {len(sent)} orders "
+            f"({len(outputs.messages) - len(sent)} re-emitted after the crashes)"
+        )
         assert_each_order_counted_exactly_once(outputs.messages, sent)
 
         dead.wait_until(
             lambda ms: len({m["event_id"] for m in ms}) >= len(bad),
-            60, why="dead letters", workers=[worker],
+            60,
+            why="dead letters",
+            workers=[worker],
         )
         letters = {m["event_id"]: m for m in dead.messages}
         assert len(letters) == len(bad)

@@ -4,7 +4,6 @@ tables in memory, topic sends captured by a recording fake."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,7 +12,7 @@ import pytest
 # of the integration tier) inherits the setting.
 _saved = os.environ.get("TASKSTREAM_STORE")
 os.environ["TASKSTREAM_STORE"] = "memory://"
-import streams.agents  # noqa: E402, F401
+import streams.agents  # noqa: E402
 import streams.app  # noqa: E402, F401
 
 if _saved is None:
@@ -23,9 +22,9 @@ else:
 
 
 @pytest.fixture
-def faust_app() -> Iterator[object]:
+def faust_app() -> object:
     from streams.app import app
 
     app.finalize()
     app.flow_control.resume()
-    yield app
+    return app

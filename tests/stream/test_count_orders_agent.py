@@ -7,8 +7,13 @@ import pytest
 from support.fakes import SentRecorder
 
 ORDER = {
-    "type": "order_paid", "v": 1, "order_id": "o1", "user_id": "u1",
-    "amount_cents": 1500, "channel": "app", "at": "2026-11-01T10:00:00Z",
+    "type": "order_paid",
+    "v": 1,
+    "order_id": "o1",
+    "user_id": "u1",
+    "amount_cents": 1500,
+    "channel": "app",
+    "at": "2026-11-01T10:00:00Z",
 }
 
 
@@ -46,8 +51,7 @@ async def test_agent_sends_bad_input_to_dead_letters_and_goes_on(
 
     async with count_orders.test_context() as agent:
         await agent.put(key=b"u9", value=b"{broken")
-        await agent.put(key=b"u9", value=orjson.dumps({**ORDER, "event_id": "e9",
-                                                       "user_id": "u9"}))
+        await agent.put(key=b"u9", value=orjson.dumps({**ORDER, "event_id": "e9", "user_id": "u9"}))
     [(key, raw)] = recorders["dead"].sent
     letter = orjson.loads(raw)
     assert key == b"u9"

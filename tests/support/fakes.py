@@ -11,6 +11,7 @@ class SentRecorder:
 
     sent: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
 
-    async def __call__(self, *, key: bytes | None = None, value: bytes | None = None,
-                       **_: object) -> None:
+    async def __call__(
+        self, *, key: bytes | None = None, value: bytes | None = None, **_: object
+    ) -> None:
         self.sent.append((key, value))

@@ -190,7 +190,9 @@ class TopicReader:
         self._consumer.close()
 
 
-def produce_raw(deployment: Deployment, short_topic: str, items: Iterable[tuple[bytes, bytes]]) -> None:
+def produce_raw(
+    deployment: Deployment, short_topic: str, items: Iterable[tuple[bytes, bytes]]
+) -> None:
     """Send (key, value) pairs as they are, bypassing routing (for bad input)."""
     client = producer(deployment.settings)
     for key, value in items:

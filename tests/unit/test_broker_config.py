@@ -15,9 +15,7 @@ def test_server_properties_describe_a_single_node_kraft_broker_on_loopback(
     tmp_path: Path,
 ) -> None:
     spec = broker.BrokerSpec.create(port=30000, home=tmp_path)
-    props = dict(
-        line.split("=", 1) for line in broker.server_properties(spec).splitlines() if line
-    )
+    props = dict(line.split("=", 1) for line in broker.server_properties(spec).splitlines() if line)
     assert props["process.roles"] == "broker,controller"
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:30000,CONTROLLER://127.0.0.1:30001"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:30001"
@@ -51,7 +49,7 @@ def test_missing_java_names_what_to_install_and_the_kafka_bootstrap_escape(
 def test_old_java_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake_java = tmp_path / "jdk" / "bin" / "java"
     fake_java.parent.mkdir(parents=True)
-    fake_java.write_text('#!/bin/sh\necho \'openjdk version "1.8.0_392"\' >&2\n')
+    fake_java.write_text("#!/bin/sh\necho 'openjdk version \"1.8.0_392\"' >&2\n")
     fake_java.chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
     with pytest.raises(broker.BrokerError, match="is Java 8"):

@@ -7,13 +7,19 @@ import base64
 import orjson
 import pytest
 
-from app.order_count import UserCount, count_order, PaidOrder
+from app.order_count import PaidOrder, UserCount, count_order
 from streams.codec import BadInput, decode_order, decode_state, encode_state
 from streams.deadletter import dead_letter
 
 GOOD = {
-    "type": "order_paid", "v": 1, "event_id": "e1", "order_id": "o1", "user_id": "u1",
-    "amount_cents": 1500, "channel": "app", "at": "2026-11-01T10:00:00Z",
+    "type": "order_paid",
+    "v": 1,
+    "event_id": "e1",
+    "order_id": "o1",
+    "user_id": "u1",
+    "amount_cents": 1500,
+    "channel": "app",
+    "at": "2026-11-01T10:00:00Z",
 }
 
 
@@ -49,15 +55,17 @@ def test_state_round_trips_through_bytes() -> None:
 
 def test_dead_letter_keeps_original_bytes_position_and_reason() -> None:
     record = orjson.loads(
-        dead_letter(topic="t.orders", partition=3, offset=42, key=b"u1", value=b"\xff{",
-                    reason="not JSON")
+        dead_letter(
+            topic="t.orders", partition=3, offset=42, key=b"u1", value=b"\xff{", reason="not JSON"
+        )
     )
     assert record["type"] == "dead_letter"
     assert (record["topic"], record["partition"], record["offset"]) == ("t.orders", 3, 42)
     assert base64.b64decode(record["value_b64"]) == b"\xff{"
     assert record["reason"] == "not JSON"
     again = orjson.loads(
-        dead_letter(topic="t.orders", partition=3, offset=42, key=b"u1", value=b"\xff{",
-                    reason="not JSON")
+        dead_letter(
+            topic="t.orders", partition=3, offset=42, key=b"u1", value=b"\xff{", reason="not JSON"
+        )
     )
     assert again["event_id"] == record["event_id"]

@@ -269,3 +269,7 @@ def tail(topic: str, from_beginning: bool, idle_timeout: float | None) -> None:
             click.echo(value.decode("utf-8", "replace") if value is not None else "null")
     except KeyboardInterrupt:
         pass
+
+from taskstream.replay import replay  # noqa: E402
+
+main.add_command(replay)

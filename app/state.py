@@ -1,0 +1,112 @@
+"""Per-user state of the task engine: immutable values, shared structurally.
+
+One `UserState` per user who ever claimed a task (users without one have no
+state at all: None). Pool state is not here (see `app.budget`).
+
+What it holds, and why each piece is bounded:
+- `instances`: every task instance the user ever claimed (needed for
+  `max_claims`, and for refunds that claw back rewards after completion or
+  expiry). Bounded by claims.
+- `orders`: idempotency records of the orders that fell inside an open task
+  window (counted or not), so a redelivered order changes nothing. Orders
+  outside every window are not recorded (they can never count later:
+  windows are fixed and a user's events arrive in order); records that
+  counted nowhere are dropped when the windows around them expire.
+- `held_refunds`: refunds that came before their order, by order id;
+  dropped when the user has no open task left (the order could no longer
+  count anywhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+EXPIRED = "expired"
+
+GRANTED = "granted"
+REJECTED = "rejected"
+REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class RewardSlot:
+    """One payable unit of a plan: cumulative's completion (slot 0), the k-th
+    per_order step, the k-th milestone, or the k-th lottery draw."""
+
+    slot: int
+    status: str  # granted | rejected (final) | revoked (may be granted again)
+    reward_id: str  # of the latest grant or rejection
+    amount_cents: int
+    prize_id: str | None
+    pool_id: str | None
+    debited: int  # pool units taken by the current grant (returned on revoke)
+    grants: int  # grants so far; the next grant's reward id is derived from it
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInstance:
+    task_id: str
+    template_id: str
+    claim_event_id: str
+    claimed_at: int  # epoch microseconds
+    deadline: int  # claimed_at + duration_days; orders count iff claimed_at <= at < deadline
+    status: str  # in_progress | completed | expired
+    progress: int
+    # (order_id, purchase day ordinal in the template's zone, or 0 when counting orders)
+    counted: tuple[tuple[str, int], ...]
+    slots: tuple[RewardSlot, ...]  # sorted by slot; only slots ever paid or rejected
+
+    @property
+    def is_open(self) -> bool:
+        return self.status != EXPIRED
+
+    def counts(self, order_id: str) -> bool:
+        return any(oid == order_id for oid, _ in self.counted)
+
+    def net_paid_cents(self) -> int:
+        return sum(s.amount_cents for s in self.slots if s.status == GRANTED)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    amount_cents: int
+    refunded_cents: int
+    refund_ids: tuple[str, ...]
+    at: int
+    channel: str
+
+    @property
+    def remaining_cents(self) -> int:
+        return max(0, self.amount_cents - self.refunded_cents)
+
+
+HeldRefunds = tuple[tuple[str, int], ...]  # (refund_id, amount_cents) in arrival order
+
+EMPTY_ORDERS: Mapping[str, OrderRecord] = MappingProxyType({})
+EMPTY_HELD: Mapping[str, HeldRefunds] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    user_id: str
+    instances: tuple[TaskInstance, ...]
+    orders: Mapping[str, OrderRecord]
+    held_refunds: Mapping[str, HeldRefunds]
+    # Earliest deadline of an in-progress instance (None: nothing can expire).
+    # The caller indexes users by it to find whom a broadcast tick affects.
+    next_deadline: int | None
+
+    def instance(self, task_id: str) -> TaskInstance | None:
+        for inst in self.instances:
+            if inst.task_id == task_id:
+                return inst
+        return None
+
+
+def next_deadline_of(instances: tuple[TaskInstance, ...]) -> int | None:
+    deadlines = [i.deadline for i in instances if i.status == IN_PROGRESS]
+    return min(deadlines) if deadlines else None

@@ -1,0 +1,154 @@
+"""Bytes <-> records, with strict validation and version upcasting.
+
+`decode` accepts any record type (inputs, outputs, dead letters) and raises
+`SchemaError` naming the field and the problem; `decode_input` additionally
+refuses anything that is not an input event. Extra fields are ignored (a
+tolerant reader lets producers add fields before consumers know them);
+known fields are checked strictly.
+
+Upcasting: an event written with an older `v` is lifted one version at a
+time by registered upcasters (plain dict -> dict functions) *before*
+validation, so the validators only ever know the current version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import orjson
+
+from schemas.errors import SchemaError
+from schemas.fields import KINDS, Kind, _type_name
+from schemas.records import INPUT_RECORDS, RECORDS_BY_TYPE, InputEvent, Record
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+# (type, from_v) -> function producing the same event at v = from_v + 1.
+UpcasterRegistry = Mapping[tuple[str, int], Upcaster]
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register_upcaster(event_type: str, from_v: int) -> Callable[[Upcaster], Upcaster]:
+    """Decorator: register `fn` to lift `event_type` from `from_v` to `from_v + 1`."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        key = (event_type, from_v)
+        if key in UPCASTERS:
+            raise ValueError(f"an upcaster for {event_type} v{from_v} is already registered")
+        UPCASTERS[key] = fn
+        return fn
+
+    return register
+
+
+FieldCheck = tuple[str, Callable[[object], Any]]
+FieldOut = tuple[str, Callable[[Any], Any] | None]
+
+
+def _kind_of(f: dataclasses.Field[Any]) -> Kind:
+    return cast(Kind, f.metadata["kind"])
+
+
+def _specs(cls: type[Record]) -> tuple[tuple[FieldCheck, ...], tuple[FieldOut, ...]]:
+    fields = dataclasses.fields(cast(Any, cls))
+    checks = tuple((f.name, KINDS[_kind_of(f)].check) for f in fields)
+    outs = tuple((f.name, KINDS[_kind_of(f)].to_wire) for f in fields)
+    return checks, outs
+
+
+# Computed once at import: the hot path only loops over these tuples.
+_CHECKS: dict[str, tuple[FieldCheck, ...]] = {}
+_OUTS: dict[type[Record], tuple[FieldOut, ...]] = {}
+for _cls in RECORDS_BY_TYPE.values():
+    _CHECKS[_cls.TYPE], _OUTS[_cls] = _specs(_cls)
+_INPUT_TYPES = frozenset(cls.TYPE for cls in INPUT_RECORDS)
+_MISSING = object()
+
+
+def parse_json_object(raw: bytes | str) -> dict[str, Any]:
+    """Parse one JSON message that must be an object."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError(f"malformed JSON: {exc}") from None
+    if type(doc) is not dict:
+        raise SchemaError(f"expected a JSON object, got {_type_name(doc)}")
+    return doc
+
+
+def decode(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> Record:
+    """Decode and validate one message of any record type."""
+    return from_wire(parse_json_object(raw), upcasters)
+
+
+def decode_input(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> InputEvent:
+    """Decode one input event (task_claim, order_paid, order_refunded, tick)."""
+    doc = parse_json_object(raw)
+    event_type = doc.get("type")
+    if event_type not in _INPUT_TYPES and event_type in RECORDS_BY_TYPE:
+        raise SchemaError(f"type: {event_type!r} is an output event, not an input")
+    return cast(InputEvent, from_wire(doc, upcasters))
+
+
+def from_wire(doc: dict[str, Any], upcasters: UpcasterRegistry = UPCASTERS) -> Record:
+    """Validate an already-parsed JSON object into its record."""
+    event_type = doc.get("type", _MISSING)
+    if event_type is _MISSING:
+        raise SchemaError("type: missing field")
+    if type(event_type) is not str:
+        raise SchemaError(f"type: expected a string, got {_type_name(event_type)}")
+    cls = RECORDS_BY_TYPE.get(event_type)
+    if cls is None:
+        raise SchemaError(f"type: unknown event type {event_type!r}")
+    version = doc.get("v", _MISSING)
+    if version is _MISSING:
+        raise SchemaError(f"{event_type}.v: missing field")
+    if type(version) is not int:
+        raise SchemaError(f"{event_type}.v: expected an integer, got {_type_name(version)}")
+    if version != cls.V:
+        doc = _upcast(doc, event_type, version, cls.V, upcasters)
+    values = []
+    for name, check in _CHECKS[event_type]:
+        value = doc.get(name, _MISSING)
+        if value is _MISSING:
+            raise SchemaError(f"{event_type}.{name}: missing field")
+        try:
+            values.append(check(value))
+        except SchemaError as exc:
+            raise SchemaError(f"{event_type}.{name}: {exc}") from None
+    return cls(*values)
+
+
+def _upcast(
+    doc: dict[str, Any], event_type: str, version: int, current: int, upcasters: UpcasterRegistry
+) -> dict[str, Any]:
+    if version > current:
+        raise SchemaError(
+            f"{event_type}.v: unsupported v {version} (this build reads up to v{current})"
+        )
+    while version < current:
+        step = upcasters.get((event_type, version))
+        if step is None:
+            raise SchemaError(
+                f"{event_type}.v: unsupported v {version} (no upcaster from v{version})"
+            )
+        doc = step(dict(doc))
+        version += 1
+        doc["v"] = version
+    return doc
+
+
+def to_wire(record: Record) -> dict[str, Any]:
+    """The JSON object of a record: `type` and `v` first, then its fields in order."""
+    doc: dict[str, Any] = {"type": record.TYPE, "v": record.V}
+    for name, convert in _OUTS[type(record)]:
+        value = getattr(record, name)
+        doc[name] = value if convert is None else convert(value)
+    return doc
+
+
+def encode(record: Record) -> bytes:
+    """One record as compact JSON bytes (no newline), identical on every run."""
+    return orjson.dumps(to_wire(record))

@@ -1,0 +1,78 @@
+"""RFC 3339 UTC timestamps <-> integer epoch microseconds.
+
+Inside the engine every instant is an ``int`` of microseconds since the Unix
+epoch (UTC): exact for every timestamp the wire accepts (at most 6 fraction
+digits), cheap to compare, and trivially serialised. On the wire they are
+RFC 3339 strings with a zero UTC offset; we write the canonical form
+``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` so outputs are byte-identical across runs.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from functools import lru_cache
+
+from schemas.errors import SchemaError
+
+MICROS_PER_SECOND = 1_000_000
+MICROS_PER_DAY = 86_400 * MICROS_PER_SECOND
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=4096)
+def _day_number(year: int, month: int, day: int) -> int:
+    """Days since the epoch; cached because logs hold few distinct dates."""
+    return date(year, month, day).toordinal() - _EPOCH_ORDINAL
+
+
+def parse_utc(text: object) -> int:
+    """Parse an RFC 3339 timestamp with a zero offset into epoch microseconds.
+
+    Raises SchemaError (without a field name; callers add it) when the text
+    is not a string, not RFC 3339, names an impossible date or time, or has
+    a non-zero offset (the contract is UTC everywhere).
+    """
+    if not isinstance(text, str):
+        raise SchemaError(f"expected an RFC 3339 UTC timestamp string, got {_kind(text)}")
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise SchemaError(f"not an RFC 3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    if zulu is None and (off_h != "00" or off_m != "00"):
+        raise SchemaError(f"timestamp not in UTC (offset {sign}{off_h}:{off_m}): {text!r}")
+    try:
+        days = _day_number(int(year), int(month), int(day))
+    except ValueError:
+        raise SchemaError(f"impossible date in timestamp {text!r}") from None
+    h, m, s = int(hour), int(minute), int(second)
+    # RFC 3339 allows a leap second (60); Python cannot represent it, so we refuse it.
+    if h > 23 or m > 59 or s > 59:
+        raise SchemaError(f"impossible time of day in timestamp {text!r}")
+    micros = int(fraction.ljust(6, "0")) if fraction else 0
+    return ((days * 86_400 + h * 3_600 + m * 60 + s) * MICROS_PER_SECOND) + micros
+
+
+def format_utc(micros: int) -> str:
+    """The canonical wire form of an instant (fraction only when non-zero)."""
+    seconds, fraction = divmod(micros, MICROS_PER_SECOND)
+    moment = datetime.fromtimestamp(seconds, UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction:
+        text += "." + f"{fraction:06d}".rstrip("0")
+    return text + "Z"
+
+
+def to_datetime(micros: int) -> datetime:
+    """An aware UTC datetime, for time-zone arithmetic at the edges."""
+    seconds, fraction = divmod(micros, MICROS_PER_SECOND)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=fraction)
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__

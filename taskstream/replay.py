@@ -1,0 +1,233 @@
+"""`taskstream replay`: the audit interface. Input log in, every output event out.
+
+    taskstream replay --templates T.json [--pools P.json] --events IN.jsonl --out OUT.jsonl
+                      [--explain USER_ID] [--progress/--no-progress]
+
+Reads input events in log order (one JSON object per line; blank lines are
+skipped) and writes every output event, one per line, byte-identical on
+every run: the core is deterministic and ids derive from the inputs. A line
+that is not a valid input event becomes a `dead_letter` output naming its
+line and the reason; replay goes on. Pools start full (their `total`).
+
+Exit codes: 0 done (dead letters are counted on stderr, not failures),
+1 failed (e.g. an invalid templates file: every problem is printed),
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import click
+from tqdm import tqdm
+
+from app import ids
+from app.budget import Ledger
+from app.catalog import Catalog, CatalogError
+from app.engine import Outcome
+from app.replayer import Replayer
+from schemas.codec import decode_input, encode
+from schemas.errors import SchemaError
+from schemas.records import DeadLetter, InputEvent, Tick
+from schemas.timestamps import format_utc
+from taskstream.catalog_files import load_catalog
+
+EXIT_FAILED = 1
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    lines: int = 0
+    events: int = 0
+    outputs: int = 0
+    dead_letters: int = 0
+
+
+def dead_letter_for(line: bytes, source: str, reason: str) -> DeadLetter:
+    """The dead letter of one unusable input: text when it is UTF-8, else base64."""
+    try:
+        text: str | None = line.decode("utf-8")
+        b64: str | None = None
+    except UnicodeDecodeError:
+        text, b64 = None, base64.b64encode(line).decode("ascii")
+    return DeadLetter(ids.dead_letter_id(source, line), reason, source, text, b64)
+
+
+def replay_lines(
+    lines: Iterable[bytes],
+    catalog: Catalog,
+    write: Callable[[bytes], object],
+    *,
+    explain_user: str | None = None,
+    explain: Callable[[str], object] | None = None,
+    on_line: Callable[[int], object] | None = None,
+) -> ReplayStats:
+    """Replay raw JSONL lines; `write` gets each output line (with its newline)."""
+    replayer = Replayer(catalog, Ledger(catalog.pools.values()))
+    stats = ReplayStats()
+    for number, raw in enumerate(lines, start=1):
+        stats.lines = number
+        if on_line is not None:
+            on_line(len(raw))
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        try:
+            event = decode_input(line)
+        except SchemaError as exc:
+            write(encode(dead_letter_for(line, f"line {number}", str(exc))) + b"\n")
+            stats.dead_letters += 1
+            if explain is not None and explain_user is not None and explain_user.encode() in line:
+                explain(f"line {number}: dead letter ({exc})")
+            continue
+        stats.events += 1
+        touched = replayer.apply(event)
+        for user_id, outcome in touched:
+            for output in outcome.events:
+                write(encode(output) + b"\n")
+                stats.outputs += 1
+            if explain is not None and user_id == explain_user:
+                explain(_explain_line(number, event, outcome))
+        if (
+            explain is not None
+            and explain_user is not None
+            and not touched
+            and getattr(event, "user_id", None) == explain_user
+        ):
+            explain(_explain_line(number, event, None))
+    return stats
+
+
+def _describe(event: InputEvent) -> str:
+    at = format_utc(event.at)
+    if isinstance(event, Tick):
+        return f"{at} tick {event.event_id}"
+    if event.TYPE == "order_paid":
+        e = event
+        return f"{at} order_paid {e.order_id} {e.amount_cents}c via {e.channel}"  # type: ignore[union-attr]
+    if event.TYPE == "order_refunded":
+        e = event
+        return f"{at} order_refunded {e.refund_id} of {e.order_id} {e.amount_cents}c"  # type: ignore[union-attr]
+    return f"{at} task_claim {event.template_id}"  # type: ignore[union-attr]
+
+
+def _explain_line(number: int, event: InputEvent, outcome: Outcome | None) -> str:
+    lines = [f"line {number}: {_describe(event)}"]
+    if outcome is not None:
+        lines.extend(f"    - {note}" for note in outcome.notes)
+        for output in outcome.events:
+            amount = getattr(output, "amount_cents", None)
+            progress = getattr(output, "progress", None)
+            detail = (
+                f" {amount}c"
+                if amount is not None
+                else f" {progress}/{output.target}"  # type: ignore[union-attr]
+                if progress is not None
+                else ""
+            )
+            reason = getattr(output, "reason", None)
+            lines.append(
+                f"    => {output.TYPE} {output.template_id}{detail}"
+                + (f" ({reason})" if reason else "")
+            )
+        if not outcome.notes and not outcome.events:
+            lines.append("    - nothing to do")
+    return "\n".join(lines)
+
+
+@click.command("replay")
+@click.option(
+    "--templates",
+    "templates_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Task templates (JSON list).",
+)
+@click.option(
+    "--pools",
+    "pools_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Budget pools (JSON list); without it no template may name a pool.",
+)
+@click.option(
+    "--events",
+    "events_path",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Input events, JSON lines in log order (- for stdin).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Where to write the output events (- for stdout).",
+)
+@click.option("--explain", "explain_user", default=None, help="Print USER_ID's timeline.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def replay(
+    templates_path: Path,
+    pools_path: Path | None,
+    events_path: Path,
+    out_path: Path,
+    explain_user: str | None,
+    progress: bool,
+) -> None:
+    """Replay an input log through the task engine, deterministically."""
+    try:
+        catalog = load_catalog(templates_path, pools_path)
+    except CatalogError as exc:
+        click.echo(f"taskstream replay: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    try:
+        source = _open_in(events_path)
+        sink = _open_out(out_path)
+    except OSError as exc:
+        click.echo(f"taskstream replay: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    total = None if str(events_path) == "-" else events_path.stat().st_size
+    # The explanation goes to stdout, unless the outputs already do.
+    explain_stream = sys.stderr if str(out_path) == "-" else sys.stdout
+    with (
+        source,
+        sink,
+        tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="replay",
+            file=sys.stderr,
+            disable=not progress or None,  # None: only when stderr is a terminal
+        ) as bar,
+    ):
+        stats = replay_lines(
+            source,
+            catalog,
+            sink.write,
+            explain_user=explain_user,
+            explain=(lambda text: print(text, file=explain_stream)) if explain_user else None,
+            on_line=bar.update,
+        )
+    click.echo(
+        f"replayed {stats.events} events from {stats.lines} lines: "
+        f"{stats.outputs} output events, {stats.dead_letters} dead letter(s)",
+        err=True,
+    )
+
+
+def _open_in(path: Path) -> IO[bytes]:
+    if str(path) == "-":
+        return sys.stdin.buffer
+    return path.open("rb")
+
+
+def _open_out(path: Path) -> IO[bytes]:
+    if str(path) == "-":
+        return sys.stdout.buffer
+    return path.open("wb")

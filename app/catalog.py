@@ -150,13 +150,19 @@ _MISSING: Any = object()
 class _Reader:
     """Typed access to one JSON object, recording problems instead of raising."""
 
-    def __init__(self, doc: dict[str, Any], where: str, problems: _Problems) -> None:
+    def __init__(
+        self, doc: dict[str, Any], where: str, problems: _Problems, prefix: str = ""
+    ) -> None:
         self.doc = doc
         self.where = where
         self.problems = problems
+        self.prefix = prefix  # path of this object inside the template, e.g. "reward."
 
     def _bad(self, name: str, message: str) -> None:
-        self.problems.add(f"{self.where} field {name}", message)
+        self.problems.add(f"{self.where} field {self.prefix}{name}", message)
+
+    def _child(self, doc: dict[str, Any], name: str) -> _Reader:
+        return _Reader(doc, self.where, self.problems, f"{self.prefix}{name}.")
 
     def _get(self, name: str, required: bool) -> Any:
         value = self.doc.get(name, _MISSING)
@@ -231,11 +237,11 @@ class _Reader:
     def obj(self, name: str, *, required: bool) -> _Reader | None:
         value = self._get(name, required)
         if value is _MISSING:
-            return None if required else _Reader({}, self.where, self.problems).nested(name)
+            return None if required else self._child({}, name)
         if not isinstance(value, dict):
             self._bad(name, f"expected an object, got {value!r}")
             return None
-        return _Reader(value, self.where, self.problems).nested(name)
+        return self._child(value, name)
 
     def objects(self, name: str) -> list[_Reader] | None:
         value = self._get(name, True)
@@ -249,23 +255,8 @@ class _Reader:
             if not isinstance(item, dict):
                 self._bad(f"{name}[{index}]", f"expected an object, got {item!r}")
                 continue
-            readers.append(_Reader(item, self.where, self.problems).nested(f"{name}[{index}]"))
+            readers.append(self._child(item, f"{name}[{index}]"))
         return readers
-
-    def nested(self, prefix: str) -> _Reader:
-        reader = _Prefixed(self.doc, self.where, self.problems)
-        reader.prefix = prefix
-        return reader
-
-
-class _Prefixed(_Reader):
-    prefix = ""
-
-    def _bad(self, name: str, message: str) -> None:
-        self.problems.add(f"{self.where} field {self.prefix}.{name}", message)
-
-    def nested(self, prefix: str) -> _Reader:
-        return super().nested(f"{self.prefix}.{prefix}")
 
 
 def parse_catalog(templates_value: object, pools_value: object = None) -> Catalog:

@@ -140,7 +140,9 @@ def _expire_due(
         instances.append(inst)
     frozen = tuple(instances)
     orders, held = _prune(state, frozen, at)
-    return UserState(state.user_id, frozen, orders, held, next_deadline_of(frozen))
+    return UserState(
+        state.user_id, frozen, orders, held, next_deadline_of(frozen), state.last_claim
+    )
 
 
 def _prune(
@@ -173,13 +175,13 @@ def _claim(state: UserState | None, event: TaskClaim, catalog: Catalog) -> Outco
     notes: list[str] = []
     if state is not None:
         state = _expire_due(state, event.at, event.event_id, catalog, out, notes)
+    if state is not None and _is_redelivered_claim(state, event):
+        notes.append("duplicate claim event: already judged")
+        return Outcome(state, tuple(out), tuple(notes))
     template = catalog.templates.get(event.template_id)
     instances = () if state is None else state.instances
     if template is None:
         return _reject_claim(state, event, UNKNOWN_TEMPLATE, out, notes)
-    if any(i.claim_event_id == event.event_id for i in instances):
-        notes.append("duplicate claim event: already applied")
-        return Outcome(state, tuple(out), tuple(notes))
     if not template.active_from <= event.at < template.active_until:
         return _reject_claim(state, event, NOT_ACTIVE, out, notes)
     same = [i for i in instances if i.template_id == template.template_id]
@@ -222,9 +224,21 @@ def _claim(state: UserState | None, event: TaskClaim, catalog: Catalog) -> Outco
     orders = EMPTY_ORDERS if state is None else state.orders
     held = EMPTY_HELD if state is None else state.held_refunds
     new_state = UserState(
-        event.user_id, new_instances, orders, held, next_deadline_of(new_instances)
+        event.user_id,
+        new_instances,
+        orders,
+        held,
+        next_deadline_of(new_instances),
+        (event.at, event.event_id),
     )
     return Outcome(new_state, tuple(out), tuple(notes))
+
+
+def _is_redelivered_claim(state: UserState, event: TaskClaim) -> bool:
+    if any(i.claim_event_id == event.event_id for i in state.instances):
+        return True
+    last = state.last_claim
+    return last is not None and (event.at < last[0] or event.event_id == last[1])
 
 
 def _reject_claim(
@@ -234,8 +248,9 @@ def _reject_claim(
     out: list[OutputEvent],
     notes: list[str],
 ) -> Outcome:
-    # A redelivered rejected claim yields this same event again (same id):
-    # remembering every rejected claim would let spam grow the state forever.
+    # For a user without state a rejection depends on the event alone, so a
+    # redelivery yields this same event again (same id; consumers de-duplicate).
+    # A user with state remembers the last claim judged (see UserState.last_claim).
     out.append(
         ClaimRejected(
             ids.event_id("claim_rejected", event.event_id),
@@ -248,6 +263,15 @@ def _reject_claim(
         )
     )
     notes.append(f"claim of {event.template_id} rejected: {reason}")
+    if state is not None:
+        state = UserState(
+            state.user_id,
+            state.instances,
+            state.orders,
+            state.held_refunds,
+            state.next_deadline,
+            (event.at, event.event_id),
+        )
     return Outcome(state, tuple(out), tuple(notes))
 
 
@@ -312,6 +336,7 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
         MappingProxyType(orders),
         held_map,
         next_deadline_of(instances) if replaced else state.next_deadline,
+        state.last_claim,
     )
     return Outcome(new_state, tuple(out), tuple(notes))
 
@@ -477,6 +502,7 @@ def _order_refunded(
         MappingProxyType(orders),
         state.held_refunds,
         next_deadline_of(instances) if replaced else state.next_deadline,
+        state.last_claim,
     )
     return Outcome(new_state, tuple(out), tuple(notes))
 
@@ -501,6 +527,7 @@ def _hold_refund(
         state.orders,
         MappingProxyType(held_map),
         state.next_deadline,
+        state.last_claim,
     )
     return Outcome(new_state, tuple(out), tuple(notes))
 

@@ -99,6 +99,11 @@ class UserState:
     # Earliest deadline of an in-progress instance (None: nothing can expire).
     # The caller indexes users by it to find whom a broadcast tick affects.
     next_deadline: int | None
+    # (at, event_id) of the last claim processed for this user. Claims of a user
+    # arrive in order, so an older (or the same) claim is a redelivery: without
+    # this mark a rejected claim redelivered after its task expired would be
+    # judged again and could create an instance.
+    last_claim: tuple[int, str] | None
 
     def instance(self, task_id: str) -> TaskInstance | None:
         for inst in self.instances:

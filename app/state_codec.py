@@ -30,6 +30,7 @@ def encode_user_state(state: UserState) -> bytes:
             },
             {oid: [list(h) for h in held] for oid, held in state.held_refunds.items()},
             state.next_deadline,
+            None if state.last_claim is None else list(state.last_claim),
         ]
     )
 
@@ -67,7 +68,7 @@ def decode_user_state(raw: bytes | None) -> UserState | None:
     doc = orjson.loads(raw)
     if not isinstance(doc, list) or not doc or doc[0] != STATE_FORMAT:
         raise ValueError(f"not a user state of format {STATE_FORMAT}")
-    _, user_id, instances, orders, held, next_deadline = doc
+    _, user_id, instances, orders, held, next_deadline, last_claim = doc
     return UserState(
         user_id,
         tuple(_decode_instance(i) for i in instances),
@@ -81,6 +82,7 @@ def decode_user_state(raw: bytes | None) -> UserState | None:
             {oid: tuple((rid, cents) for rid, cents in items) for oid, items in held.items()}
         ),
         next_deadline,
+        None if last_claim is None else (last_claim[0], last_claim[1]),
     )
 
 

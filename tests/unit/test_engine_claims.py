@@ -92,3 +92,13 @@ def test_redelivered_rejected_claim_yields_the_identical_rejection() -> None:
     first = run(claim("nope", event_id="c9"))
     again = run(claim("nope", event_id="c9"))
     assert first.events == again.events  # same id: consumers de-duplicate it
+
+
+def test_rejected_claim_redelivered_after_the_task_expired_creates_nothing() -> None:
+    run = Run(catalog(template(duration_days=1, claim_rule={"max_claims": 3})))
+    run(claim(at=t(2), event_id="c1"))
+    rejected = run(claim(at=t(2, 13), event_id="c2"))
+    assert rejected.events[0].reason == "already_claimed"
+    run(order("o1", at=t(5)))  # expires the first task
+    assert run(claim(at=t(2, 13), event_id="c2")).events == ()
+    assert len(run.state.instances) == 1  # type: ignore[union-attr]

@@ -161,10 +161,35 @@ def _prune(
         for oid, rec in state.orders.items()
         if oid in counted or any(start <= rec.at < end for start, end in open_windows)
     }
-    held = state.held_refunds if any(i.is_open for i in instances) else EMPTY_HELD
+    held = _still_relevant_held_refunds(state.held_refunds, instances)
     if len(orders) == len(state.orders):
         return state.orders, held
     return MappingProxyType(orders), held
+
+
+def _could_count_refunded_order(instances: tuple[TaskInstance, ...], refund_at: int) -> bool:
+    """Whether an order refunded at `refund_at` could still count somewhere.
+
+    An order is paid before it is refunded, so only an open instance claimed
+    at or before the refund's time can count it; instances claimed later
+    (claims arrive in order) never will.
+    """
+    return any(i.is_open and i.claimed_at <= refund_at for i in instances)
+
+
+def _still_relevant_held_refunds(
+    held: Mapping[str, HeldRefunds], instances: tuple[TaskInstance, ...]
+) -> Mapping[str, HeldRefunds]:
+    if not held:
+        return held
+    kept = {}
+    for order_id, refunds in held.items():
+        relevant = tuple(r for r in refunds if _could_count_refunded_order(instances, r[2]))
+        if relevant:
+            kept[order_id] = relevant
+    if sum(len(r) for r in kept.values()) == sum(len(r) for r in held.values()):
+        return held
+    return MappingProxyType(kept) if kept else EMPTY_HELD
 
 
 # -------------------------------------------------------------------- claim
@@ -293,11 +318,11 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
         return Outcome(state, tuple(out), tuple(notes))
 
     held = state.held_refunds.get(event.order_id, ())
-    refunded = sum(amount for _, amount in held)
+    refunded = sum(amount for _, amount, _ in held)
     if held:
         notes.append(f"applying {len(held)} refund(s) held for this order: -{refunded} cents")
     record = OrderRecord(
-        event.amount_cents, refunded, tuple(rid for rid, _ in held), at, event.channel
+        event.amount_cents, refunded, tuple(rid for rid, _, _ in held), at, event.channel
     )
     remaining = record.remaining_cents
 
@@ -511,15 +536,16 @@ def _hold_refund(
     state: UserState, event: OrderRefunded, out: list[OutputEvent], notes: list[str]
 ) -> Outcome:
     held = state.held_refunds.get(event.order_id, ())
-    if any(rid == event.refund_id for rid, _ in held):
+    if any(rid == event.refund_id for rid, _, _ in held):
         notes.append(f"duplicate refund {event.refund_id}: already held")
         return Outcome(state, tuple(out), tuple(notes))
-    if not any(i.is_open for i in state.instances):
-        # Its order could not count any more: no open task is left to count it in.
-        notes.append(f"order {event.order_id} unknown and no active task: nothing to hold")
+    if not _could_count_refunded_order(state.instances, event.at):
+        notes.append(
+            f"order {event.order_id} unknown and no task it could count in: nothing to hold"
+        )
         return Outcome(state, tuple(out), tuple(notes))
     held_map = dict(state.held_refunds)
-    held_map[event.order_id] = (*held, (event.refund_id, event.amount_cents))
+    held_map[event.order_id] = (*held, (event.refund_id, event.amount_cents, event.at))
     notes.append(f"order {event.order_id} not seen yet: refund held until it arrives")
     new_state = UserState(
         state.user_id,

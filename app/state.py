@@ -13,8 +13,8 @@ What it holds, and why each piece is bounded:
   windows are fixed and a user's events arrive in order); records that
   counted nowhere are dropped when the windows around them expire.
 - `held_refunds`: refunds that came before their order, by order id;
-  dropped when the user has no open task left (the order could no longer
-  count anywhere).
+  dropped when no open task claimed before the refund is left (an order is
+  paid before it is refunded, so only such a task could count it).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class OrderRecord:
         return max(0, self.amount_cents - self.refunded_cents)
 
 
-HeldRefunds = tuple[tuple[str, int], ...]  # (refund_id, amount_cents) in arrival order
+# (refund_id, amount_cents, refund at) in arrival order
+HeldRefunds = tuple[tuple[str, int, int], ...]
 
 EMPTY_ORDERS: Mapping[str, OrderRecord] = MappingProxyType({})
 EMPTY_HELD: Mapping[str, HeldRefunds] = MappingProxyType({})

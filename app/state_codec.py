@@ -79,7 +79,10 @@ def decode_user_state(raw: bytes | None) -> UserState | None:
             }
         ),
         MappingProxyType(
-            {oid: tuple((rid, cents) for rid, cents in items) for oid, items in held.items()}
+            {
+                oid: tuple((rid, cents, at) for rid, cents, at in items)
+                for oid, items in held.items()
+            }
         ),
         next_deadline,
         None if last_claim is None else (last_claim[0], last_claim[1]),

@@ -107,13 +107,16 @@ LARGE = parse_catalog(TEMPLATES, LARGE_POOLS)
 
 
 def build_log(seed: int, length: int) -> list[InputEvent]:
-    """A random but reproducible log: mostly orders, some refunds (before their
-    order, partial, repeated), claims (some ineligible or unknown), ticks, and
-    time gaps short enough for tasks to complete and long enough to expire."""
+    """A random but reproducible log: mostly orders, some refunds (partial,
+    repeated, some delivered before their order), claims (some ineligible or
+    unknown), ticks, and time gaps short enough for tasks to complete and long
+    enough for them to expire. Order ids are never reused, and a refund is
+    never earlier in time than its order (see docs/engine.md)."""
     rng = random.Random(seed)
     events: list[InputEvent] = []
     at = START
     template_ids = [*(t["template_id"] for t in TEMPLATES), "ghost"]
+    paid = dict.fromkeys(USERS, 0)  # orders paid so far per user: ids are never reused
     for n in range(length):
         at += rng.choice([1, HOUR, HOUR, 3 * HOUR, 3 * HOUR, 30 * HOUR])
         eid = f"e{n}"
@@ -125,13 +128,22 @@ def build_log(seed: int, length: int) -> list[InputEvent]:
         elif roll < 0.7:
             amount = rng.choice([2500, 2500, 1000, 5000, 500, 0])
             channel = rng.choice(["pickup", "pickup", "app"])
-            order_id = f"{user}-o{rng.randrange(6)}"
-            events.append(OrderPaid(eid, order_id, user, amount, channel, at))
-        elif roll < 0.92:
-            order_id = f"{user}-o{rng.randrange(6)}"
-            refund_id = f"{order_id}-r{rng.randrange(2)}"
+            events.append(OrderPaid(eid, f"{user}-o{paid[user]}", user, amount, channel, at))
+            paid[user] += 1
+        elif roll < 0.8 and paid[user]:
+            k = rng.randrange(max(0, paid[user] - 4), paid[user])  # a recent order
+            refund_id = f"{user}-o{k}-r{rng.randrange(2)}"
             amount = rng.choice([2500, 1000, 100])
-            events.append(OrderRefunded(eid, refund_id, order_id, user, amount, at))
+            events.append(OrderRefunded(eid, refund_id, f"{user}-o{k}", user, amount, at))
+        elif roll < 0.92:
+            # A refund delivered before its order: refunded after it was paid,
+            # but the refund system's message got here first.
+            order_id = f"{user}-o{paid[user]}"
+            paid[user] += 1
+            refund = OrderRefunded(eid, f"{order_id}-r0", order_id, user, 1000, at + HOUR)
+            amount = rng.choice([2500, 1000, 5000])
+            events += [refund, OrderPaid(f"{eid}p", order_id, user, amount, "pickup", at)]
+            at += HOUR
         else:
             events.append(Tick(eid, at))
     return events

@@ -112,7 +112,8 @@ def _expire_due(
     out: list[OutputEvent],
     notes: list[str],
 ) -> UserState:
-    """Expire every in-progress instance whose deadline is <= at; prune what expiry frees."""
+    """Expire every in-progress instance whose deadline is <= at, and prune what
+    closed windows (expired, or completed and past the deadline) free."""
     if state.next_deadline is None or at < state.next_deadline:
         return state
     instances = []
@@ -141,7 +142,7 @@ def _expire_due(
     frozen = tuple(instances)
     orders, held = _prune(state, frozen, at)
     return UserState(
-        state.user_id, frozen, orders, held, next_deadline_of(frozen), state.last_claim
+        state.user_id, frozen, orders, held, next_deadline_of(frozen, at), state.last_claim
     )
 
 
@@ -152,39 +153,41 @@ def _prune(
 
     Kept: orders some instance counts (a later refund must find them), and
     orders inside a window that can still count (duplicates must stay
-    no-ops). Held refunds are kept while some instance is open.
+    no-ops). Held refunds are kept while an order they belong to could count.
     """
     counted = {oid for inst in instances for oid, _ in inst.counted}
-    open_windows = [(i.claimed_at, i.deadline) for i in instances if i.is_open and now < i.deadline]
+    open_windows = [(i.claimed_at, i.deadline) for i in instances if i.is_live(now)]
     orders = {
         oid: rec
         for oid, rec in state.orders.items()
         if oid in counted or any(start <= rec.at < end for start, end in open_windows)
     }
-    held = _still_relevant_held_refunds(state.held_refunds, instances)
+    held = _still_relevant_held_refunds(state.held_refunds, instances, now)
     if len(orders) == len(state.orders):
         return state.orders, held
     return MappingProxyType(orders), held
 
 
-def _could_count_refunded_order(instances: tuple[TaskInstance, ...], refund_at: int) -> bool:
+def _could_count_refunded_order(
+    instances: tuple[TaskInstance, ...], refund_at: int, now: int
+) -> bool:
     """Whether an order refunded at `refund_at` could still count somewhere.
 
-    An order is paid before it is refunded, so only an open instance claimed
+    An order is paid before it is refunded, so only a live instance claimed
     at or before the refund's time can count it; instances claimed later
     (claims arrive in order) never will.
     """
-    return any(i.is_open and i.claimed_at <= refund_at for i in instances)
+    return any(i.is_live(now) and i.claimed_at <= refund_at for i in instances)
 
 
 def _still_relevant_held_refunds(
-    held: Mapping[str, HeldRefunds], instances: tuple[TaskInstance, ...]
+    held: Mapping[str, HeldRefunds], instances: tuple[TaskInstance, ...], now: int
 ) -> Mapping[str, HeldRefunds]:
     if not held:
         return held
     kept = {}
     for order_id, refunds in held.items():
-        relevant = tuple(r for r in refunds if _could_count_refunded_order(instances, r[2]))
+        relevant = tuple(r for r in refunds if _could_count_refunded_order(instances, r[2], now))
         if relevant:
             kept[order_id] = relevant
     if sum(len(r) for r in kept.values()) == sum(len(r) for r in held.values()):
@@ -253,7 +256,7 @@ def _claim(state: UserState | None, event: TaskClaim, catalog: Catalog) -> Outco
         new_instances,
         orders,
         held,
-        next_deadline_of(new_instances),
+        next_deadline_of(new_instances, event.at),
         (event.at, event.event_id),
     )
     return Outcome(new_state, tuple(out), tuple(notes))
@@ -312,7 +315,7 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
         return Outcome(state, tuple(out), tuple(notes))
     at = event.at
     templates = catalog.templates
-    in_window = [i for i in state.instances if i.is_open and i.claimed_at <= at < i.deadline]
+    in_window = [i for i in state.instances if i.is_live(at) and i.claimed_at <= at]
     if not in_window:
         notes.append(_outside_windows_note(state, at))
         return Outcome(state, tuple(out), tuple(notes))
@@ -360,24 +363,17 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
         instances,
         MappingProxyType(orders),
         held_map,
-        next_deadline_of(instances) if replaced else state.next_deadline,
+        next_deadline_of(instances, event.at) if replaced else state.next_deadline,
         state.last_claim,
     )
     return Outcome(new_state, tuple(out), tuple(notes))
 
 
 def _outside_windows_note(state: UserState, at: int) -> str:
-    if not any(i.is_open for i in state.instances):
+    live = [i.template_id for i in state.instances if i.is_live(at)]
+    if not live:
         return "no active task: the order counts for nothing"
-    reasons = []
-    for inst in state.instances:
-        if not inst.is_open:
-            continue
-        if at < inst.claimed_at:
-            reasons.append(f"{inst.template_id}: order before the claim")
-        else:
-            reasons.append(f"{inst.template_id}: order at/after the deadline")
-    return "; ".join(reasons)
+    return "; ".join(f"{template_id}: order before the claim" for template_id in live)
 
 
 def _choose_tasks(
@@ -526,7 +522,7 @@ def _order_refunded(
         instances,
         MappingProxyType(orders),
         state.held_refunds,
-        next_deadline_of(instances) if replaced else state.next_deadline,
+        next_deadline_of(instances, event.at) if replaced else state.next_deadline,
         state.last_claim,
     )
     return Outcome(new_state, tuple(out), tuple(notes))
@@ -539,7 +535,7 @@ def _hold_refund(
     if any(rid == event.refund_id for rid, _, _ in held):
         notes.append(f"duplicate refund {event.refund_id}: already held")
         return Outcome(state, tuple(out), tuple(notes))
-    if not _could_count_refunded_order(state.instances, event.at):
+    if not _could_count_refunded_order(state.instances, event.at, event.at):
         notes.append(
             f"order {event.order_id} unknown and no task it could count in: nothing to hold"
         )

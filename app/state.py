@@ -60,9 +60,10 @@ class TaskInstance:
     counted: tuple[tuple[str, int], ...]
     slots: tuple[RewardSlot, ...]  # sorted by slot; only slots ever paid or rejected
 
-    @property
-    def is_open(self) -> bool:
-        return self.status != EXPIRED
+    def is_live(self, now: int) -> bool:
+        """Whether an order could still count in this instance (now or after a
+        refund reopens it): not expired and its deadline not reached."""
+        return self.status != EXPIRED and now < self.deadline
 
     def counts(self, order_id: str) -> bool:
         return any(oid == order_id for oid, _ in self.counted)
@@ -97,8 +98,10 @@ class UserState:
     instances: tuple[TaskInstance, ...]
     orders: Mapping[str, OrderRecord]
     held_refunds: Mapping[str, HeldRefunds]
-    # Earliest deadline of an in-progress instance (None: nothing can expire).
-    # The caller indexes users by it to find whom a broadcast tick affects.
+    # When this user needs a visit without an event of their own: the earliest
+    # deadline of an in-progress instance (it expires) or of a completed one
+    # (its window closes and what it kept can be pruned). None: never. The
+    # caller indexes users by it to find whom a broadcast tick affects.
     next_deadline: int | None
     # (at, event_id) of the last claim processed for this user. Claims of a user
     # arrive in order, so an older (or the same) claim is a redelivery: without
@@ -113,6 +116,10 @@ class UserState:
         return None
 
 
-def next_deadline_of(instances: tuple[TaskInstance, ...]) -> int | None:
-    deadlines = [i.deadline for i in instances if i.status == IN_PROGRESS]
+def next_deadline_of(instances: tuple[TaskInstance, ...], now: int) -> int | None:
+    deadlines = [
+        i.deadline
+        for i in instances
+        if i.status == IN_PROGRESS or (i.status == COMPLETED and i.deadline > now)
+    ]
     return min(deadlines) if deadlines else None

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench [name ...]` (default: all). Results go to BENCHMARKS.md by hand."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_builders import Run, catalog, claim, order, t, template, tick
+from engine_builders import Run, catalog, claim, order, refund, t, template, tick
 
 from app.budget import Ledger
 from app.deadlines import DeadlineIndex, deadline_key
@@ -86,3 +86,32 @@ def test_expiry_forgets_orders_that_can_no_longer_count() -> None:
     assert set(run.state.orders) == {"small", "big"}  # type: ignore[union-attr]
     run(tick(t(4)))
     assert set(run.state.orders) == {"big"}  # type: ignore[union-attr]  # a refund may still come
+
+
+def test_completed_task_past_its_deadline_lets_its_uncounted_orders_go() -> None:
+    run = Run(catalog(template(target=1, duration_days=1)))
+    run(claim(at=t(2)), order("counted", at=t(2, 13)), order("after", at=t(2, 14)))
+    state = run.state
+    assert state is not None
+    assert set(state.orders) == {"counted", "after"}  # a refund could reopen the task
+    assert state.next_deadline == t(3)  # so the tick index visits it when the window closes
+    out = run(tick(t(3)))
+    assert out.events == ()
+    assert set(run.state.orders) == {"counted"}  # type: ignore[union-attr]
+    assert run.state.next_deadline is None  # type: ignore[union-attr]
+
+
+def test_held_refund_is_dropped_when_no_task_claimed_before_it_remains_live() -> None:
+    run = Run(catalog(template(duration_days=1, claim_rule={"max_claims": 2})))
+    run(claim(at=t(2), event_id="c1"), refund("r1", "never-seen", 100, at=t(2, 13)))
+    assert set(run.state.held_refunds) == {"never-seen"}  # type: ignore[union-attr]
+    run(claim(at=t(3, 13), event_id="c2"))  # the first task expires; a new one starts
+    assert run.state.held_refunds == {}  # type: ignore[union-attr]
+
+
+def test_refund_for_an_unknown_order_is_not_held_when_no_live_task_could_count_it() -> None:
+    run = Run(catalog(template(duration_days=1)))
+    run(claim(at=t(2)), tick(t(3)))
+    out = run(refund("r1", "o1", 100, at=t(4)))
+    assert "nothing to hold" in out.notes[-1]
+    assert out.state is run.outcomes[-2].state

@@ -43,7 +43,10 @@ def register_upcaster(event_type: str, from_v: int) -> Callable[[Upcaster], Upca
     return register
 
 
-FieldCheck = tuple[str, Callable[[object], Any]]
+FieldCheck = tuple[str, Callable[[object], Any], object]  # name, check, fast-path tag
+_STR_ID = object()
+_NONNEG_INT = object()
+_FAST = {Kind.ID: _STR_ID, Kind.CENTS: _NONNEG_INT, Kind.COUNT: _NONNEG_INT}
 FieldOut = tuple[str, Callable[[Any], Any] | None]
 
 
@@ -53,7 +56,7 @@ def _kind_of(f: dataclasses.Field[Any]) -> Kind:
 
 def _specs(cls: type[Record]) -> tuple[tuple[FieldCheck, ...], tuple[FieldOut, ...]]:
     fields = dataclasses.fields(cast(Any, cls))
-    checks = tuple((f.name, KINDS[_kind_of(f)].check) for f in fields)
+    checks = tuple((f.name, KINDS[_kind_of(f)].check, _FAST.get(_kind_of(f))) for f in fields)
     outs = tuple((f.name, KINDS[_kind_of(f)].to_wire) for f in fields)
     return checks, outs
 
@@ -109,9 +112,18 @@ def from_wire(doc: dict[str, Any], upcasters: UpcasterRegistry = UPCASTERS) -> R
         raise SchemaError(f"{event_type}.v: expected an integer, got {_type_name(version)}")
     if version != cls.V:
         doc = _upcast(doc, event_type, version, cls.V, upcasters)
-    values = []
-    for name, check in _CHECKS[event_type]:
+    values: list[Any] = []
+    for name, check, fast in _CHECKS[event_type]:
         value = doc.get(name, _MISSING)
+        # Inline the commonest checks (non-empty string ids, non-negative ints):
+        # decoding is most of the cost of a replay.
+        if fast is _STR_ID:
+            if type(value) is str and value:
+                values.append(value)
+                continue
+        elif fast is _NONNEG_INT and type(value) is int and value >= 0:
+            values.append(value)
+            continue
         if value is _MISSING:
             raise SchemaError(f"{event_type}.{name}: missing field")
         try:

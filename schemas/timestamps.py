@@ -31,6 +31,9 @@ def _day_number(year: int, month: int, day: int) -> int:
     return date(year, month, day).toordinal() - _EPOCH_ORDINAL
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_utc(text: object) -> int:
     """Parse an RFC 3339 timestamp with a zero offset into epoch microseconds.
 
@@ -38,6 +41,29 @@ def parse_utc(text: object) -> int:
     is not a string, not RFC 3339, names an impossible date or time, or has
     a non-zero offset (the contract is UTC everywhere).
     """
+    # Fast path for the canonical shape we write ourselves,
+    # "YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z" (the bulk of any log): separators checked
+    # at fixed positions, then the C parser, which refuses anything but ASCII
+    # digits in between.
+    if (
+        type(text) is str
+        and (len(text) == 20 or (22 <= len(text) <= 27 and text[19] == "."))
+        and text[-1] == "Z"
+        and text[10] == "T"
+        and text[4] == text[7] == "-"
+        and text[13] == text[16] == ":"
+        and text.isascii()
+    ):
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return _parse_general(text)  # the careful path says precisely what is wrong
+        delta = moment - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds
+    return _parse_general(text)
+
+
+def _parse_general(text: object) -> int:
     if not isinstance(text, str):
         raise SchemaError(f"expected an RFC 3339 UTC timestamp string, got {_kind(text)}")
     match = _RFC3339.fullmatch(text)
@@ -58,11 +84,18 @@ def parse_utc(text: object) -> int:
     return ((days * 86_400 + h * 3_600 + m * 60 + s) * MICROS_PER_SECOND) + micros
 
 
+@lru_cache(maxsize=4096)
+def _date_text(days: int) -> str:
+    return date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+
+
 def format_utc(micros: int) -> str:
     """The canonical wire form of an instant (fraction only when non-zero)."""
     seconds, fraction = divmod(micros, MICROS_PER_SECOND)
-    moment = datetime.fromtimestamp(seconds, UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    days, second_of_day = divmod(seconds, 86_400)
+    hour, rest = divmod(second_of_day, 3_600)
+    minute, second = divmod(rest, 60)
+    text = f"{_date_text(days)}T{hour:02d}:{minute:02d}:{second:02d}"
     if fraction:
         text += "." + f"{fraction:06d}".rstrip("0")
     return text + "Z"

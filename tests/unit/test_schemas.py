@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.codec import decode, decode_input, encode, from_wire, to_wire
 from schemas.errors import SchemaError
 from schemas.jsonschema import JSON_DIR, render, schema_for
 from schemas.records import ALL_RECORDS, OrderPaid, TaskClaim, Tick
-from schemas.timestamps import format_utc, parse_utc
+from schemas.timestamps import _parse_general, format_utc, parse_utc, to_datetime
 from taskstream.catalog_files import load_catalog
 from taskstream.replay import replay_lines
 
@@ -247,3 +251,29 @@ def test_every_record_round_trips_through_to_wire() -> None:
     for line in sample_outputs():
         record = decode(line)
         assert orjson.dumps(to_wire(record)) == line.rstrip(b"\n")
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = parse_utc("0001-01-02T00:00:00Z")
+LATEST = parse_utc("9999-12-30T23:59:59.999999Z")
+
+
+@given(st.integers(EARLIEST, LATEST))
+def test_timestamps_round_trip_and_both_parsers_agree(micros: int) -> None:
+    text = format_utc(micros)
+    assert parse_utc(text) == micros
+    assert _parse_general(text) == micros
+    assert to_datetime(micros) == EPOCH + timedelta(microseconds=micros)
+
+
+@given(st.text(alphabet="0123456789-:TZz+. ", min_size=18, max_size=28))
+def test_the_fast_timestamp_path_accepts_exactly_what_the_careful_parser_accepts(
+    text: str,
+) -> None:
+    def outcome(parse: Callable[[object], int]) -> object:
+        try:
+            return parse(text)
+        except SchemaError:
+            return "refused"
+
+    assert outcome(parse_utc) == outcome(_parse_general)

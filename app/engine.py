@@ -370,10 +370,15 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
 
 
 def _outside_windows_note(state: UserState, at: int) -> str:
-    live = [i.template_id for i in state.instances if i.is_live(at)]
-    if not live:
-        return "no active task: the order counts for nothing"
-    return "; ".join(f"{template_id}: order before the claim" for template_id in live)
+    reasons = []
+    for inst in state.instances:
+        if inst.is_live(at):
+            reasons.append(f"{inst.template_id}: order before the claim")
+        elif at >= inst.deadline:
+            reasons.append(f"{inst.template_id}: order at/after the deadline")
+        else:
+            reasons.append(f"{inst.template_id}: task already expired")
+    return "; ".join(reasons) or "no active task: the order counts for nothing"
 
 
 def _choose_tasks(

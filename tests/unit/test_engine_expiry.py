@@ -25,7 +25,7 @@ def test_any_later_event_of_the_user_expires_the_task_first() -> None:
     run(claim(at=t(2)))
     out = run(order("late", at=t(5)))
     assert run.types(out) == ["task_expired"]
-    assert "no active task" in out.notes[-1]
+    assert "order at/after the deadline" in out.notes[-1]
 
 
 def test_rewards_earned_stay_when_the_task_expires() -> None:

@@ -231,7 +231,7 @@ def test_sample_inputs_and_outputs_validate_against_their_json_schema() -> None:
     outputs = [orjson.loads(line) for line in sample_outputs()]
     assert {d["type"] for d in outputs} >= {
         "task_claimed", "claim_rejected", "task_advanced", "task_completed", "task_expired",
-        "task_rolled_back", "reward_granted", "reward_revoked", "dead_letter",
+        "task_rolled_back", "reward_granted", "reward_revoked", "reward_rejected", "dead_letter",
     }  # fmt: skip
     for doc in inputs + outputs:
         schema = orjson.loads((JSON_DIR / f"{doc['type']}.json").read_bytes())

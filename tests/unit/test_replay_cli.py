@@ -98,3 +98,22 @@ def test_explain_tells_why_refund_before_order_and_duplicates_did_not_count(tmp_
     assert "refund held until it arrives" in stdout
     assert "applying 1 refund(s) held for this order" in stdout
     assert "duplicate order o_bob_3" in stdout
+
+
+def test_replay_reads_stdin_and_writes_stdout_with_explanations_on_stderr() -> None:
+    events = (SAMPLES / "events.jsonl").read_bytes()
+    args = [
+        "replay",
+        "--templates", str(SAMPLES / "templates.json"),
+        "--pools", str(SAMPLES / "pools.json"),
+        "--events", "-",
+        "--out", "-",
+        "--explain", "u_gina",
+        "--no-progress",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args, input=events)
+    assert result.exit_code == 0
+    lines = result.stdout_bytes.splitlines()
+    assert all(orjson.loads(line)["type"] for line in lines)
+    assert b"budget_exhausted" in result.stdout_bytes
+    assert "reward_rejected milestones_exclusive 700c (budget_exhausted)" in result.stderr

@@ -17,6 +17,7 @@ Exit codes: 0 done (dead letters are counted on stderr, not failures),
 from __future__ import annotations
 
 import base64
+import contextlib
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -185,27 +186,26 @@ def replay(
     except CatalogError as exc:
         click.echo(f"taskstream replay: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    try:
-        source = _open_in(events_path)
-        sink = _open_out(out_path)
-    except OSError as exc:
-        click.echo(f"taskstream replay: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    total = None if str(events_path) == "-" else events_path.stat().st_size
+    total = None if str(events_path) == "-" else _size(events_path)
     # The explanation goes to stdout, unless the outputs already do.
     explain_stream = sys.stderr if str(out_path) == "-" else sys.stdout
-    with (
-        source,
-        sink,
-        tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc="replay",
-            file=sys.stderr,
-            disable=not progress or None,  # None: only when stderr is a terminal
-        ) as bar,
-    ):
+    with contextlib.ExitStack() as stack:
+        try:
+            source = _open(stack, events_path, "rb", sys.stdin.buffer)
+            sink = _open(stack, out_path, "wb", sys.stdout.buffer)
+        except OSError as exc:
+            click.echo(f"taskstream replay: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        bar = stack.enter_context(
+            tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc="replay",
+                file=sys.stderr,
+                disable=not progress or None,  # None: only when stderr is a terminal
+            )
+        )
         stats = replay_lines(
             source,
             catalog,
@@ -214,6 +214,7 @@ def replay(
             explain=(lambda text: print(text, file=explain_stream)) if explain_user else None,
             on_line=bar.update,
         )
+        sink.flush()
     click.echo(
         f"replayed {stats.events} events from {stats.lines} lines: "
         f"{stats.outputs} output events, {stats.dead_letters} dead letter(s)",
@@ -221,13 +222,19 @@ def replay(
     )
 
 
-def _open_in(path: Path) -> IO[bytes]:
+def _open(
+    stack: contextlib.ExitStack[bool | None], path: Path, mode: str, std: IO[bytes]
+) -> IO[bytes]:
+    """The file at `path` (closed with the stack), or the standard stream for "-"
+    (left open: closing stdout would break everything printed after)."""
     if str(path) == "-":
-        return sys.stdin.buffer
-    return path.open("rb")
+        return std
+    handle: IO[bytes] = stack.enter_context(path.open(mode))
+    return handle
 
 
-def _open_out(path: Path) -> IO[bytes]:
-    if str(path) == "-":
-        return sys.stdout.buffer
-    return path.open("wb")
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None  # reported when opening it

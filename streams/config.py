@@ -23,6 +23,7 @@ class Settings:
     TASKSTREAM_WEB_PORT        faust's web server port (default 6066)
     TASKSTREAM_STORE           table store URL (default rocksdb://; memory:// for tests)
     TASKSTREAM_SESSION_TIMEOUT seconds before a silent worker's partitions move (default 30)
+    TASKSTREAM_PROGRESS_SECONDS how often the worker logs its progress line (default 10)
     """
 
     bootstrap: str = DEFAULT_BOOTSTRAP
@@ -34,6 +35,7 @@ class Settings:
     web_port: int = 6066
     store: str = "rocksdb://"
     session_timeout: int = 30
+    progress_seconds: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,6 +51,9 @@ class Settings:
             web_port=_positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port),
             store=env.get("TASKSTREAM_STORE", cls.store),
             session_timeout=_positive_int(env, "TASKSTREAM_SESSION_TIMEOUT", cls.session_timeout),
+            progress_seconds=_positive_int(
+                env, "TASKSTREAM_PROGRESS_SECONDS", cls.progress_seconds
+            ),
         )
 
     def topic(self, name: str) -> str:

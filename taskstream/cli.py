@@ -77,7 +77,8 @@ def worker(loglevel: str) -> None:
     """
     from faust.worker import Worker
 
-    import streams.agents  # noqa: F401  (registers the agents on the app)
+    import streams.agents  # registers the agents on the app
+    import streams.progress  # noqa: F401  (the periodic progress line)
     from streams.app import app, settings
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +270,7 @@ def tail(topic: str, from_beginning: bool, idle_timeout: float | None) -> None:
             click.echo(value.decode("utf-8", "replace") if value is not None else "null")
     except KeyboardInterrupt:
         pass
+
 
 from taskstream.replay import replay  # noqa: E402
 

@@ -1,0 +1,54 @@
+"""A progress line every few seconds: what the worker did and how far behind it is.
+
+Operators read lag here first; it is also how a stalled consumer shows up
+(events/s at 0 while lag stays above 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streams.app import app, settings
+
+log = logging.getLogger("taskstream.progress")
+
+PROGRESS_INTERVAL_SECONDS = float(settings.progress_seconds)
+
+_last: dict[str, float] = {"events": 0.0}
+
+
+def _lag_by_partition(monitor: Any) -> dict[str, int]:
+    """end offset - last read offset, per input partition we have read from."""
+    lags: dict[str, int] = {}
+    for tp, end in (monitor.tp_end_offsets or {}).items():
+        if not tp.topic.startswith(settings.topic_prefix):
+            continue
+        read = (monitor.tp_read_offsets or {}).get(tp, -1)
+        lags[f"{tp.topic.removeprefix(settings.topic_prefix)}/{tp.partition}"] = max(
+            0, int(end) - int(read) - 1
+        )
+    return lags
+
+
+@app.timer(PROGRESS_INTERVAL_SECONDS)  # type: ignore[untyped-decorator]
+async def report_progress() -> None:
+    monitor = app.monitor
+    consumer = app.consumer
+    events = float(monitor.events_total)
+    rate = (events - _last["events"]) / PROGRESS_INTERVAL_SECONDS
+    _last["events"] = events
+    lags = _lag_by_partition(monitor)
+    behind = {tp: lag for tp, lag in lags.items() if lag}
+    log.info(
+        "progress: %.0f events/s, %d events total, lag %d (%s), assigned %d, paused %d, "
+        "buffer-full %d, producer buffer %d",
+        rate,
+        int(events),
+        sum(lags.values()),
+        ", ".join(f"{tp}={lag}" for tp, lag in sorted(behind.items())) or "none",
+        len(consumer.assignment()),
+        len(getattr(consumer, "_paused_partitions", ())),
+        len(getattr(consumer, "_buffered_partitions", ())),
+        app.producer.buffer.size,
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("core",)
+BENCHMARKS = ("core", "broker")
 
 
 def main(argv: list[str]) -> int:

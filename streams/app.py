@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import faust
 
+from streams import faust_fixes
 from streams.config import DEAD_LETTERS, ORDER_COUNTS, ORDERS, Settings
 
+faust_fixes.install()
 settings = Settings.from_env()
 
 app = faust.App(

@@ -23,12 +23,34 @@ Cause, three steps:
    None (never committed) or 0 is not rewound, so the dropped records are
    never fetched again (until the next restart re-reads them).
 
-Fix: after `seek_to_committed`, reset each input partition without a
+Fix 1: after `seek_to_committed`, reset each input partition without a
 committed offset (None or 0) to its beginning, as `auto_offset_reset =
 "earliest"` (our setting) would on a fresh assignment. `seek_to_beginning`
 also discards aiokafka's buffered records for the partition, so nothing
 stale is returned. Changelog partitions are left alone: faust positions
 them itself from the offsets stored with each table.
+
+Events delivered out of order around recovery
+---------------------------------------------
+Symptom: after a SIGKILL mid-burst, the restarted worker processed some
+events of a partition *after* later ones of the same partition (offsets
+jumped ahead, then back), so a per-partition "already applied" check took
+the earlier ones for duplicates. Same root as faust-streaming issue 216.
+
+Cause: `Recovery._resume_streams` makes the input partitions active first
+and only then awaits `perform_seek()`. While that seek travels to the
+consumer thread, the fetcher hands the agents records from wherever
+aiokafka's position had drifted (step 2 above); the seek then rewinds.
+
+Fix 2: `_resume_streams` seeks first and activates the input partitions
+after, so the first record an agent sees is at the committed offset.
+
+Fix 3: each fetch first mirrors faust's set of active partitions onto
+aiokafka's own pause state, and fetches from a snapshot of that set (faust
+passes its live set, which the event loop thread mutates while the
+consumer thread reads it). Inactive partitions are then not fetched at
+all, so nothing is fetched only to be dropped, and aiokafka's position
+never drifts past records no agent has seen.
 """
 
 from __future__ import annotations
@@ -37,6 +59,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.errors import ConsumerStoppedError
+from faust.tables import recovery as faust_recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
@@ -66,16 +90,90 @@ async def _seek_to_committed_then_rewind_uncommitted(self: Any) -> Mapping[Any, 
     return result
 
 
+async def _resume_streams_after_seeking(self: Any, generation_id: int = 0) -> None:
+    """faust's `Recovery._resume_streams`, with the seek moved before the
+    input partitions become active (fix 2); otherwise unchanged."""
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+def _mirror_pause_state(consumer: Any, active: set[Any]) -> None:
+    """Pause in aiokafka every assigned partition faust considers inactive,
+    resume the active ones (fix 3). Runs in the consumer thread."""
+    paused = consumer.paused()
+    to_pause = [tp for tp in consumer.assignment() if tp not in active and tp not in paused]
+    to_resume = [tp for tp in paused if tp in active]
+    if to_pause:
+        consumer.pause(*to_pause)
+    if to_resume:
+        consumer.resume(*to_resume)
+
+
+async def _fetch_records_of_active_partitions(
+    self: Any,
+    consumer: Any,
+    active_partitions: set[Any] | None,
+    timeout: float | None = None,
+    max_records: int | None = None,
+) -> Any:
+    """faust's `AIOKafkaConsumerThread._fetch_records` with fix 3."""
+    if not self.consumer.flow_active:
+        return {}
+    fetcher = consumer._fetcher
+    if consumer._closed or fetcher._closed:
+        raise ConsumerStoppedError()
+    active = None
+    if active_partitions is not None:
+        active = set(active_partitions)  # snapshot: the event loop thread mutates it
+        _mirror_pause_state(consumer, active)
+        if not active:
+            # An empty set would mean "every partition" to aiokafka.
+            return {}
+    with fetcher._subscriptions.fetch_context():
+        return await fetcher.fetched_records(active, timeout=timeout, max_records=max_records)
+
+
+_PATCHES = (
+    (
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "seek_to_committed",
+        _seek_to_committed_then_rewind_uncommitted,
+    ),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", _fetch_records_of_active_partitions),
+    (faust_recovery.Recovery, "_resume_streams", _resume_streams_after_seeking),
+)
+
+
 def install() -> None:
-    """Replace the faulty method once; fail loudly if faust changed shape."""
+    """Apply the fixes once; fail loudly if faust changed shape."""
     global _INSTALLED
     if _INSTALLED:
         return
-    thread_class = faust_aiokafka.AIOKafkaConsumerThread
-    if not hasattr(thread_class, "seek_to_committed"):
-        raise RuntimeError(
-            "faust's AIOKafkaConsumerThread has no seek_to_committed: "
-            "re-check streams/faust_fixes.py against the installed faust-streaming"
-        )
-    thread_class.seek_to_committed = _seek_to_committed_then_rewind_uncommitted
+    for owner, name, replacement in _PATCHES:
+        if not callable(getattr(owner, name, None)):
+            raise RuntimeError(
+                f"faust's {owner.__name__} has no {name}: re-check streams/faust_fixes.py "
+                "against the installed faust-streaming"
+            )
+        setattr(owner, name, replacement)
     _INSTALLED = True

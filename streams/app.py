@@ -27,6 +27,7 @@ app = faust.App(
     # The changelog and outputs must be on disk at the broker before an
     # input offset is committed (faust flushes the producer before commit).
     producer_acks=-1,
+    broker_commit_interval=settings.commit_interval,
     # RocksDB tables read and write the current event's partition.
     table_standby_replicas=0,
     # A crashed worker's partitions move after this long; the broker's

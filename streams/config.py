@@ -24,6 +24,7 @@ class Settings:
     TASKSTREAM_STORE           table store URL (default rocksdb://; memory:// for tests)
     TASKSTREAM_SESSION_TIMEOUT seconds before a silent worker's partitions move (default 30)
     TASKSTREAM_PROGRESS_SECONDS how often the worker logs its progress line (default 10)
+    TASKSTREAM_COMMIT_INTERVAL seconds between offset commits (default 2.8, faust's)
     """
 
     bootstrap: str = DEFAULT_BOOTSTRAP
@@ -36,6 +37,7 @@ class Settings:
     store: str = "rocksdb://"
     session_timeout: int = 30
     progress_seconds: int = 10
+    commit_interval: float = 2.8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -59,6 +61,19 @@ class Settings:
     def topic(self, name: str) -> str:
         """The full name of one of our topics."""
         return f"{self.topic_prefix}{name}"
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {raw!r}")
+    return value
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

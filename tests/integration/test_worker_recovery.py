@@ -72,7 +72,10 @@ def test_worker_survives_sigkill_and_lost_rocksdb_folder(kafka: str, tmp_path: P
     deployment.create_topics()
     outputs = deployment.reader("order-counts")
     dead = deployment.reader("dead-letters")
-    worker = deployment.worker("a").start()
+    # The first worker never commits an offset before it is killed: the
+    # restart then starts from partitions with no committed offset, the case
+    # streams/faust_fixes.py repairs (without it, events were skipped).
+    worker = deployment.worker("a", TASKSTREAM_COMMIT_INTERVAL="3600").start()
     sent: list[dict[str, object]] = []
     try:
         # Phase 1: a first batch, plus messages no worker can process.
@@ -111,6 +114,9 @@ def test_worker_survives_sigkill_and_lost_rocksdb_folder(kafka: str, tmp_path: P
             120,
             why="phase 2 outputs after restart on an empty disk",
             workers=[worker],
+        )
+        assert "without a committed offset" in worker.log_since_start(), (
+            "the restart did not exercise partitions without a committed offset"
         )
 
         # Phase 3: SIGKILL in the middle of a burst (uncommitted offsets, so

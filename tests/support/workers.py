@@ -54,7 +54,7 @@ class Deployment:
     def create_topics(self) -> None:
         ensure_topics(self.settings)
 
-    def worker(self, label: str) -> WorkerProcess:
+    def worker(self, label: str, **extra_env: str) -> WorkerProcess:
         data_dir = self.root / f"worker-{label}"
         env = {
             **os.environ,
@@ -63,6 +63,7 @@ class Deployment:
             "TASKSTREAM_STORE": "rocksdb://",
             "TASKSTREAM_WEB_PORT": str(free_port()),
             "PYTHONUNBUFFERED": "1",
+            **extra_env,
         }
         return WorkerProcess(label, env, data_dir, self.root / f"worker-{label}.log")
 
@@ -91,9 +92,11 @@ class WorkerProcess:
         self.data_dir = data_dir
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
+        self.log_offset = log.tell()
         self.proc = subprocess.Popen(
             [TASKSTREAM, "worker", "--loglevel", "info"],
             env=self.env,
@@ -122,6 +125,12 @@ class WorkerProcess:
     def wipe_state(self) -> None:
         """Delete the worker's local RocksDB folder (as if its disk were lost)."""
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def log_since_start(self) -> str:
+        """What this run of the worker logged (the file is shared by restarts)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:
         try:

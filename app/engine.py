@@ -119,7 +119,7 @@ def _expire_due(
     instances = []
     for inst in state.instances:
         if inst.status == IN_PROGRESS and inst.deadline <= at:
-            inst = _with_status(inst, EXPIRED)
+            inst = inst.with_status(EXPIRED)
             target = catalog.templates[inst.template_id].target
             out.append(
                 TaskExpired(
@@ -462,17 +462,7 @@ def _advance(
             )
         )
         notes.append(f"{inst.template_id}: completed")
-    advanced = TaskInstance(
-        inst.task_id,
-        inst.template_id,
-        inst.claim_event_id,
-        inst.claimed_at,
-        inst.deadline,
-        status,
-        progress,
-        counted,
-        inst.slots,
-    )
+    advanced = inst.moved(status, progress, counted)
     return settle(advanced, template, user_id, event.at, event.event_id, catalog.pools, budget, out)
 
 
@@ -616,29 +606,5 @@ def _roll_back(
                 inst.deadline,
             )
         )
-    rolled = TaskInstance(
-        inst.task_id,
-        inst.template_id,
-        inst.claim_event_id,
-        inst.claimed_at,
-        inst.deadline,
-        status,
-        progress,
-        counted,
-        inst.slots,
-    )
+    rolled = inst.moved(status, progress, counted)
     return settle(rolled, template, user_id, event.at, event.event_id, catalog.pools, budget, out)
-
-
-def _with_status(inst: TaskInstance, status: str) -> TaskInstance:
-    return TaskInstance(
-        inst.task_id,
-        inst.template_id,
-        inst.claim_event_id,
-        inst.claimed_at,
-        inst.deadline,
-        status,
-        inst.progress,
-        inst.counted,
-        inst.slots,
-    )

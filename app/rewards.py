@@ -150,17 +150,7 @@ def settle(
         changed = True
     if not changed:
         return inst
-    return TaskInstance(
-        inst.task_id,
-        inst.template_id,
-        inst.claim_event_id,
-        inst.claimed_at,
-        inst.deadline,
-        inst.status,
-        inst.progress,
-        inst.counted,
-        tuple(by_slot[k] for k in sorted(by_slot)),
-    )
+    return inst.with_slots(tuple(by_slot[k] for k in sorted(by_slot)))
 
 
 def _pay_slot(

@@ -71,6 +71,39 @@ class TaskInstance:
     def net_paid_cents(self) -> int:
         return sum(s.amount_cents for s in self.slots if s.status == GRANTED)
 
+    def moved(
+        self, status: str, progress: int, counted: tuple[tuple[str, int], ...]
+    ) -> TaskInstance:
+        """The same instance with new status and progress. A direct constructor
+        call, not dataclasses.replace: this is on the per-order hot path."""
+        return TaskInstance(
+            self.task_id,
+            self.template_id,
+            self.claim_event_id,
+            self.claimed_at,
+            self.deadline,
+            status,
+            progress,
+            counted,
+            self.slots,
+        )
+
+    def with_status(self, status: str) -> TaskInstance:
+        return self.moved(status, self.progress, self.counted)
+
+    def with_slots(self, slots: tuple[RewardSlot, ...]) -> TaskInstance:
+        return TaskInstance(
+            self.task_id,
+            self.template_id,
+            self.claim_event_id,
+            self.claimed_at,
+            self.deadline,
+            self.status,
+            self.progress,
+            self.counted,
+            slots,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class OrderRecord:

@@ -51,6 +51,21 @@ passes its live set, which the event loop thread mutates while the
 consumer thread reads it). Inactive partitions are then not fetched at
 all, so nothing is fetched only to be dropped, and aiokafka's position
 never drifts past records no agent has seen.
+
+Open problem (not fixed here; tests/integration/test_rebalance.py shows it)
+---------------------------------------------------------------------------
+With two or three workers and partitions moving between them, events can
+still be lost: `Recovery._resume_streams` ends with
+`app.flow_control.resume()`, which clears every agent's stream queue, and
+records already handed to a queue (fetched before the seek: faust keeps
+yielding records of partitions in `Consumer._buffered_partitions`) are
+dropped; the next record delivered is then several offsets ahead, and
+`Consumer._drain_messages` records the hole with `_add_gap`, which counts it
+as acknowledged, so the commit moves past events no agent processed. Seen
+as: "dropping 100 queued" at a rebalance, then a gap 149..351 acknowledged on
+the same partition. Our input topics are neither compacted nor
+transactional, so any gap there is such a loss; the stream-processor issue
+must make a gap on an input topic rewind instead of acknowledge.
 """
 
 from __future__ import annotations

@@ -16,9 +16,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError
+from confluent_kafka.admin import AdminClient
 
 from streams.config import Settings
 from taskstream.broker import free_port
@@ -35,6 +37,8 @@ class Deployment:
     root: Path
     partitions: int = 8
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    # event_id -> (partition, offset) of every event sent with produce()
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -68,16 +72,44 @@ class Deployment:
         return WorkerProcess(label, env, data_dir, self.root / f"worker-{label}.log")
 
     def produce(self, lines: Iterable[bytes]) -> int:
+        """Send input lines keyed by user; remember where each event_id landed."""
         settings = self.settings
         client = producer(settings)
         sent = 0
+
+        def landed(err: object, msg: Any) -> None:
+            if err is None:
+                event_id = orjson.loads(msg.value()).get("event_id")
+                self.positions[event_id] = (msg.partition(), msg.offset())
+
         for line in lines:
             routed = route(settings, line)
-            client.produce(routed.topic, routed.value, routed.key)
+            client.produce(routed.topic, routed.value, routed.key, on_delivery=landed)
             client.poll(0)
             sent += 1
         assert client.flush(30) == 0, "producer could not deliver every message"
         return sent
+
+    def group_lag(self, short_topic: str = "orders") -> dict[int, tuple[int, int]]:
+        """partition -> (committed offset of the workers' group, log end offset)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        settings = self.settings
+        topic = settings.topic(short_topic)
+        partitions = [TopicPartition(topic, p) for p in range(self.partitions)]
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        request = [ConsumerGroupTopicPartitions(settings.app_id, partitions)]
+        result = admin.list_consumer_group_offsets(request)[settings.app_id].result()
+        committed = {tp.partition: tp.offset for tp in result.topic_partitions}
+        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "lag-probe"})
+        try:
+            ends = {
+                p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(self.partitions)
+            }
+        finally:
+            probe.close()
+        return {p: (committed.get(p, -1), ends[p]) for p in range(self.partitions)}
 
     def reader(self, short_topic: str) -> TopicReader:
         return TopicReader(self.bootstrap, self.settings.topic(short_topic))
@@ -183,6 +215,7 @@ class TopicReader:
         *,
         why: str,
         workers: Iterable[WorkerProcess] = (),
+        deployment: Deployment | None = None,
     ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -190,6 +223,11 @@ class TopicReader:
             if done(self.messages):
                 return
         logs = "\n\n".join(f"--- worker {w.label} ---\n{w.log_tail()}" for w in workers)
+        if deployment is not None:
+            lag = deployment.group_lag()
+            logs += "\n--- input partitions: (committed, end) ---\n" + ", ".join(
+                f"{p}: {c}/{e}" for p, (c, e) in sorted(lag.items())
+            )
         raise AssertionError(
             f"timed out after {timeout}s waiting for {why} on {self.topic} "
             f"({len(self.messages)} messages seen)\n{logs}"

@@ -18,15 +18,21 @@ PROGRESS_INTERVAL_SECONDS = float(settings.progress_seconds)
 _last: dict[str, float] = {"events": 0.0}
 
 
-def _lag_by_partition(monitor: Any) -> dict[str, int]:
-    """end offset - last read offset, per input partition we have read from."""
+def _lag_by_partition(consumer: Any) -> dict[str, int]:
+    """Per assigned input partition: the broker's high watermark (as of the
+    last fetch response) minus the next offset this worker will hand to an
+    agent. A partition never read counts from offset 0."""
     lags: dict[str, int] = {}
-    for tp, end in (monitor.tp_end_offsets or {}).items():
+    for tp in consumer.assignment():
         if not tp.topic.startswith(settings.topic_prefix):
+            continue  # changelogs and faust's own topics
+        highwater = consumer.highwater(tp)
+        if highwater is None:
             continue
-        read = (monitor.tp_read_offsets or {}).get(tp, -1)
+        read = consumer._read_offset.get(tp)
+        next_offset = 0 if read is None else int(read) + 1
         lags[f"{tp.topic.removeprefix(settings.topic_prefix)}/{tp.partition}"] = max(
-            0, int(end) - int(read) - 1
+            0, int(highwater) - next_offset
         )
     return lags
 
@@ -38,7 +44,7 @@ async def report_progress() -> None:
     events = float(monitor.events_total)
     rate = (events - _last["events"]) / PROGRESS_INTERVAL_SECONDS
     _last["events"] = events
-    lags = _lag_by_partition(monitor)
+    lags = _lag_by_partition(consumer)
     behind = {tp: lag for tp, lag in lags.items() if lag}
     log.info(
         "progress: %.0f events/s, %d events total, lag %d (%s), assigned %d, paused %d, "

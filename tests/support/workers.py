@@ -49,6 +49,8 @@ class Deployment:
             "TASKSTREAM_PARTITIONS": str(self.partitions),
             # The broker's floor: a killed worker's partitions move in ~6 s.
             "TASKSTREAM_SESSION_TIMEOUT": "6",
+            # A progress line (events/s, lag) every 2 s in each worker log.
+            "TASKSTREAM_PROGRESS_SECONDS": "2",
         }
 
     @property

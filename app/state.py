@@ -74,8 +74,24 @@ class TaskInstance:
     def moved(
         self, status: str, progress: int, counted: tuple[tuple[str, int], ...]
     ) -> TaskInstance:
-        """The same instance with new status and progress. A direct constructor
-        call, not dataclasses.replace: this is on the per-order hot path."""
+        """The same instance with new status and progress."""
+        return self._rebuilt(status, progress, counted, self.slots)
+
+    def with_status(self, status: str) -> TaskInstance:
+        return self._rebuilt(status, self.progress, self.counted, self.slots)
+
+    def with_slots(self, slots: tuple[RewardSlot, ...]) -> TaskInstance:
+        return self._rebuilt(self.status, self.progress, self.counted, slots)
+
+    def _rebuilt(
+        self,
+        status: str,
+        progress: int,
+        counted: tuple[tuple[str, int], ...],
+        slots: tuple[RewardSlot, ...],
+    ) -> TaskInstance:
+        # A direct constructor call, not dataclasses.replace: this is on the
+        # per-order hot path.
         return TaskInstance(
             self.task_id,
             self.template_id,
@@ -85,22 +101,6 @@ class TaskInstance:
             status,
             progress,
             counted,
-            self.slots,
-        )
-
-    def with_status(self, status: str) -> TaskInstance:
-        return self.moved(status, self.progress, self.counted)
-
-    def with_slots(self, slots: tuple[RewardSlot, ...]) -> TaskInstance:
-        return TaskInstance(
-            self.task_id,
-            self.template_id,
-            self.claim_event_id,
-            self.claimed_at,
-            self.deadline,
-            self.status,
-            self.progress,
-            self.counted,
             slots,
         )
 

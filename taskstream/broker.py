@@ -335,15 +335,6 @@ def our_broker_pids(spec: BrokerSpec) -> list[int]:
     return sorted(pids)
 
 
-def all_taskstream_broker_pids() -> list[int]:
-    """Every live broker process this project started, whatever its home."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and "-Dtaskstream.broker.home=" in _cmdline(int(entry.name)):
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
 # -------------------------------------------------------------- lifecycle
 
 

@@ -1,50 +1,259 @@
-"""Thin agents: decode -> load -> decide/evolve -> store -> emit."""
+"""The agent: decode -> load -> decide/evolve -> store -> emit, a batch at a time.
+
+One agent (concurrency 1) reads the four co-partitioned input topics. Each
+batch faust hands it is split by partition; for each partition the pure
+`streams.processor.process_batch` decides everything, and this shell:
+
+1. writes the redo record (the whole batch as one changelog message),
+2. writes the users and the partition record (one write per key per batch),
+3. sends the outputs and waits until the broker has them,
+4. rewinds the consumer where the processor found skipped offsets.
+
+Only then does faust ack the batch's messages. After a crash the redo record
+is re-applied and its outputs re-sent when the partition is next loaded, so
+every accepted input has its effect exactly once in the state and at least
+once (same ids, same bytes) in the output topics.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, cast
 
 import faust
+from faust.streams import _current_event
+from faust.types import TP
 
-from app.order_count import count_order
-from streams.app import app, dead_letters_topic, order_counts, order_counts_topic, orders_topic
-from streams.codec import BadInput, decode_order, decode_state, encode_event, encode_state
-from streams.deadletter import dead_letter
+from app.state import UserState
+from streams import faust_fixes
+from streams.app import (
+    ROLE_OF_TOPIC,
+    app,
+    catalog_feed,
+    inputs_channel,
+    output_topics,
+    settings,
+    state,
+)
+from streams.config import INPUT_TOPICS
+from streams.partition_state import (
+    USER_PREFIX,
+    PartitionRecord,
+    Redo,
+    decode_partition,
+    decode_redo,
+    decode_user,
+    encode_redo,
+    next_deadline_of_record,
+    partition_key,
+    redo_key,
+    user_key,
+)
+from streams.processor import (
+    BatchResult,
+    InMessage,
+    PartitionCache,
+    process_batch,
+    rebuild_deadlines,
+    writes_for,
+)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("taskstream.worker")
+
+# Per-partition caches (derived, rebuilt on load); dropped when a partition moves.
+_caches: dict[int, PartitionCache] = {}
+# Counters for the progress line.
+totals = {"batches": 0, "accepted": 0, "applied": 0, "outputs": 0, "dead": 0, "redelivered": 0}
 
 
-@app.agent(orders_topic, concurrency=1)
-async def count_orders(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-    """Count each user's paid orders and emit `order_counted` for each."""
-    async for event in stream.events():
-        message = event.message
-        try:
-            order = decode_order(message.value)
-        except BadInput as exc:
-            log.warning(
-                "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc
-            )
-            await dead_letters_topic.send(
-                key=message.key,
-                value=dead_letter(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    value=message.value,
-                    reason=str(exc),
-                ),
-            )
-            yield None
-            continue
-        state = decode_state(order_counts.get(order.user_id))
-        new_state, outputs = count_order(state, order, message.offset)
-        if new_state is not state:
-            order_counts[order.user_id] = encode_state(new_state)
-        for output in outputs:
-            await order_counts_topic.send(
-                key=output.user_id.encode(), value=encode_event(output.to_wire())
-            )
+@app.agent(inputs_channel, concurrency=1)
+async def process_inputs(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+    """Every claim, order, refund and tick, in event-time order per partition."""
+    await _wait_for_catalog()
+    # take_events is on faust's Stream, not on its StreamT interface.
+    batches = cast(Any, stream).take_events(settings.batch_max, within=settings.batch_window)
+    async for events in batches:
+        await run_batch(events)
         yield None
+
+
+async def _wait_for_catalog() -> None:
+    started = time.monotonic()
+    while not await asyncio.to_thread(catalog_feed.wait_ready, 1.0):
+        log.info("waiting for the templates topic (%.0f s)", time.monotonic() - started)
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def start_catalog_feed() -> None:
+    catalog_feed.start()
+
+
+async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
+    by_partition: dict[int, list[faust.EventT[bytes]]] = {}
+    for event in events:
+        by_partition.setdefault(event.message.partition, []).append(event)
+    for partition, part_events in sorted(by_partition.items()):
+        # Table reads and writes go to the current event's partition: make it
+        # one of this partition's events while we work on it.
+        token = _current_event.set(weakref.ref(part_events[-1]))
+        try:
+            await _run_partition(partition, part_events)
+        except Exception:
+            _caches.pop(partition, None)  # rebuilt from the table next time
+            raise
+        finally:
+            _current_event.reset(token)
+
+
+async def _run_partition(partition: int, events: Sequence[faust.EventT[bytes]]) -> None:
+    cache = _caches.get(partition)
+    if cache is None:
+        cache = await _load_partition(partition)
+        _caches[partition] = cache
+    raw = state.get(partition_key(partition))
+    record = PartitionRecord(partition) if raw is None else decode_partition(raw)
+    messages = [
+        InMessage(
+            ROLE_OF_TOPIC[e.message.topic],
+            e.message.topic,
+            partition,
+            e.message.offset,
+            e.message.key,
+            e.message.value,
+        )
+        for e in events
+    ]
+    highwater = await _highwaters(partition)
+    result = process_batch(
+        record,
+        messages,
+        catalog=catalog_feed.catalog,
+        partitions=settings.partitions,
+        load_user=_load_user,
+        cache=cache,
+        highwater=highwater,
+        max_pending=settings.max_pending,
+    )
+    await _commit(partition, result)
+    for role, offset in result.rewinds.items():
+        await faust_fixes.rewind(app.consumer, TP(settings.topic(role), partition), offset)
+    for note in result.notes:
+        log.warning("partition %d: %s", partition, note)
+    stats = result.stats
+    totals["batches"] += 1
+    totals["accepted"] += stats.accepted
+    totals["applied"] += stats.applied
+    totals["outputs"] += stats.outputs
+    totals["dead"] += stats.dead
+    totals["redelivered"] += stats.redelivered
+
+
+def _load_user(user_id: str) -> UserState | None:
+    return decode_user(state.get(user_key(user_id)))
+
+
+async def _commit(partition: int, result: BatchResult) -> None:
+    stats = result.stats
+    if not (stats.accepted or stats.applied or result.outputs):
+        return  # only redeliveries or messages dropped for a rewind: nothing changed
+    writes = writes_for(result)
+    state[redo_key(partition)] = encode_redo(Redo(result.record.seq, tuple(writes), result.outputs))
+    _apply_writes(writes)
+    await _send_all(result.outputs)
+
+
+def _apply_writes(writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+    for key, value in writes:
+        if value is None:
+            if key in state:
+                del state[key]
+        else:
+            state[key] = value
+
+
+async def _send_all(outputs: Iterable[Any]) -> None:
+    pending = []
+    for output in outputs:
+        topic = output_topics[output.role]
+        pending.append(await topic.send(key=output.key, value=output.value))
+    if pending:
+        await asyncio.gather(*pending)
+
+
+async def _load_partition(partition: int) -> PartitionCache:
+    """After an assignment: finish the last batch if a crash cut it short, and
+    rebuild the tick index from the users stored here."""
+    started = time.monotonic()
+    raw_redo = state.get(redo_key(partition))
+    if raw_redo is not None:
+        redo = decode_redo(raw_redo)
+        raw_record = state.get(partition_key(partition))
+        seq = -1 if raw_record is None else decode_partition(raw_record).seq
+        if redo.seq > seq:
+            log.warning(
+                "partition %d: batch %d was cut short by a crash; re-applying its %d write(s)",
+                partition,
+                redo.seq,
+                len(redo.writes),
+            )
+            _apply_writes(redo.writes)
+        # Its outputs may not have reached the broker: send them again (same
+        # ids and bytes; consumers de-duplicate).
+        await _send_all(redo.outputs)
+    deadlines = rebuild_deadlines(_stored_deadlines(partition))
+    log.info(
+        "partition %d loaded: %d user(s) with a deadline, %.2f s",
+        partition,
+        len(deadlines),
+        time.monotonic() - started,
+    )
+    return PartitionCache(deadlines=deadlines)
+
+
+def _stored_deadlines(partition: int) -> Iterable[tuple[str, int | None]]:
+    store: Any = state.data
+    if hasattr(store, "_db_for_partition"):  # RocksDB: this partition's database
+        db = store._db_for_partition(partition)
+        for key, value in db.items(from_key=USER_PREFIX):
+            if not key.startswith(USER_PREFIX):
+                break
+            yield key[len(USER_PREFIX) :].decode(), next_deadline_of_record(value)
+    else:  # the memory store (tests): every key of the table
+        for key, value in list(store.items()):
+            if key.startswith(USER_PREFIX):
+                yield key[len(USER_PREFIX) :].decode(), next_deadline_of_record(value)
+
+
+async def _highwaters(partition: int) -> dict[str, int | None]:
+    consumer = app.consumer
+    tps = {role: TP(settings.topic(role), partition) for role in INPUT_TOPICS}
+    marks: dict[str, int | None] = {}
+    unknown = []
+    for role, tp in tps.items():
+        try:
+            mark = consumer.highwater(tp)
+        except Exception:  # not assigned (any more): treat as unknown
+            mark = None
+        marks[role] = mark
+        if mark is None:
+            unknown.append(tp)
+    if unknown:
+        try:
+            queried = await consumer.highwaters(*unknown)
+        except Exception as exc:
+            log.warning("could not read high watermarks of %s: %s", unknown, exc)
+            queried = {}
+        for role, tp in tps.items():
+            if marks[role] is None and tp in queried:
+                marks[role] = int(queried[tp])
+    return marks
+
+
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    for tp in revoked:
+        _caches.pop(tp.partition, None)

@@ -1,6 +1,6 @@
-"""The Faust application: one module-level app, its topics and its tables.
+"""The Faust application: one module-level app, its topics and its table.
 
-Topics carry raw bytes: the agents decode them themselves, so a malformed
+Topics carry raw bytes: the processor decodes them itself, so a malformed
 message becomes a dead letter with its reason instead of a crashed worker.
 """
 
@@ -9,10 +9,25 @@ from __future__ import annotations
 import faust
 
 from streams import faust_fixes
-from streams.config import DEAD_LETTERS, ORDER_COUNTS, ORDERS, Settings
+from streams.catalog_feed import CatalogFeed
+from streams.config import (
+    CLAIMS,
+    DEAD_LETTERS,
+    INPUT_TOPICS,
+    ORDERS,
+    REFUNDS,
+    REWARDS,
+    TASK_EVENTS,
+    TEMPLATES,
+    TICKS,
+    Settings,
+)
 
 faust_fixes.install()
 settings = Settings.from_env()
+
+# Redo records hold a whole batch; let the changelog and the producer carry them.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 app = faust.App(
     settings.app_id,
@@ -27,6 +42,7 @@ app = faust.App(
     # The changelog and outputs must be on disk at the broker before an
     # input offset is committed (faust flushes the producer before commit).
     producer_acks=-1,
+    producer_max_request_size=MAX_MESSAGE_BYTES,
     broker_commit_interval=settings.commit_interval,
     # RocksDB tables read and write the current event's partition.
     table_standby_replicas=0,
@@ -38,7 +54,7 @@ app = faust.App(
 )
 
 
-def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
+def _topic(name: str) -> faust.TopicT:
     return app.topic(
         settings.topic(name),
         key_type=bytes,
@@ -46,21 +62,35 @@ def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
-        compacting=compacted,
     )
 
 
-orders_topic = _topic(ORDERS)
-order_counts_topic = _topic(ORDER_COUNTS)
-dead_letters_topic = _topic(DEAD_LETTERS)
+# Inputs: one channel over the four co-partitioned topics, so partition p of
+# each is assigned to the same worker and one agent merges them in event time.
+inputs_channel = app.topic(
+    *(settings.topic(name) for name in INPUT_TOPICS),
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+)
+ROLE_OF_TOPIC = {settings.topic(name): name for name in INPUT_TOPICS}
+input_topics = {name: _topic(name) for name in (CLAIMS, ORDERS, REFUNDS, TICKS)}
+output_topics = {name: _topic(name) for name in (TASK_EVENTS, REWARDS, DEAD_LETTERS)}
 
-# user_id -> encoded UserCount. RocksDB through the rocksdict driver, one
-# database per partition, backed by the changelog topic
-# "<app id>-order-counts-changelog".
-order_counts = app.Table(
-    "order-counts",
-    key_type=str,
-    value_type=bytes,  # bytes -> faust's "raw" serializer; we encode with orjson
+# Users, partition records and redo records (see streams.partition_state).
+# RocksDB through the rocksdict driver, one database per partition, backed
+# by the changelog topic "<app id>-state-changelog".
+state = app.Table(
+    "state",
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
     partitions=settings.partitions,
     options={"driver": "rocksdict"},
+    extra_topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
 )
+
+catalog_feed = CatalogFeed({"bootstrap.servers": settings.bootstrap}, settings.topic(TEMPLATES))

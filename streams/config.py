@@ -25,6 +25,10 @@ class Settings:
     TASKSTREAM_SESSION_TIMEOUT seconds before a silent worker's partitions move (default 30)
     TASKSTREAM_PROGRESS_SECONDS how often the worker logs its progress line (default 10)
     TASKSTREAM_COMMIT_INTERVAL seconds between offset commits (default 2.8, faust's)
+    TASKSTREAM_BATCH_MAX       most input messages one batch takes (default 2000)
+    TASKSTREAM_BATCH_WINDOW    seconds a batch waits to fill up (default 0.02)
+    TASKSTREAM_MAX_PENDING     events one partition may hold back for event-time
+                               order before it releases them anyway (default 20000)
     """
 
     bootstrap: str = DEFAULT_BOOTSTRAP
@@ -38,6 +42,9 @@ class Settings:
     session_timeout: int = 30
     progress_seconds: int = 10
     commit_interval: float = 2.8
+    batch_max: int = 2000
+    batch_window: float = 0.02
+    max_pending: int = 20_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +63,10 @@ class Settings:
             progress_seconds=_positive_int(
                 env, "TASKSTREAM_PROGRESS_SECONDS", cls.progress_seconds
             ),
+            commit_interval=_positive_float(env, "TASKSTREAM_COMMIT_INTERVAL", cls.commit_interval),
+            batch_max=_positive_int(env, "TASKSTREAM_BATCH_MAX", cls.batch_max),
+            batch_window=_positive_float(env, "TASKSTREAM_BATCH_WINDOW", cls.batch_window),
+            max_pending=_positive_int(env, "TASKSTREAM_MAX_PENDING", cls.max_pending),
         )
 
     def topic(self, name: str) -> str:
@@ -90,10 +101,25 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 # Short names of our topics; the full name is Settings.topic(short name).
+# Inputs (co-partitioned, keyed by user_id; a tick goes to every partition):
+CLAIMS = "claims"
 ORDERS = "orders"
-ORDER_COUNTS = "order-counts"
+REFUNDS = "refunds"
+TICKS = "ticks"
+INPUT_TOPICS = (CLAIMS, ORDERS, REFUNDS, TICKS)
+# Outputs:
+TASK_EVENTS = "task-events"
+REWARDS = "rewards"
 DEAD_LETTERS = "dead-letters"
-TOPICS = (ORDERS, ORDER_COUNTS, DEAD_LETTERS)
+OUTPUT_TOPICS = (TASK_EVENTS, REWARDS, DEAD_LETTERS)
+# Templates and pools, compacted, one partition: every worker reads all of it.
+TEMPLATES = "templates"
+TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS)
 
 # Which topic an input event goes to, by its `type`.
-INPUT_TOPIC_BY_TYPE = {"order_paid": ORDERS}
+INPUT_TOPIC_BY_TYPE = {
+    "task_claim": CLAIMS,
+    "order_paid": ORDERS,
+    "order_refunded": REFUNDS,
+    "tick": TICKS,
+}

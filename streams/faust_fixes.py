@@ -52,30 +52,17 @@ consumer thread reads it). Inactive partitions are then not fetched at
 all, so nothing is fetched only to be dropped, and aiokafka's position
 never drifts past records no agent has seen.
 
-Open problem (not fixed here; tests/integration/test_rebalance.py shows it)
----------------------------------------------------------------------------
-With two or three workers and partitions moving between them, events can
-still be lost: `Recovery._resume_streams` ends with
-`app.flow_control.resume()`, which clears every agent's stream queue, and
-records already handed to a queue (fetched before the seek: faust keeps
-yielding records of partitions in `Consumer._buffered_partitions`) are
-dropped; the next record delivered is then several offsets ahead, and
-`Consumer._drain_messages` records the hole with `_add_gap`, which counts it
-as acknowledged, so the commit moves past events no agent processed. Seen
-as: "dropping 100 queued" at a rebalance, then a gap 149..351 acknowledged on
-the same partition. Our input topics are neither compacted nor
-transactional, so any gap there is such a loss. A trial fix (rewind on a
-gap in an input topic instead of acknowledging it) still lost events in 2
-runs of 4, with no gap logged: records cleared from a stream queue after
-their read offset had advanced are lost even when the next record is
-contiguous. The stream-processor issue has to stop the clear from
-discarding records that will not be fetched again (or re-seek after it).
-A second trial (clear before the seek, plus the gap rewind) still lost
-events in 2 runs of 5, committed and with no gap logged. So part of the
-loss may be in the walking skeleton instead: after a SIGKILL the changelog
-can hold a state whose outputs never reached the broker, and re-emission
-covers only each user's last 64 outputs. Log what each worker received,
-applied and emitted per offset to tell the two apart.
+Events skipped at a rebalance
+----------------------------
+`Recovery._resume_streams` ends with `app.flow_control.resume()`, which
+clears every agent's stream queue; records already handed to a queue are
+dropped, and `Consumer._drain_messages` may record the hole with `_add_gap`
+and commit past it. We do not try to stop faust from doing that: the
+processor (streams/processor.py) keeps the next offset it expects from each
+input partition in the table, next to the state, notices any record that
+arrives ahead of it, and calls `rewind` below to fetch the skipped ones
+again. The committed offsets only say where to start fetching; the table's
+offsets say what was processed.
 """
 
 from __future__ import annotations
@@ -202,3 +189,16 @@ def install() -> None:
             )
         setattr(owner, name, replacement)
     _INSTALLED = True
+
+
+async def rewind(consumer: Any, tp: Any, offset: int) -> None:
+    """Fetch `tp` again from `offset` (the processor found it skipped).
+
+    `Consumer.seek` sets faust's read offset to `offset` itself, and
+    `_drain_messages` hands on only records *above* the read offset, so the
+    record at `offset` would be skipped once more: set the read offset to the
+    record before it.
+    """
+    await consumer.seek(tp, offset)
+    consumer._read_offset[tp] = offset - 1 if offset > 0 else None
+    log.warning("rewound %s[%d] to offset %d", tp.topic, tp.partition, offset)

@@ -16,7 +16,6 @@ Exit codes: 0 done (dead letters are counted on stderr, not failures),
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import sys
 from collections.abc import Callable, Iterable
@@ -27,14 +26,14 @@ from typing import IO
 import click
 from tqdm import tqdm
 
-from app import ids
 from app.budget import Ledger
 from app.catalog import Catalog, CatalogError
+from app.dead_letters import dead_letter_for
 from app.engine import Outcome
 from app.replayer import Replayer
 from schemas.codec import decode_input, encode
 from schemas.errors import SchemaError
-from schemas.records import DeadLetter, InputEvent, Tick
+from schemas.records import InputEvent, Tick
 from schemas.timestamps import format_utc
 from taskstream.catalog_files import load_catalog
 
@@ -47,16 +46,6 @@ class ReplayStats:
     events: int = 0
     outputs: int = 0
     dead_letters: int = 0
-
-
-def dead_letter_for(line: bytes, source: str, reason: str) -> DeadLetter:
-    """The dead letter of one unusable input: text when it is UTF-8, else base64."""
-    try:
-        text: str | None = line.decode("utf-8")
-        b64: str | None = None
-    except UnicodeDecodeError:
-        text, b64 = None, base64.b64encode(line).decode("ascii")
-    return DeadLetter(ids.dead_letter_id(source, line), reason, source, text, b64)
 
 
 def replay_lines(

@@ -1,0 +1,396 @@
+"""One batch of one partition's input messages -> new state, outputs, offsets.
+
+No Faust and no Kafka here: the agent (the imperative shell) hands in the
+messages, the partition's record, a way to load users and what it knows of
+the input partitions' high watermarks; it gets back everything to write and
+send. Unit tests drive this with plain values.
+
+What a batch does, in order:
+
+1. **Accept** each message once, by offset. The partition record keeps the
+   next offset expected from every input topic: a lower offset is a
+   redelivery (already accepted) and is skipped; a higher one means messages
+   were skipped on the way to us (faust drops queued messages at a rebalance
+   and can commit past them), so the batch asks the shell to rewind the
+   consumer to the expected offset and drops that topic's messages until the
+   expected one arrives. Our offsets, stored with the state, are the truth;
+   the consumer group's committed offsets only say where to start fetching.
+2. **Merge in event time.** Claims, orders, refunds and ticks come from four
+   co-partitioned topics that are fetched independently, so a user's order
+   can be fetched before the claim that preceded it. Accepted events wait in
+   the partition's pending buffer and are released in `(at, role, offset)`
+   order once every other input has shown an event at least as late or is
+   caught up with its high watermark (Kafka Streams' stream-time
+   synchronisation). A buffer over `max_pending` releases its head anyway.
+3. **Apply** each released event through the engine (`app.engine.handle`),
+   the same fold replay uses; a tick visits the users the deadline index
+   says are due.
+4. Collect the users to write (one write per user per batch, however many
+   of their events the batch held: Kafka Streams' record cache), the
+   partition record, and the outputs with their deterministic ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from app.catalog import Catalog
+from app.dead_letters import dead_letter_for
+from app.deadlines import DeadlineIndex
+from app.engine import Outcome, handle
+from app.state import UserState
+from schemas.codec import decode_input, encode
+from schemas.errors import SchemaError
+from schemas.records import (
+    REWARD_RECORDS,
+    InputEvent,
+    OrderPaid,
+    OrderRefunded,
+    TaskClaim,
+    Tick,
+)
+from streams.partition_state import (
+    Output,
+    PartitionRecord,
+    Pending,
+    encode_partition,
+    encode_user,
+    partition_key,
+    user_key,
+)
+
+log = logging.getLogger(__name__)
+
+# Input roles, in the order they are applied when two events share an instant.
+CLAIMS, ORDERS, REFUNDS, TICKS = "claims", "orders", "refunds", "ticks"
+INPUT_ROLES = (CLAIMS, ORDERS, REFUNDS, TICKS)
+RANK = {role: n for n, role in enumerate(INPUT_ROLES)}
+ROLE_OF_TYPE = {
+    TaskClaim.TYPE: CLAIMS,
+    OrderPaid.TYPE: ORDERS,
+    OrderRefunded.TYPE: REFUNDS,
+    Tick.TYPE: TICKS,
+}
+# Output roles.
+TASK_EVENTS, REWARDS, DEAD_LETTERS = "task-events", "rewards", "dead-letters"
+_REWARD_TYPES = frozenset(cls.TYPE for cls in REWARD_RECORDS)
+
+DEFAULT_MAX_PENDING = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    role: str  # which input topic (one of INPUT_ROLES)
+    topic: str  # its full name, for dead letters
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+
+@dataclass(slots=True)
+class PartitionCache:
+    """In-memory and derived: rebuilt from the table after every assignment."""
+
+    deadlines: DeadlineIndex = field(default_factory=DeadlineIndex)
+    rewinding: dict[str, int] = field(default_factory=dict)  # role -> offset awaited
+    decoded: dict[tuple[str, int], InputEvent] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    accepted: int = 0
+    redelivered: int = 0
+    dropped_for_rewind: int = 0
+    applied: int = 0
+    dead: int = 0
+    forced: int = 0
+    outputs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    record: PartitionRecord
+    user_writes: Mapping[str, UserState | None]  # None: delete the user's key
+    outputs: tuple[Output, ...]
+    rewinds: Mapping[str, int]  # role -> offset the consumer must fetch from again
+    stats: BatchStats
+    notes: tuple[str, ...]  # what the worker should log
+
+
+class BucketBudget:
+    """This partition's share of each pool (a static split until progressive
+    bucketing lands: see docs/streams.md)."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self, buckets: Mapping[str, int]) -> None:
+        self.buckets = dict(buckets)
+
+    def try_debit(self, pool_id: str, units: int) -> bool:
+        left = self.buckets.get(pool_id, 0)
+        if units > left:
+            return False
+        self.buckets[pool_id] = left - units
+        return True
+
+    def credit(self, pool_id: str, units: int) -> None:
+        self.buckets[pool_id] = self.buckets.get(pool_id, 0) + units
+
+
+def static_share(total: int, partitions: int, partition: int) -> int:
+    """Partition `partition`'s share of `total`: equal parts, the remainder to the first."""
+    base, extra = divmod(total, partitions)
+    return base + (1 if partition < extra else 0)
+
+
+class _Batch:
+    """The working set of one batch: users loaded once, written once."""
+
+    def __init__(
+        self,
+        record: PartitionRecord,
+        catalog: Catalog,
+        partitions: int,
+        load_user: Callable[[str], UserState | None],
+        cache: PartitionCache,
+    ) -> None:
+        self.partition = record.partition
+        self.catalog = catalog
+        self.load_user = load_user
+        self.cache = cache
+        self.next_offset = dict(record.next_offset)
+        self.max_at = dict(record.max_at)
+        self.pending = list(record.pending)
+        buckets = dict(record.buckets)
+        for pool in catalog.pools.values():
+            if pool.pool_id not in buckets:
+                buckets[pool.pool_id] = static_share(pool.total, partitions, self.partition)
+        self.budget = BucketBudget(buckets)
+        self.users: dict[str, UserState | None] = {}
+        self.changed: set[str] = set()
+        self.outputs: list[Output] = []
+        self.rewinds: dict[str, int] = {}
+        self.stats = BatchStats()
+        self.notes: list[str] = []
+
+    # ----------------------------------------------------------- accept
+
+    def accept(self, message: InMessage) -> None:
+        role = message.role
+        awaited = self.cache.rewinding.get(role)
+        if awaited is not None:
+            if message.offset != awaited:
+                self.stats.dropped_for_rewind += 1
+                return
+            del self.cache.rewinding[role]
+        expected = self.next_offset.get(role)
+        if expected is not None and message.offset < expected:
+            self.stats.redelivered += 1
+            return
+        if expected is not None and message.offset > expected:
+            self.rewinds[role] = expected
+            self.cache.rewinding[role] = expected
+            self.stats.dropped_for_rewind += 1
+            self.notes.append(
+                f"{message.topic}/{message.partition}: got offset {message.offset} "
+                f"but {expected} was never processed; rewinding to {expected}"
+            )
+            return
+        self.next_offset[role] = message.offset + 1
+        self.stats.accepted += 1
+        try:
+            event = self._decode(message)
+        except SchemaError as exc:
+            self._dead(message.value or b"", message.source, str(exc), message.key)
+            return
+        self.cache.decoded[(role, message.offset)] = event
+        if event.at > self.max_at.get(role, event.at - 1):
+            self.max_at[role] = event.at
+        self.pending.append(
+            Pending(event.at, RANK[role], role, message.offset, message.key, message.value or b"")
+        )
+
+    def _decode(self, message: InMessage) -> InputEvent:
+        if message.value is None:
+            raise SchemaError("empty message (no value)")
+        event = decode_input(message.value)
+        role = ROLE_OF_TYPE[event.TYPE]
+        if role != message.role:
+            raise SchemaError(f"a {event.TYPE} event does not belong on the {message.role} topic")
+        if type(event) is not Tick:
+            user_id: str = event.user_id  # type: ignore[union-attr]
+            if message.key != user_id.encode():
+                raise SchemaError(
+                    f"message key {message.key!r} is not the event's user_id {user_id!r} "
+                    "(inputs must be keyed by user_id so each user lives in one partition)"
+                )
+        return event
+
+    # ---------------------------------------------------------- release
+
+    def release(self, highwater: Mapping[str, int | None], max_pending: int) -> None:
+        self.pending.sort(key=_order)
+        released = 0
+        pending = self.pending
+        while released < len(pending):
+            head = pending[released]
+            if not self._may_release(head, highwater):
+                if len(pending) - released <= max_pending:
+                    break
+                self.stats.forced += 1
+            released += 1
+            self._apply(head)
+        if self.stats.forced:
+            self.notes.append(
+                f"pending buffer over {max_pending} events: released {self.stats.forced} "
+                "ahead of a lagging input (event-time order not guaranteed for them)"
+            )
+        del pending[:released]
+
+    def _may_release(self, head: Pending, highwater: Mapping[str, int | None]) -> bool:
+        for role in INPUT_ROLES:
+            if role == head.role:
+                continue
+            if self.max_at.get(role, head.at - 1) >= head.at:
+                continue
+            if role in self.cache.rewinding:
+                return False
+            hw = highwater.get(role)
+            if hw is None or self.next_offset.get(role, 0) < hw:
+                return False
+        return True
+
+    # ------------------------------------------------------------ apply
+
+    def _apply(self, pending: Pending) -> None:
+        event = self.cache.decoded.pop((pending.role, pending.offset), None)
+        if event is None:  # accepted by an earlier run of this partition
+            event = decode_input(pending.value)
+        self.stats.applied += 1
+        if type(event) is Tick:
+            for user_id in self.cache.deadlines.pop_due(event.at):
+                state = self._user(user_id)
+                if state is None or state.next_deadline is None or state.next_deadline > event.at:
+                    continue  # a stale index entry
+                self._handle(user_id, state, event, pending)
+            return
+        user_id = event.user_id  # type: ignore[union-attr]
+        self._handle(user_id, self._user(user_id), event, pending)
+
+    def _handle(
+        self, user_id: str, state: UserState | None, event: InputEvent, pending: Pending
+    ) -> None:
+        try:
+            outcome = handle(state, event, self.catalog, self.budget)
+        except Exception as exc:  # a bug or an inconsistent catalog: never stop the partition
+            log.exception("engine failed on %s/%d@%d", pending.role, self.partition, pending.offset)
+            self._dead(
+                pending.value,
+                f"{pending.role}/{self.partition}@{pending.offset}",
+                f"engine error: {exc!r}",
+                pending.key,
+            )
+            return
+        self._record(user_id, state, outcome)
+
+    def _record(self, user_id: str, old: UserState | None, outcome: Outcome) -> None:
+        if outcome.state is not old:
+            self.users[user_id] = outcome.state
+            self.changed.add(user_id)
+            self.cache.deadlines.update(
+                user_id,
+                None if old is None else old.next_deadline,
+                None if outcome.state is None else outcome.state.next_deadline,
+            )
+        key = user_id.encode()
+        for output in outcome.events:
+            role = REWARDS if output.TYPE in _REWARD_TYPES else TASK_EVENTS
+            self.outputs.append(Output(role, key, encode(output)))
+
+    def _user(self, user_id: str) -> UserState | None:
+        if user_id in self.users:
+            return self.users[user_id]
+        state = self.load_user(user_id)
+        self.users[user_id] = state
+        return state
+
+    def _dead(self, payload: bytes, source: str, reason: str, key: bytes | None) -> None:
+        self.stats.dead += 1
+        self.outputs.append(
+            Output(DEAD_LETTERS, key, encode(dead_letter_for(payload, source, reason)))
+        )
+
+    # ----------------------------------------------------------- result
+
+    def result(self, seq: int) -> BatchResult:
+        record = PartitionRecord(
+            self.partition,
+            seq,
+            self.next_offset,
+            self.max_at,
+            tuple(self.pending),
+            self.budget.buckets,
+        )
+        self.stats.outputs = len(self.outputs)
+        return BatchResult(
+            record,
+            {user_id: self.users[user_id] for user_id in sorted(self.changed)},
+            tuple(self.outputs),
+            self.rewinds,
+            self.stats,
+            tuple(self.notes),
+        )
+
+
+def _order(p: Pending) -> tuple[int, int, int]:
+    return (p.at, p.rank, p.offset)
+
+
+def process_batch(
+    record: PartitionRecord,
+    messages: Iterable[InMessage],
+    *,
+    catalog: Catalog,
+    partitions: int,
+    load_user: Callable[[str], UserState | None],
+    cache: PartitionCache,
+    highwater: Mapping[str, int | None],
+    max_pending: int = DEFAULT_MAX_PENDING,
+) -> BatchResult:
+    """Accept, merge and apply one batch of one partition (see the module docstring).
+
+    `messages` must be in offset order per topic (as a consumer delivers
+    them); `highwater` is each input role's high watermark for this
+    partition (None: unknown, which holds back events that might need it).
+    `cache` is updated in place; drop it if this call raises.
+    """
+    batch = _Batch(record, catalog, partitions, load_user, cache)
+    for message in messages:
+        batch.accept(message)
+    batch.release(highwater, max_pending)
+    return batch.result(record.seq + 1)
+
+
+def rebuild_deadlines(records: Iterable[tuple[str, int | None]]) -> DeadlineIndex:
+    """The tick index of a partition from (user_id, next_deadline) pairs."""
+    index = DeadlineIndex()
+    for user_id, deadline in records:
+        index.update(user_id, None, deadline)
+    return index
+
+
+def writes_for(result: BatchResult) -> list[tuple[bytes, bytes | None]]:
+    """The table writes of a batch, the partition record last (None deletes a key)."""
+    writes: list[tuple[bytes, bytes | None]] = [
+        (user_key(user_id), None if state is None else encode_user(state))
+        for user_id, state in result.user_writes.items()
+    ]
+    writes.append((partition_key(result.record.partition), encode_partition(result.record)))
+    return writes

@@ -1,0 +1,62 @@
+"""Drive `streams.processor` the way the agent does, over a dict instead of a table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from app.catalog import Catalog
+from streams.partition_state import (
+    Output,
+    PartitionRecord,
+    decode_partition,
+    decode_user,
+    partition_key,
+    user_key,
+)
+from streams.processor import (
+    BatchResult,
+    InMessage,
+    PartitionCache,
+    process_batch,
+    writes_for,
+)
+
+
+class PartitionSim:
+    """One partition's table and cache; `run` is one batch, applied like the agent does."""
+
+    def __init__(
+        self, catalog: Catalog, partition: int = 0, partitions: int = 1, max_pending: int = 20_000
+    ) -> None:
+        self.catalog = catalog
+        self.partition = partition
+        self.partitions = partitions
+        self.max_pending = max_pending
+        self.store: dict[bytes, bytes] = {}
+        self.cache = PartitionCache()
+        self.outputs: list[Output] = []
+
+    def record(self) -> PartitionRecord:
+        raw = self.store.get(partition_key(self.partition))
+        return PartitionRecord(self.partition) if raw is None else decode_partition(raw)
+
+    def run(
+        self, messages: Iterable[InMessage], highwater: Mapping[str, int | None]
+    ) -> BatchResult:
+        result = process_batch(
+            self.record(),
+            messages,
+            catalog=self.catalog,
+            partitions=self.partitions,
+            load_user=lambda user_id: decode_user(self.store.get(user_key(user_id))),
+            cache=self.cache,
+            highwater=highwater,
+            max_pending=self.max_pending,
+        )
+        for key, value in writes_for(result):
+            if value is None:
+                self.store.pop(key, None)
+            else:
+                self.store[key] = value
+        self.outputs.extend(result.outputs)
+        return result

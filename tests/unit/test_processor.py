@@ -1,0 +1,131 @@
+"""The stream processor's batch step: offsets, event-time merge, dead letters, ticks.
+
+Everything here is pure: a dict plays the RocksDB table (tests/support/partition_sim).
+"""
+
+from __future__ import annotations
+
+import orjson
+from engine_builders import catalog, claim, order, t, template, tick
+
+from schemas.codec import encode
+from schemas.records import Record
+from streams.processor import CLAIMS, ORDERS, REFUNDS, TICKS, InMessage, static_share
+from support.partition_sim import PartitionSim
+
+ALL_CAUGHT_UP: dict[str, int | None] = {CLAIMS: 0, ORDERS: 0, REFUNDS: 0, TICKS: 0}
+
+
+def message(role: str, offset: int, record: Record, *, key: bytes | None = b"u1") -> InMessage:
+    return InMessage(role, f"ts.{role}", 0, offset, key, encode(record))
+
+
+def types(sim: PartitionSim) -> list[str]:
+    return [orjson.loads(o.value)["type"] for o in sim.outputs]
+
+
+def test_an_order_fetched_before_its_claim_still_counts() -> None:
+    sim = PartitionSim(catalog(template(target=1)))
+    sim.run(
+        [message(ORDERS, 0, order("o1", at=t(3))), message(CLAIMS, 0, claim(at=t(2)))],
+        {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0},
+    )
+    assert types(sim) == ["task_claimed", "task_advanced", "task_completed", "reward_granted"]
+
+
+def test_an_order_waits_while_the_claims_topic_has_unread_messages() -> None:
+    sim = PartitionSim(catalog(template(target=1)))
+    first = sim.run(
+        [message(ORDERS, 0, order("o1", at=t(3)))], {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0}
+    )
+    assert sim.outputs == [] and len(first.record.pending) == 1
+    sim.run([message(CLAIMS, 0, claim(at=t(2)))], {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0})
+    assert types(sim)[:2] == ["task_claimed", "task_advanced"]
+    assert sim.record().pending == ()
+
+
+def test_pending_events_survive_in_the_partition_record() -> None:
+    sim = PartitionSim(catalog(template(target=1)))
+    sim.run(
+        [message(ORDERS, 0, order("o1", at=t(3)))], {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0}
+    )
+    sim.cache = type(sim.cache)()  # a restart: the in-memory cache is gone
+    sim.run([message(CLAIMS, 0, claim(at=t(2)))], {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0})
+    assert "reward_granted" in types(sim)
+
+
+def test_a_redelivered_batch_changes_nothing_and_emits_nothing() -> None:
+    sim = PartitionSim(catalog(template(target=2)))
+    batch = [message(CLAIMS, 0, claim(at=t(2))), message(ORDERS, 0, order("o1", at=t(3)))]
+    sim.run(batch, {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0})
+    store, outputs = dict(sim.store), list(sim.outputs)
+    again = sim.run(batch, {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0})
+    assert again.stats.redelivered == 2 and again.stats.accepted == 0
+    assert sim.outputs == outputs
+    assert {k: v for k, v in sim.store.items() if not k.startswith(b"p:")} == {
+        k: v for k, v in store.items() if not k.startswith(b"p:")
+    }
+
+
+def test_a_skipped_offset_is_fetched_again_before_anything_after_it() -> None:
+    sim = PartitionSim(catalog(template(target=3)))
+    hw = {CLAIMS: 1, ORDERS: 3, REFUNDS: 0, TICKS: 0}
+    sim.run([message(CLAIMS, 0, claim(at=t(2))), message(ORDERS, 0, order("o0", at=t(3)))], hw)
+    result = sim.run([message(ORDERS, 2, order("o2", at=t(5)))], hw)  # offset 1 went missing
+    assert result.rewinds == {ORDERS: 1}
+    assert result.stats.accepted == 0
+    # Whatever was already in flight behind the hole is dropped until offset 1 comes.
+    assert sim.run([message(ORDERS, 2, order("o2", at=t(5)))], hw).stats.dropped_for_rewind == 1
+    sim.run(
+        [message(ORDERS, 1, order("o1", at=t(4))), message(ORDERS, 2, order("o2", at=t(5)))], hw
+    )
+    progress = [
+        orjson.loads(o.value)["progress"] for o in sim.outputs if b"task_advanced" in o.value
+    ]
+    assert progress == [1, 2, 3]
+
+
+def test_malformed_misrouted_and_mis_keyed_messages_become_dead_letters() -> None:
+    sim = PartitionSim(catalog())
+    bad = [
+        InMessage(ORDERS, "ts.orders", 0, 0, b"u1", b"{not json"),
+        InMessage(ORDERS, "ts.orders", 0, 1, b"u1", None),
+        message(ORDERS, 2, claim(at=t(2))),  # a claim on the orders topic
+        message(ORDERS, 3, order("o1", at=t(3)), key=b"someone-else"),
+        InMessage(ORDERS, "ts.orders", 0, 4, b"u1", b'{"type": "order_paid", "v": 1}'),
+    ]
+    result = sim.run(bad, {**ALL_CAUGHT_UP, ORDERS: 5})
+    assert result.stats.dead == 5 and types(sim) == ["dead_letter"] * 5
+    letters = [orjson.loads(o.value) for o in sim.outputs]
+    assert [x["source"] for x in letters] == [f"ts.orders/0@{n}" for n in range(5)]
+    reasons = [x["reason"] for x in letters]
+    assert "not JSON" in reasons[0] or "JSON" in reasons[0]
+    assert "empty" in reasons[1]
+    assert "does not belong on the orders topic" in reasons[2]
+    assert "is not the event's user_id" in reasons[3]
+    assert letters[0]["payload"] == "{not json"
+    assert sim.record().next_offset[ORDERS] == 5  # consumed: the partition goes on
+
+
+def test_a_tick_expires_the_users_the_deadline_index_names() -> None:
+    sim = PartitionSim(catalog(template(duration_days=1, target=3)))
+    sim.run([message(CLAIMS, 0, claim(at=t(2)))], {**ALL_CAUGHT_UP, CLAIMS: 1})
+    sim.run(
+        [InMessage(TICKS, "ts.ticks", 0, 0, None, encode(tick(t(5))))],
+        {**ALL_CAUGHT_UP, CLAIMS: 1, TICKS: 1},
+    )
+    assert types(sim) == ["task_claimed", "task_expired"]
+
+
+def test_a_full_pending_buffer_releases_its_oldest_events() -> None:
+    sim = PartitionSim(catalog(), max_pending=2)
+    orders = [message(ORDERS, n, order(f"o{n}", at=t(3, minute=n))) for n in range(5)]
+    result = sim.run(orders, {CLAIMS: 10, ORDERS: 5, REFUNDS: 0, TICKS: 0})
+    assert result.stats.forced == 3 and len(result.record.pending) == 2
+    assert any("pending buffer over 2" in note for note in result.notes)
+
+
+def test_static_share_splits_a_total_without_losing_a_unit() -> None:
+    for total in (0, 1, 7, 300, 1_000_001):
+        shares = [static_share(total, 10, p) for p in range(10)]
+        assert sum(shares) == total and max(shares) - min(shares) <= 1

@@ -84,10 +84,8 @@ output_topics = {name: _topic(name) for name in (TASK_EVENTS, REWARDS, DEAD_LETT
 # by the changelog topic "<app id>-state-changelog".
 state = app.Table(
     "state",
-    key_type=bytes,
+    key_type=bytes,  # bytes -> faust's "raw" serializer, both ways
     value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
     partitions=settings.partitions,
     options={"driver": "rocksdict"},
     extra_topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},

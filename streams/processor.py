@@ -323,6 +323,7 @@ class _Batch:
 
     def _dead(self, payload: bytes, source: str, reason: str, key: bytes | None) -> None:
         self.stats.dead += 1
+        self.notes.append(f"dead letter {source}: {reason}")
         self.outputs.append(
             Output(DEAD_LETTERS, key, encode(dead_letter_for(payload, source, reason)))
         )

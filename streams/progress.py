@@ -46,11 +46,17 @@ async def report_progress() -> None:
     _last["events"] = events
     lags = _lag_by_partition(consumer)
     behind = {tp: lag for tp, lag in lags.items() if lag}
+    from streams.agents import totals
+
     log.info(
-        "progress: %.0f events/s, %d events total, lag %d (%s), assigned %d, paused %d, "
-        "buffer-full %d, producer buffer %d",
+        "progress: %.0f events/s, %d events total (%d applied, %d outputs, %d dead letters, "
+        "%d redelivered), lag %d (%s), assigned %d, paused %d, buffer-full %d, producer buffer %d",
         rate,
         int(events),
+        totals["applied"],
+        totals["outputs"],
+        totals["dead"],
+        totals["redelivered"],
         sum(lags.values()),
         ", ".join(f"{tp}={lag}" for tp, lag in sorted(behind.items())) or "none",
         len(consumer.assignment()),

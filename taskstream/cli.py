@@ -194,28 +194,73 @@ def topics_create() -> None:
 # --------------------------------------------------------- produce and tail
 
 
+class _Sender:
+    """A confluent-kafka producer that counts what it sent per topic and what failed."""
+
+    def __init__(self, settings: Settings) -> None:
+        from taskstream.kafka_io import producer
+
+        self.client = producer(settings)
+        self.failures: list[str] = []
+        self.sent: dict[str, int] = {}
+        self._partitions: dict[str, int] = {}
+
+    def _delivered(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self.failures.append(str(err))
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None, partition: int = -1) -> None:
+        while True:
+            try:
+                self.client.produce(
+                    topic, value, key, partition=partition, on_delivery=self._delivered
+                )
+                break
+            except BufferError:
+                self.client.poll(0.1)
+        self.client.poll(0)
+        self.sent[topic] = self.sent.get(topic, 0) + 1
+
+    def broadcast(self, topic: str, value: bytes) -> None:
+        """One copy to every partition (ticks)."""
+        from taskstream.kafka_io import partition_count
+
+        if topic not in self._partitions:
+            self._partitions[topic] = partition_count(self.client, topic)
+        for partition in range(self._partitions[topic]):
+            self.send(topic, value, None, partition)
+
+    def finish(self) -> str:
+        """Wait for delivery; fail (exit 1) if anything was not delivered."""
+        remaining = self.client.flush(60)
+        total = sum(self.sent.values())
+        if remaining or self.failures:
+            _fail(
+                f"{len(self.failures) + remaining} of {total} messages were not delivered: "
+                f"{self.failures[:3]}"
+            )
+        return ", ".join(f"{n} to {topic}" for topic, n in sorted(self.sent.items())) or "nothing"
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def produce(path: str, progress: bool) -> None:
     """Send input events from a JSON-lines file (or - for stdin) to Kafka.
 
-    Each line goes to the topic of its `type`, keyed by its `user_id`. Lines
-    that cannot be routed are reported and skipped; exit 1 if any were.
+    Each line goes to the topic of its `type` (claims, orders, refunds,
+    ticks), keyed by its `user_id`; a tick goes to every partition. The
+    worker validates what it receives (bad events become dead letters);
+    lines that cannot be routed at all (not JSON, unknown type) are reported
+    here and not sent: exit 1 if any were.
     """
     from tqdm import tqdm
 
-    from taskstream.kafka_io import UnroutableEvent, producer, route
+    from taskstream.kafka_io import UnroutableEvent, route
 
     settings = _connected_settings()
-    client = producer(settings)
-    failures: list[str] = []
-
-    def delivered(err: object, _msg: object) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    sent = skipped = 0
+    sender = _Sender(settings)
+    lines = skipped = 0
     stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
     with stream, tqdm(unit="ev", disable=not progress, file=sys.stderr) as bar:
         for number, line in enumerate(stream, start=1):
@@ -224,25 +269,109 @@ def produce(path: str, progress: bool) -> None:
                 continue
             try:
                 routed = route(settings, line)
+                if routed.broadcast:
+                    sender.broadcast(routed.topic, routed.value)
+                else:
+                    sender.send(routed.topic, routed.value, routed.key)
             except UnroutableEvent as exc:
                 click.echo(f"line {number}: {exc}", err=True)
                 skipped += 1
                 continue
-            while True:
-                try:
-                    client.produce(routed.topic, routed.value, routed.key, on_delivery=delivered)
-                    break
-                except BufferError:
-                    client.poll(0.1)
-            client.poll(0)
-            sent += 1
+            lines += 1
             bar.update(1)
-    remaining = client.flush(60)
-    if remaining or failures:
-        _fail(f"{len(failures) + remaining} of {sent} events were not delivered: {failures[:3]}")
-    click.echo(f"sent {sent} events, skipped {skipped}")
+    summary = sender.finish()
+    click.echo(f"sent {lines} events ({summary}), skipped {skipped}")
     if skipped:
         sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    help="The instant the tick announces (RFC 3339, UTC); default: now.",
+)
+def tick(at_text: str | None) -> None:
+    """Broadcast a tick (time passes) to every partition of the ticks topic.
+
+    Tasks past their deadline expire when a tick at or after it is processed.
+    The tick's id derives from its instant, so sending the same tick twice
+    has no further effect.
+    """
+    from datetime import UTC, datetime
+
+    from schemas.codec import encode
+    from schemas.records import Tick
+    from schemas.timestamps import format_utc, parse_utc
+    from streams.config import TICKS
+
+    try:
+        at = parse_utc(at_text or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from None
+    settings = _connected_settings()
+    sender = _Sender(settings)
+    sender.broadcast(settings.topic(TICKS), encode(Tick(f"tick-{format_utc(at)}", at)))
+    click.echo(f"tick at {format_utc(at)}: {sender.finish()}")
+
+
+# ---------------------------------------------------------------- templates
+
+
+@main.group()
+def templates() -> None:
+    """Publish task templates and pools to the workers (no restart needed)."""
+
+
+@templates.command("publish")
+@click.option(
+    "--templates",
+    "templates_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Task templates (JSON list).",
+)
+@click.option(
+    "--pools",
+    "pools_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Budget pools (JSON list).",
+)
+def templates_publish(templates_path: Path, pools_path: Path | None) -> None:
+    """Validate templates (and pools) and write them to the compacted templates topic.
+
+    Every worker picks the new versions up within a second. A template or
+    pool that is already published is replaced by the new version.
+    """
+    import orjson
+
+    from app.catalog import CatalogError
+    from streams.catalog_feed import catalog_key
+    from streams.config import TEMPLATES
+    from taskstream.catalog_files import load_catalog
+
+    try:
+        load_catalog(templates_path, pools_path)  # all or nothing: refuse an invalid set
+    except CatalogError as exc:
+        _fail(str(exc))
+    settings = _connected_settings()
+    from taskstream.kafka_io import ensure_topics
+
+    ensure_topics(settings)
+    sender = _Sender(settings)
+    topic = settings.topic(TEMPLATES)
+    names = []
+    for kind, path in (("pool", pools_path), ("template", templates_path)):
+        if path is None:
+            continue
+        for doc in orjson.loads(path.read_bytes()):
+            item_id = doc["pool_id" if kind == "pool" else "template_id"]
+            sender.send(topic, orjson.dumps(doc), catalog_key(kind, item_id))
+            names.append(f"{kind} {item_id}")
+    sender.finish()
+    click.echo(f"published {len(names)} to {topic}: {', '.join(names)}")
 
 
 @main.command()
@@ -257,7 +386,7 @@ def produce(path: str, progress: bool) -> None:
 def tail(topic: str, from_beginning: bool, idle_timeout: float | None) -> None:
     """Print the events of TOPIC as they arrive, one JSON object per line.
 
-    TOPIC is a short name (order-counts, dead-letters, ...) or a full name.
+    TOPIC is a short name (task-events, rewards, dead-letters, ...) or a full name.
     """
     from taskstream import kafka_io
 

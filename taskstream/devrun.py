@@ -3,7 +3,9 @@
 1. A broker: KAFKA_BOOTSTRAP if set, else the local one on KAFKA_PORT
    (started now, or reused if it already answers).
 2. The topics (created if missing).
-3. One `taskstream worker` in the foreground. Ctrl-C stops it cleanly; a
+3. The sample campaign: samples/templates.json and pools.json published to
+   the templates topic, then samples/events.jsonl produced to the inputs.
+4. One `taskstream worker` in the foreground. Ctrl-C stops it cleanly; a
    broker this run started is stopped too (TASKSTREAM_KEEP_BROKER=1 keeps it).
 """
 
@@ -43,13 +45,35 @@ def main() -> int:
     settings = Settings.from_env()
     created = ensure_topics(settings)
     say(f"topics: {'created ' + ', '.join(created) if created else 'all present'}")
-    say(
-        "in a second terminal:\n"
-        f"    .venv/bin/taskstream produce {SAMPLES / 'orders.jsonl'}\n"
-        "    .venv/bin/taskstream tail order-counts --from-beginning\n"
-        "    .venv/bin/taskstream tail dead-letters --from-beginning"
+    command = str(Path(sys.executable).with_name("taskstream"))
+    subprocess.run(
+        [
+            command,
+            "templates",
+            "publish",
+            "--templates",
+            str(SAMPLES / "templates.json"),
+            "--pools",
+            str(SAMPLES / "pools.json"),
+        ],
+        check=True,
     )
-    worker = subprocess.Popen([str(Path(sys.executable).with_name("taskstream")), "worker"])
+    # The sample events are sent once: a second `make run` finds them processed.
+    produced = subprocess.run(
+        [command, "produce", "--no-progress", str(SAMPLES / "events.jsonl")], check=False
+    )
+    if produced.returncode not in (0, 1):  # 1: some sample lines are deliberately unroutable
+        return produced.returncode
+    say(
+        "the worker starts now; in a second terminal:\n"
+        "    .venv/bin/taskstream tail task-events --from-beginning\n"
+        "    .venv/bin/taskstream tail rewards --from-beginning\n"
+        "    .venv/bin/taskstream tail dead-letters --from-beginning\n"
+        "    .venv/bin/taskstream tick            # time passes: due tasks expire\n"
+        f"    .venv/bin/taskstream replay --templates {SAMPLES / 'templates.json'} "
+        f"--pools {SAMPLES / 'pools.json'} --events {SAMPLES / 'events.jsonl'} --out -"
+    )
+    worker = subprocess.Popen([command, "worker"])
     try:
         code = worker.wait()
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streams.config import INPUT_TOPIC_BY_TYPE, TOPICS, Settings
+from streams.config import INPUT_TOPIC_BY_TYPE, TEMPLATES, TICKS, TOPICS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,25 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create our topics that do not exist yet; return the names created."""
     client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
-    wanted = [settings.topic(name) for name in TOPICS]
-    missing = [
-        NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication)
-        for name in wanted
-        if name not in existing
+    wanted = [
+        NewTopic(
+            settings.topic(name),
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication,
+        )
+        for name in TOPICS
     ]
+    # Templates and pools: one partition (every worker reads all of it),
+    # compacted (the latest version of each template is what counts).
+    wanted.append(
+        NewTopic(
+            settings.topic(TEMPLATES),
+            num_partitions=1,
+            replication_factor=settings.replication,
+            config={"cleanup.policy": "compact"},
+        )
+    )
+    missing = [topic for topic in wanted if topic.topic not in existing]
     if not missing:
         return []
     created = []
@@ -60,6 +73,7 @@ class Routed:
     topic: str
     key: bytes | None
     value: bytes
+    broadcast: bool = False  # a tick: one copy to every partition of the topic
 
 
 def route(settings: Settings, line: bytes) -> Routed:
@@ -73,9 +87,19 @@ def route(settings: Settings, line: bytes) -> Routed:
     short = INPUT_TOPIC_BY_TYPE.get(doc.get("type"))  # type: ignore[arg-type]
     if short is None:
         raise UnroutableEvent(f"unknown event type {doc.get('type')!r}")
+    if short == TICKS:
+        return Routed(settings.topic(short), None, line, broadcast=True)
     user = doc.get("user_id")
     key = user.encode() if isinstance(user, str) else None
     return Routed(settings.topic(short), key, line)
+
+
+def partition_count(client: Producer, topic: str, timeout: float = 10.0) -> int:
+    """How many partitions `topic` has (it must exist)."""
+    metadata = client.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise UnroutableEvent(f"topic {topic} does not exist: run `taskstream topics create`")
+    return len(metadata.partitions)
 
 
 def producer(settings: Settings, **extra: Any) -> Producer:

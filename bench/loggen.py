@@ -13,6 +13,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import orjson
+
 from schemas.records import InputEvent, OrderPaid, OrderRefunded, TaskClaim, Tick
 from schemas.timestamps import MICROS_PER_SECOND, parse_utc
 
@@ -75,3 +77,85 @@ def generate(shape: LogShape) -> Iterator[InputEvent]:
             else:
                 recent[rng.randrange(10_000)] = (user, order_id, amount)
             yield OrderPaid(event_id, order_id, user, amount, rng.choice(CHANNELS), at)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of a mixed test log: the bytes, and how it must reach Kafka."""
+
+    value: bytes
+    malformed: bool = False  # the worker must dead-letter it
+    raw_topic: str | None = None  # unroutable bytes: sent as-is to this input topic
+    raw_key: bytes | None = None
+
+
+def mixed_log(
+    shape: LogShape,
+    *,
+    duplicate_every: int = 97,
+    early_refund_every: int = 89,
+    malformed_every: int = 251,
+) -> list[Line]:
+    """The generated log plus what upstream systems get wrong, in event-time order.
+
+    - duplicates: an event delivered twice by its producer (same line again);
+    - early refunds: a refund stamped a second *before* its order (the refund
+      system's clock runs behind), which the engine holds until the order;
+    - malformed messages: truncated JSON, wrong types, negative amounts,
+      unknown types, each becoming a dead letter with its reason.
+    """
+    from schemas.codec import encode
+
+    rng = random.Random(shape.seed + 1)
+    out: list[Line] = []
+    for n, event in enumerate(generate(shape)):
+        encoded = encode(event)
+        if isinstance(event, OrderPaid) and n % early_refund_every == 0:
+            early = OrderRefunded(
+                f"early-{event.event_id}",
+                f"early-r-{event.order_id}",
+                event.order_id,
+                event.user_id,
+                event.amount_cents // 2,
+                event.at - MICROS_PER_SECOND,
+            )
+            out.append(Line(encode(early)))
+        out.append(Line(encoded))
+        if n % duplicate_every == 0 and not isinstance(event, Tick):
+            out.append(Line(encoded))
+        if n % malformed_every == 0:
+            out.append(_malformed(rng, n, event))
+    return out
+
+
+def _malformed(rng: random.Random, n: int, near: InputEvent) -> Line:
+    user = getattr(near, "user_id", "u000000")
+    key = user.encode()
+    kind = n % 5
+    if kind == 0:  # truncated JSON
+        text = b'{"type":"order_paid","v":1,"event_id":"bad-%d","user_id":"%s","amou' % (
+            n,
+            key,
+        )
+        return Line(text, malformed=True, raw_topic="orders", raw_key=key)
+    if kind == 1:  # not even UTF-8
+        return Line(
+            b"\xff\xfe" + rng.randbytes(12), malformed=True, raw_topic="claims", raw_key=key
+        )
+    doc: dict[str, object] = {
+        "type": "order_paid",
+        "v": 1,
+        "event_id": f"bad-{n}",
+        "order_id": f"bad-o-{n}",
+        "user_id": user,
+        "amount_cents": 1000,
+        "channel": "app",
+        "at": "2024-03-02T00:00:00Z",
+    }
+    if kind == 2:
+        doc["amount_cents"] = -500  # negative amount
+    elif kind == 3:
+        doc["amount_cents"] = "12.50"  # wrong type
+    else:
+        doc["at"] = "yesterday"  # not a time
+    return Line(orjson.dumps(doc), malformed=True)

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import Any, cast
 
 import faust
@@ -42,6 +42,7 @@ from streams.app import (
 from streams.config import INPUT_TOPICS
 from streams.partition_state import (
     USER_PREFIX,
+    Output,
     PartitionRecord,
     Redo,
     decode_partition,
@@ -96,26 +97,36 @@ async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
     by_partition: dict[int, list[faust.EventT[bytes]]] = {}
     for event in events:
         by_partition.setdefault(event.message.partition, []).append(event)
+    deliveries: list[Awaitable[Any]] = []
     for partition, part_events in sorted(by_partition.items()):
         # Table reads and writes go to the current event's partition: make it
         # one of this partition's events while we work on it.
         token = _current_event.set(weakref.ref(part_events[-1]))
         try:
-            await _run_partition(partition, part_events)
+            deliveries += await _run_partition(partition, part_events)
         except Exception:
             _caches.pop(partition, None)  # rebuilt from the table next time
             raise
         finally:
             _current_event.reset(token)
+    # Every output of this batch is at the broker before faust acks its inputs
+    # and before the next batch replaces any partition's redo record.
+    if deliveries:
+        await asyncio.gather(*deliveries)
 
 
-async def _run_partition(partition: int, events: Sequence[faust.EventT[bytes]]) -> None:
+async def _run_partition(
+    partition: int, events: Sequence[faust.EventT[bytes]]
+) -> list[Awaitable[Any]]:
     cache = _caches.get(partition)
+    deliveries: list[Awaitable[Any]] = []
     if cache is None:
-        cache = await _load_partition(partition)
+        cache, deliveries = await _load_partition(partition)
+    record = _read_record(partition)
+    if not cache.loaded:
+        for role, offset in cache.load(record).items():
+            await faust_fixes.rewind(app.consumer, TP(settings.topic(role), partition), offset)
         _caches[partition] = cache
-    raw = state.get(partition_key(partition))
-    record = PartitionRecord(partition) if raw is None else decode_partition(raw)
     messages = [
         InMessage(
             ROLE_OF_TOPIC[e.message.topic],
@@ -138,7 +149,7 @@ async def _run_partition(partition: int, events: Sequence[faust.EventT[bytes]]) 
         highwater=highwater,
         max_pending=settings.max_pending,
     )
-    await _commit(partition, result)
+    deliveries += await _commit(partition, result)
     for role, offset in result.rewinds.items():
         await faust_fixes.rewind(app.consumer, TP(settings.topic(role), partition), offset)
     for note in result.notes:
@@ -150,20 +161,27 @@ async def _run_partition(partition: int, events: Sequence[faust.EventT[bytes]]) 
     totals["outputs"] += stats.outputs
     totals["dead"] += stats.dead
     totals["redelivered"] += stats.redelivered
+    return deliveries
+
+
+def _read_record(partition: int) -> PartitionRecord:
+    raw = state.get(partition_key(partition))
+    return PartitionRecord(partition) if raw is None else decode_partition(raw)
 
 
 def _load_user(user_id: str) -> UserState | None:
     return decode_user(state.get(user_key(user_id)))
 
 
-async def _commit(partition: int, result: BatchResult) -> None:
+async def _commit(partition: int, result: BatchResult) -> list[Awaitable[Any]]:
+    """Write the batch (redo record first) and start sending its outputs."""
     stats = result.stats
-    if not (stats.accepted or stats.applied or result.outputs):
-        return  # only redeliveries or messages dropped for a rewind: nothing changed
+    if not (stats.accepted or stats.applied or result.outputs or result.rewinds):
+        return []  # only redeliveries or messages dropped for a rewind: nothing changed
     writes = writes_for(result)
     state[redo_key(partition)] = encode_redo(Redo(result.record.seq, tuple(writes), result.outputs))
     _apply_writes(writes)
-    await _send_all(result.outputs)
+    return await _send_all(result.outputs)
 
 
 def _apply_writes(writes: Iterable[tuple[bytes, bytes | None]]) -> None:
@@ -175,16 +193,16 @@ def _apply_writes(writes: Iterable[tuple[bytes, bytes | None]]) -> None:
             state[key] = value
 
 
-async def _send_all(outputs: Iterable[Any]) -> None:
-    pending = []
+async def _send_all(outputs: Iterable[Output]) -> list[Awaitable[Any]]:
+    """Hand the outputs to the producer; the returned futures resolve on delivery."""
+    deliveries: list[Awaitable[Any]] = []
     for output in outputs:
         topic = output_topics[output.role]
-        pending.append(await topic.send(key=output.key, value=output.value))
-    if pending:
-        await asyncio.gather(*pending)
+        deliveries.append(await topic.send(key=output.key, value=output.value))
+    return deliveries
 
 
-async def _load_partition(partition: int) -> PartitionCache:
+async def _load_partition(partition: int) -> tuple[PartitionCache, list[Awaitable[Any]]]:
     """After an assignment: finish the last batch if a crash cut it short, and
     rebuild the tick index from the users stored here."""
     started = time.monotonic()
@@ -203,7 +221,9 @@ async def _load_partition(partition: int) -> PartitionCache:
             _apply_writes(redo.writes)
         # Its outputs may not have reached the broker: send them again (same
         # ids and bytes; consumers de-duplicate).
-        await _send_all(redo.outputs)
+        deliveries = await _send_all(redo.outputs)
+    else:
+        deliveries = []
     deadlines = rebuild_deadlines(_stored_deadlines(partition))
     log.info(
         "partition %d loaded: %d user(s) with a deadline, %.2f s",
@@ -211,7 +231,7 @@ async def _load_partition(partition: int) -> PartitionCache:
         len(deadlines),
         time.monotonic() - started,
     )
-    return PartitionCache(deadlines=deadlines)
+    return PartitionCache(deadlines=deadlines), deliveries
 
 
 def _stored_deadlines(partition: int) -> Iterable[tuple[str, int | None]]:

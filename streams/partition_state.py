@@ -5,7 +5,8 @@ partition, changelog topic `<app id>-state-changelog`):
 
     u:<user_id>   a user's `UserState` (with its next deadline up front)
     p:<partition> the partition's `PartitionRecord`: input offsets, the
-                  event-time merge buffer, budget buckets, batch sequence
+                  offsets held back for event-time order, budget buckets,
+                  batch sequence
     r:<partition> the partition's redo record: every write and output of
                   the last batch, written first as one changelog message
 
@@ -71,28 +72,14 @@ def next_deadline_of_record(raw: bytes) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Pending:
-    """An accepted input waiting for its turn in event-time order."""
-
-    at: int
-    rank: int  # the input's role: claims < orders < refunds < ticks at equal times
-    role: str
-    offset: int
-    key: bytes | None
-    value: bytes
-
-    @property
-    def order(self) -> tuple[int, int, int]:
-        return (self.at, self.rank, self.offset)
-
-
-@dataclass(frozen=True, slots=True)
 class PartitionRecord:
     partition: int
     seq: int = 0  # batches applied
     next_offset: Mapping[str, int] = field(default_factory=dict)  # by input role
     max_at: Mapping[str, int] = field(default_factory=dict)  # latest event time seen, by role
-    pending: tuple[Pending, ...] = ()
+    # Offsets accepted but held back for event-time order, by role. Only the
+    # offsets are kept: after a restart the worker fetches them again.
+    held: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     buckets: Mapping[str, int] = field(default_factory=dict)  # pool id -> units left here
 
 
@@ -104,7 +91,7 @@ def encode_partition(record: PartitionRecord) -> bytes:
             record.seq,
             dict(record.next_offset),
             dict(record.max_at),
-            [[p.at, p.rank, p.role, p.offset, _b64(p.key), _b64(p.value)] for p in record.pending],
+            {role: list(offsets) for role, offsets in record.held.items() if offsets},
             dict(record.buckets),
         ]
     )
@@ -114,16 +101,13 @@ def decode_partition(raw: bytes) -> PartitionRecord:
     doc = orjson.loads(raw)
     if not isinstance(doc, list) or not doc or doc[0] != RECORD_FORMAT:
         raise ValueError(f"not a partition record of format {RECORD_FORMAT}")
-    _, partition, seq, next_offset, max_at, pending, buckets = doc
+    _, partition, seq, next_offset, max_at, held, buckets = doc
     return PartitionRecord(
         partition,
         seq,
         next_offset,
         max_at,
-        tuple(
-            Pending(at, rank, role, offset, _unb64(key), _unb64(value) or b"")
-            for at, rank, role, offset, key, value in pending
-        ),
+        {role: tuple(offsets) for role, offsets in held.items()},
         buckets,
     )
 

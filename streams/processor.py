@@ -22,6 +22,8 @@ What a batch does, in order:
    order once every other input has shown an event at least as late or is
    caught up with its high watermark (Kafka Streams' stream-time
    synchronisation). A buffer over `max_pending` releases its head anyway.
+   The buffer is in memory; the partition record keeps its offsets, and
+   after a restart the shell fetches those again (`PartitionCache.load`).
 3. **Apply** each released event through the engine (`app.engine.handle`),
    the same fold replay uses; a tick visits the users the deadline index
    says are due.
@@ -54,7 +56,6 @@ from schemas.records import (
 from streams.partition_state import (
     Output,
     PartitionRecord,
-    Pending,
     encode_partition,
     encode_user,
     partition_key,
@@ -94,13 +95,39 @@ class InMessage:
         return f"{self.topic}/{self.partition}@{self.offset}"
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An accepted input waiting for its turn in event-time order."""
+
+    at: int
+    rank: int  # the input's role: claims < orders < refunds < ticks at equal times
+    role: str
+    offset: int
+    key: bytes | None
+    value: bytes
+    event: InputEvent
+
+
 @dataclass(slots=True)
 class PartitionCache:
-    """In-memory and derived: rebuilt from the table after every assignment."""
+    """In memory, rebuilt after every assignment: from the table (the tick
+    index) and by fetching the held offsets again (the pending events)."""
 
     deadlines: DeadlineIndex = field(default_factory=DeadlineIndex)
+    pending: list[Pending] = field(default_factory=list)
     rewinding: dict[str, int] = field(default_factory=dict)  # role -> offset awaited
-    decoded: dict[tuple[str, int], InputEvent] = field(default_factory=dict)
+    # Held offsets (from the partition record) not yet fetched again.
+    refetch: dict[str, set[int]] = field(default_factory=dict)
+    loaded: bool = False
+
+    def load(self, record: PartitionRecord) -> dict[str, int]:
+        """Start from a stored record; return where each input must be fetched
+        again from (its oldest held offset)."""
+        self.pending = []
+        self.refetch = {role: set(offsets) for role, offsets in record.held.items() if offsets}
+        self.rewinding = {role: min(offsets) for role, offsets in self.refetch.items()}
+        self.loaded = True
+        return dict(self.rewinding)
 
 
 @dataclass(slots=True)
@@ -167,7 +194,7 @@ class _Batch:
         self.cache = cache
         self.next_offset = dict(record.next_offset)
         self.max_at = dict(record.max_at)
-        self.pending = list(record.pending)
+        self.pending = cache.pending
         buckets = dict(record.buckets)
         for pool in catalog.pools.values():
             if pool.pool_id not in buckets:
@@ -192,6 +219,11 @@ class _Batch:
             del self.cache.rewinding[role]
         expected = self.next_offset.get(role)
         if expected is not None and message.offset < expected:
+            held = self.cache.refetch.get(role)
+            if held and message.offset in held:  # held before a restart: take it again
+                held.discard(message.offset)
+                self._hold(message)
+                return
             self.stats.redelivered += 1
             return
         if expected is not None and message.offset > expected:
@@ -205,16 +237,27 @@ class _Batch:
             return
         self.next_offset[role] = message.offset + 1
         self.stats.accepted += 1
+        self._hold(message)
+
+    def _hold(self, message: InMessage) -> None:
         try:
             event = self._decode(message)
         except SchemaError as exc:
             self._dead(message.value or b"", message.source, str(exc), message.key)
             return
-        self.cache.decoded[(role, message.offset)] = event
+        role = message.role
         if event.at > self.max_at.get(role, event.at - 1):
             self.max_at[role] = event.at
         self.pending.append(
-            Pending(event.at, RANK[role], role, message.offset, message.key, message.value or b"")
+            Pending(
+                event.at,
+                RANK[role],
+                role,
+                message.offset,
+                message.key,
+                message.value or b"",
+                event,
+            )
         )
 
     def _decode(self, message: InMessage) -> InputEvent:
@@ -255,6 +298,8 @@ class _Batch:
         del pending[:released]
 
     def _may_release(self, head: Pending, highwater: Mapping[str, int | None]) -> bool:
+        if any(self.cache.refetch.values()):
+            return False  # events held before a restart are still on their way back
         for role in INPUT_ROLES:
             if role == head.role:
                 continue
@@ -270,9 +315,7 @@ class _Batch:
     # ------------------------------------------------------------ apply
 
     def _apply(self, pending: Pending) -> None:
-        event = self.cache.decoded.pop((pending.role, pending.offset), None)
-        if event is None:  # accepted by an earlier run of this partition
-            event = decode_input(pending.value)
+        event = pending.event
         self.stats.applied += 1
         if type(event) is Tick:
             for user_id in self.cache.deadlines.pop_due(event.at):
@@ -336,7 +379,7 @@ class _Batch:
             seq,
             self.next_offset,
             self.max_at,
-            tuple(self.pending),
+            _held_offsets(self.pending, self.cache.refetch),
             self.budget.buckets,
         )
         self.stats.outputs = len(self.outputs)
@@ -348,6 +391,17 @@ class _Batch:
             self.stats,
             tuple(self.notes),
         )
+
+
+def _held_offsets(
+    pending: Iterable[Pending], refetch: Mapping[str, set[int]]
+) -> dict[str, tuple[int, ...]]:
+    """What the record must keep: the pending offsets, and held offsets not yet
+    fetched again since a restart."""
+    held: dict[str, set[int]] = {role: set(offsets) for role, offsets in refetch.items()}
+    for p in pending:
+        held.setdefault(p.role, set()).add(p.offset)
+    return {role: tuple(sorted(offsets)) for role, offsets in held.items() if offsets}
 
 
 def _order(p: Pending) -> tuple[int, int, int]:

@@ -6,10 +6,12 @@ from collections.abc import Iterable, Mapping
 
 from app.catalog import Catalog
 from streams.partition_state import (
+    USER_PREFIX,
     Output,
     PartitionRecord,
     decode_partition,
     decode_user,
+    next_deadline_of_record,
     partition_key,
     user_key,
 )
@@ -18,6 +20,7 @@ from streams.processor import (
     InMessage,
     PartitionCache,
     process_batch,
+    rebuild_deadlines,
     writes_for,
 )
 
@@ -40,9 +43,23 @@ class PartitionSim:
         raw = self.store.get(partition_key(self.partition))
         return PartitionRecord(self.partition) if raw is None else decode_partition(raw)
 
+    def restart(self) -> dict[str, int]:
+        """Lose everything in memory, as a worker restart does; return where each
+        input must be fetched again from (the shell rewinds the consumer there)."""
+        self.cache = PartitionCache(
+            deadlines=rebuild_deadlines(
+                (key[len(USER_PREFIX) :].decode(), next_deadline_of_record(value))
+                for key, value in self.store.items()
+                if key.startswith(USER_PREFIX)
+            )
+        )
+        return self.cache.load(self.record())
+
     def run(
         self, messages: Iterable[InMessage], highwater: Mapping[str, int | None]
     ) -> BatchResult:
+        if not self.cache.loaded:
+            self.cache.load(self.record())
         result = process_batch(
             self.record(),
             messages,

@@ -22,6 +22,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient
 
+from bench.loggen import Line
 from streams.config import Settings
 from taskstream.broker import free_port
 from taskstream.kafka_io import ensure_topics, producer, route
@@ -73,23 +74,51 @@ class Deployment:
         }
         return WorkerProcess(label, env, data_dir, self.root / f"worker-{label}.log")
 
-    def produce(self, lines: Iterable[bytes]) -> int:
-        """Send input lines keyed by user; remember where each event_id landed."""
+    def publish_templates(self, templates: Path, pools: Path | None = None) -> None:
+        args = [TASKSTREAM, "templates", "publish", "--templates", str(templates)]
+        if pools is not None:
+            args += ["--pools", str(pools)]
+        subprocess.run(args, env={**os.environ, **self.env}, check=True, capture_output=True)
+
+    def produce(self, lines: Iterable[bytes | Line]) -> int:
+        """Send input lines as `taskstream produce` does (keyed by user, ticks to
+        every partition; a `Line` with a raw topic goes there as-is). Returns the
+        number of Kafka messages sent; remembers where each event_id landed."""
         settings = self.settings
         client = producer(settings)
         sent = 0
 
         def landed(err: object, msg: Any) -> None:
-            if err is None:
+            assert err is None, err
+            try:
                 event_id = orjson.loads(msg.value()).get("event_id")
-                self.positions[event_id] = (msg.partition(), msg.offset())
+            except (orjson.JSONDecodeError, AttributeError):
+                return
+            self.positions[event_id] = (msg.partition(), msg.offset())
 
-        for line in lines:
-            routed = route(settings, line)
-            client.produce(routed.topic, routed.value, routed.key, on_delivery=landed)
+        def send(topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
+            nonlocal sent
+            while True:
+                try:
+                    client.produce(topic, value, key, partition=partition, on_delivery=landed)
+                    break
+                except BufferError:
+                    client.poll(0.1)
             client.poll(0)
             sent += 1
-        assert client.flush(30) == 0, "producer could not deliver every message"
+
+        for line in lines:
+            item = line if isinstance(line, Line) else Line(line)
+            if item.raw_topic is not None:
+                send(settings.topic(item.raw_topic), item.value, item.raw_key)
+                continue
+            routed = route(settings, item.value)
+            if routed.broadcast:
+                for partition in range(self.partitions):
+                    send(routed.topic, routed.value, None, partition)
+            else:
+                send(routed.topic, routed.value, routed.key)
+        assert client.flush(60) == 0, "producer could not deliver every message"
         return sent
 
     def group_lag(self, short_topic: str = "orders") -> dict[int, tuple[int, int]]:

@@ -68,7 +68,15 @@ log = logging.getLogger("taskstream.worker")
 # Per-partition caches (derived, rebuilt on load); dropped when a partition moves.
 _caches: dict[int, PartitionCache] = {}
 # Counters for the progress line.
-totals = {"batches": 0, "accepted": 0, "applied": 0, "outputs": 0, "dead": 0, "redelivered": 0}
+totals = {
+    "batches": 0,
+    "accepted": 0,
+    "applied": 0,
+    "outputs": 0,
+    "dead": 0,
+    "redelivered": 0,
+    "stale": 0,
+}
 
 
 @app.agent(inputs_channel, concurrency=1)
@@ -95,8 +103,19 @@ async def start_catalog_feed() -> None:
 
 async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
     by_partition: dict[int, list[faust.EventT[bytes]]] = {}
+    stale = 0
     for event in events:
+        if _from_an_earlier_assignment(event):
+            stale += 1
+            continue
         by_partition.setdefault(event.message.partition, []).append(event)
+    if stale:
+        # Fetched before a rebalance and left in take_events' buffer: their
+        # partition may now be another worker's or still recovering here.
+        # Skipping is safe: the processor fetches any offset it never accepted
+        # again (offset gap -> rewind) once the partition is processed.
+        totals["stale"] += stale
+        log.info("skipped %d event(s) fetched before the last rebalance", stale)
     deliveries: list[Awaitable[Any]] = []
     for partition, part_events in sorted(by_partition.items()):
         # Table reads and writes go to the current event's partition: make it
@@ -138,7 +157,7 @@ async def _run_partition(
         )
         for e in events
     ]
-    highwater = await _highwaters(partition)
+    highwater = _highwaters(partition)
     result = process_batch(
         record,
         messages,
@@ -150,6 +169,7 @@ async def _run_partition(
         max_pending=settings.max_pending,
     )
     deliveries += await _commit(partition, result)
+    _remember_positions(partition, result.record)
     for role, offset in result.rewinds.items():
         await faust_fixes.rewind(app.consumer, TP(settings.topic(role), partition), offset)
     for note in result.notes:
@@ -162,6 +182,21 @@ async def _run_partition(
     totals["dead"] += stats.dead
     totals["redelivered"] += stats.redelivered
     return deliveries
+
+
+def _remember_positions(partition: int, record: PartitionRecord) -> None:
+    """Where a new owner must fetch each input from: what faust commits (fix 5)."""
+    for role, next_offset in record.next_offset.items():
+        held = record.held.get(role)
+        position = min(held) if held else next_offset
+        faust_fixes.commit_positions[TP(settings.topic(role), partition)] = position
+
+
+def _from_an_earlier_assignment(event: faust.EventT[bytes]) -> bool:
+    if app.rebalancing or app.in_recovery:
+        return True
+    generation = event.message.generation_id
+    return generation is not None and generation != app.consumer_generation_id
 
 
 def _read_record(partition: int) -> PartitionRecord:
@@ -248,28 +283,20 @@ def _stored_deadlines(partition: int) -> Iterable[tuple[str, int | None]]:
                 yield key[len(USER_PREFIX) :].decode(), next_deadline_of_record(value)
 
 
-async def _highwaters(partition: int) -> dict[str, int | None]:
+def _highwaters(partition: int) -> dict[str, int | None]:
+    """Each input's high watermark as of the consumer's last fetch (None until
+    a fetch has reported one: the processor then holds events back).
+
+    Never asks the broker from here: that goes through the consumer thread,
+    which a rebalance can block while it waits for this very agent.
+    """
     consumer = app.consumer
-    tps = {role: TP(settings.topic(role), partition) for role in INPUT_TOPICS}
     marks: dict[str, int | None] = {}
-    unknown = []
-    for role, tp in tps.items():
+    for role in INPUT_TOPICS:
         try:
-            mark = consumer.highwater(tp)
-        except Exception:  # not assigned (any more): treat as unknown
-            mark = None
-        marks[role] = mark
-        if mark is None:
-            unknown.append(tp)
-    if unknown:
-        try:
-            queried = await consumer.highwaters(*unknown)
-        except Exception as exc:
-            log.warning("could not read high watermarks of %s: %s", unknown, exc)
-            queried = {}
-        for role, tp in tps.items():
-            if marks[role] is None and tp in queried:
-                marks[role] = int(queried[tp])
+            marks[role] = consumer.highwater(TP(settings.topic(role), partition))
+        except Exception:  # not assigned (any more)
+            marks[role] = None
     return marks
 
 
@@ -277,3 +304,4 @@ async def _highwaters(partition: int) -> dict[str, int | None]:
 async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     for tp in revoked:
         _caches.pop(tp.partition, None)
+    faust_fixes.forget_positions(revoked)

@@ -77,6 +77,7 @@ inputs_channel = app.topic(
 )
 ROLE_OF_TOPIC = {settings.topic(name): name for name in INPUT_TOPICS}
 input_topics = {name: _topic(name) for name in (CLAIMS, ORDERS, REFUNDS, TICKS)}
+faust_fixes.input_topic_names.update(t.get_topic_name() for t in input_topics.values())
 output_topics = {name: _topic(name) for name in (TASK_EVENTS, REWARDS, DEAD_LETTERS)}
 
 # Users, partition records and redo records (see streams.partition_state).

@@ -63,16 +63,63 @@ input partition in the table, next to the state, notices any record that
 arrives ahead of it, and calls `rewind` below to fetch the skipped ones
 again. The committed offsets only say where to start fetching; the table's
 offsets say what was processed.
+
+Records fetched before a rewind hide the rewound ones (fix 4)
+-------------------------------------------------------------
+Symptom: a worker that took over a partition rewound an input to the
+offsets its table held back, then received nothing more from it: lag 0,
+0 events applied, for minutes (tests/integration/test_stream_processor.py,
+the SIGKILL run, before this fix).
+
+Cause: `Consumer._drain_messages` iterates a batch aiokafka fetched before
+our seek and, after each record it hands on, sets the partition's read
+offset to that record's offset; it drops every later record whose offset is
+below the read offset. So the stale records that follow a rewind raise the
+read offset again, and the records the seek fetches (from the rewound
+offset up) are all dropped as "already read".
+
+The opposite hole: a rewind *forward* (to held offsets above where the
+consumer is) made the drain loop drop the stale records below the awaited
+one; nobody acked them, so faust's committed offset stayed below them for
+good (the group showed lag on a fully processed partition).
+
+Fix 4: faust's read offsets live in `RewindAwareReadOffsets`. `rewind`
+seeks and marks the awaited record; until that record itself is handed on,
+the partition reads as having no read offset (every record passes the drain
+loop's filter and is acked after the agent has seen it) and the drain
+loop's updates are ignored. The processor drops the stale records as not
+awaited. A revoke or faust's own seek clears the mark.
+
+Committed offsets beyond what the table holds (fix 5)
+-----------------------------------------------------
+Symptom: after a third worker joined and left, three partitions stopped
+for good: the group had committed their input topics to the end, while the
+table's partition record still expected offset 645 of `orders`. Their new
+owner sought to the committed offsets, fetched nothing, and so never ran
+the processor that would have noticed the hole (test_a_third_worker_joins
+_and_leaves, before this fix). faust commits whatever its agents acked,
+and acked records are not always processed ones: `take_events` acks every
+buffered event, including those skipped as fetched before a rebalance.
+
+Fix 5: for the input topics the broker is sent the processor's own position
+instead (`commit_positions`: per partition and topic, the oldest held
+offset, else the next offset to accept), for every assigned input partition
+the agent has processed; partitions it has not processed are not committed
+at all. The committed offset is then never past anything the table has not
+durably taken (faust flushes the producer, changelog included, before it
+commits). faust's own bookkeeping is left untouched.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.errors import ConsumerStoppedError
 from faust.tables import recovery as faust_recovery
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
@@ -165,7 +212,97 @@ async def _fetch_records_of_active_partitions(
         return await fetcher.fetched_records(active, timeout=timeout, max_records=max_records)
 
 
+class RewindAwareReadOffsets(defaultdict[Any, int | None]):
+    """faust's `Consumer._read_offset` (tp -> last offset handed on), which
+    ignores the drain loop's updates while a rewind awaits its record (fix 4)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: None)
+        self.awaiting: dict[Any, int] = {}
+
+    def rewind(self, tp: Any, offset: int) -> None:
+        self.awaiting[tp] = offset
+        super().__setitem__(tp, offset - 1 if offset > 0 else None)
+
+    def forget(self, tp: Any) -> None:
+        self.awaiting.pop(tp, None)
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if tp in self.awaiting:
+            # Let every record through until the awaited one: stale records
+            # below it must still reach the agent, or faust never acks them
+            # and its committed offset sticks below the hole for good.
+            return None
+        return super().__getitem__(tp)
+
+    def __setitem__(self, tp: Any, value: int | None) -> None:
+        awaited = self.awaiting.get(tp)
+        if awaited is not None:
+            if value != awaited:
+                return  # a record fetched before the rewind
+            del self.awaiting[tp]
+        super().__setitem__(tp, value)
+
+    def __delitem__(self, tp: Any) -> None:
+        self.awaiting.pop(tp, None)
+        super().__delitem__(tp)
+
+    def pop(self, tp: Any, *default: Any) -> Any:
+        self.awaiting.pop(tp, None)
+        return super().pop(tp, *default)
+
+
+_original_consumer_init = faust_consumer.Consumer.__init__
+
+
+def _consumer_init_with_rewind_aware_offsets(self: Any, *args: Any, **kwargs: Any) -> None:
+    """faust's `Consumer.__init__`, then fix 4's read offsets."""
+    _original_consumer_init(self, *args, **kwargs)
+    self._read_offset = RewindAwareReadOffsets()
+
+
+async def _seek_forgetting_rewinds(self: Any, partition: Any, offset: int) -> None:
+    """faust's `Consumer.seek`; a seek of faust's own supersedes our rewind."""
+    read_offsets = self._read_offset
+    if isinstance(read_offsets, RewindAwareReadOffsets):
+        read_offsets.forget(partition)
+    await _original_consumer_seek(self, partition, offset)
+
+
+_original_consumer_seek = faust_consumer.Consumer.seek
+
+# (topic, partition) -> the offset a new owner must fetch from, as the
+# agent's processor last stored it (fix 5). Only input topics appear here.
+commit_positions: dict[Any, int] = {}
+input_topic_names: set[str] = set()
+
+
+def forget_positions(tps: Any) -> None:
+    for tp in tps:
+        commit_positions.pop(tp, None)
+
+
+def _offsets_to_send(offsets: Mapping[Any, int], assignment: Any) -> dict[Any, int]:
+    """faust's offsets for other topics; ours for every assigned input partition."""
+    send = {tp: o for tp, o in offsets.items() if tp.topic not in input_topic_names}
+    for tp, position in commit_positions.items():
+        if tp in assignment:
+            send[tp] = position
+    return send
+
+
+async def _commit_processor_positions(self: Any, offsets: Mapping[Any, int]) -> bool:
+    """`ThreadDelegateConsumer._commit` with fix 5."""
+    send = _offsets_to_send(offsets, self.assignment())
+    if not send:
+        return False
+    return bool(await self._thread.commit(send))
+
+
 _PATCHES = (
+    (faust_consumer.Consumer, "__init__", _consumer_init_with_rewind_aware_offsets),
+    (faust_consumer.Consumer, "seek", _seek_forgetting_rewinds),
+    (faust_consumer.ThreadDelegateConsumer, "_commit", _commit_processor_positions),
     (
         faust_aiokafka.AIOKafkaConsumerThread,
         "seek_to_committed",
@@ -192,13 +329,16 @@ def install() -> None:
 
 
 async def rewind(consumer: Any, tp: Any, offset: int) -> None:
-    """Fetch `tp` again from `offset` (the processor found it skipped).
+    """Fetch `tp` again from `offset` (the processor found it skipped, or held
+    it before a restart).
 
-    `Consumer.seek` sets faust's read offset to `offset` itself, and
-    `_drain_messages` hands on only records *above* the read offset, so the
-    record at `offset` would be skipped once more: set the read offset to the
-    record before it.
+    Seeks aiokafka directly (faust's `seek` would set the read offset to
+    `offset` and forget the mark), then lets the read offsets await the record
+    at `offset` (fix 4).
     """
-    await consumer.seek(tp, offset)
-    consumer._read_offset[tp] = offset - 1 if offset > 0 else None
+    await consumer._seek(tp, offset)
+    read_offsets = consumer._read_offset
+    if not isinstance(read_offsets, RewindAwareReadOffsets):
+        raise RuntimeError("streams.faust_fixes.install() must run before the consumer is created")
+    read_offsets.rewind(tp, offset)
     log.warning("rewound %s[%d] to offset %d", tp.topic, tp.partition, offset)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("core", "broker")
+BENCHMARKS = ("core", "broker", "stream")
 
 
 def main(argv: list[str]) -> int:

@@ -300,6 +300,12 @@ def _highwaters(partition: int) -> dict[str, int | None]:
     return marks
 
 
+@app.timer(settings.commit_interval)  # type: ignore[untyped-decorator]
+async def commit_processor_positions() -> None:
+    """The group's committed offsets follow the table (faust_fixes fix 5)."""
+    await faust_fixes.commit_moved_positions(app)
+
+
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     for tp in revoked:

@@ -107,7 +107,10 @@ offset, else the next offset to accept), for every assigned input partition
 the agent has processed; partitions it has not processed are not committed
 at all. The committed offset is then never past anything the table has not
 durably taken (faust flushes the producer, changelog included, before it
-commits). faust's own bookkeeping is left untouched.
+commits). faust's own bookkeeping is left untouched. faust calls its commit
+only when it has newly acked offsets it can commit, which after a rewind can
+stop happening for a partition; so the worker also commits the positions
+that moved on its own timer (`commit_moved_positions`).
 """
 
 from __future__ import annotations
@@ -280,6 +283,7 @@ input_topic_names: set[str] = set()
 def forget_positions(tps: Any) -> None:
     for tp in tps:
         commit_positions.pop(tp, None)
+        _last_sent.pop(tp, None)
 
 
 def _offsets_to_send(offsets: Mapping[Any, int], assignment: Any) -> dict[Any, int]:
@@ -291,12 +295,44 @@ def _offsets_to_send(offsets: Mapping[Any, int], assignment: Any) -> dict[Any, i
     return send
 
 
+_last_sent: dict[Any, int] = {}
+
+
 async def _commit_processor_positions(self: Any, offsets: Mapping[Any, int]) -> bool:
     """`ThreadDelegateConsumer._commit` with fix 5."""
     send = _offsets_to_send(offsets, self.assignment())
     if not send:
         return False
-    return bool(await self._thread.commit(send))
+    done = bool(await self._thread.commit(send))
+    if done:
+        _last_sent.update(send)
+    return done
+
+
+async def commit_moved_positions(app: Any) -> int:
+    """Commit the processor's positions that moved since the last commit.
+
+    faust commits only when its agents acked something new it can commit,
+    and after a rewind its acked list can stop yielding anything for good;
+    the worker calls this on a timer so the group's offsets always catch up
+    with the table. Returns how many partitions were committed.
+    """
+    if app.rebalancing or app.in_recovery:
+        return 0
+    consumer = app.consumer
+    assignment = consumer.assignment()
+    send = {
+        tp: position
+        for tp, position in commit_positions.items()
+        if tp in assignment and _last_sent.get(tp) != position
+    }
+    if not send:
+        return 0
+    await app.producer.flush()  # the changelog holds the table before the group moves
+    if await consumer._thread.commit(send):
+        _last_sent.update(send)
+        return len(send)
+    return 0
 
 
 _PATCHES = (

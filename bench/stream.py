@@ -1,0 +1,372 @@
+"""`python -m bench stream`: the stream processor end to end on a real broker.
+
+Three measurements, each on a fresh deployment (own topics and group) of the
+same local broker, with `taskstream worker` processes as users run them:
+
+- **throughput**: a backlog of generated events (claims, orders, refunds,
+  ticks to every partition) is produced first; then 1 (and 2) workers start.
+  Throughput = input messages / (time the group's committed input offsets
+  reach the end - time of the first output message). The committed offsets
+  are the processor's own positions (streams/faust_fixes.py, fix 5), so
+  "committed to the end" means every input is in the table.
+- **latency**: one worker runs; orders, claims and refunds are produced at a
+  steady rate (half the one-worker throughput unless --rate is given). For
+  every output caused by an order (task_advanced, task_completed,
+  reward_granted) latency = the output message's timestamp - the order
+  message's timestamp (both CreateTime, same machine clock).
+- **memory**: one worker takes one claim from each of N users (so N users
+  have state in RocksDB); the worker's resident set size (VmRSS, VmHWM) and
+  the RocksDB folder size after it has processed them all.
+
+Results go to stdout as Markdown rows; BENCHMARKS.md keeps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from bench.loggen import LogShape, generate
+from schemas.codec import encode
+from schemas.records import InputEvent, TaskClaim
+from streams.config import INPUT_TOPICS, Settings
+from taskstream import broker
+from taskstream.kafka_io import ensure_topics, producer, route
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+TASKSTREAM = str(Path(sys.executable).with_name("taskstream"))
+OUTPUTS = ("task-events", "rewards", "dead-letters")
+
+
+def say(message: str) -> None:
+    print(f"[bench stream] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Deployment:
+    bootstrap: str
+    root: Path
+    partitions: int = 8
+
+    def __post_init__(self) -> None:
+        self.name = f"b{uuid.uuid4().hex[:8]}"
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": self.bootstrap,
+            "TASKSTREAM_APP_ID": self.name,
+            "TASKSTREAM_TOPIC_PREFIX": f"{self.name}.",
+            "TASKSTREAM_PARTITIONS": str(self.partitions),
+            "TASKSTREAM_COMMIT_INTERVAL": "0.5",
+            "TASKSTREAM_PROGRESS_SECONDS": "5",
+        }
+        self.settings = Settings.from_env(self.env)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        ensure_topics(self.settings)
+        pools = orjson.loads((SAMPLES / "pools.json").read_bytes())
+        for pool in pools:  # ample budgets: the static split never refuses
+            pool["total"] = 10**12
+        pools_path = self.root / f"{self.name}-pools.json"
+        pools_path.write_bytes(orjson.dumps(pools))
+        subprocess.run(
+            [
+                *(TASKSTREAM, "templates", "publish"),
+                *("--templates", str(SAMPLES / "templates.json"), "--pools", str(pools_path)),
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+
+    def start_worker(self, label: str) -> subprocess.Popen[bytes]:
+        env = {
+            **self.env,
+            "TASKSTREAM_DATA_DIR": str(self.root / f"{self.name}-{label}"),
+            "TASKSTREAM_WEB_PORT": str(broker.free_port()),
+        }
+        log = (self.root / f"{self.name}-{label}.log").open("wb")
+        proc = subprocess.Popen(
+            [TASKSTREAM, "worker", "--loglevel", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def produce(self, events: Iterable[InputEvent], rate: float | None = None) -> dict[str, int]:
+        """Send events as `taskstream produce` does; return order event_id -> the
+        message's CreateTime (ms). With `rate`, pace to that many events/s."""
+        client = producer(self.settings)
+        stamps: dict[str, int] = {}
+        orders_topic = self.settings.topic("orders")
+
+        def landed(err: Any, msg: Any) -> None:
+            if err is None and msg.topic() == orders_topic:
+                stamps[orjson.loads(msg.value())["event_id"]] = msg.timestamp()[1]
+
+        began = time.monotonic()
+        for n, event in enumerate(events):
+            if rate is not None:
+                ahead = began + n / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            routed = route(self.settings, encode(event))
+            targets = range(self.partitions) if routed.broadcast else [-1]
+            for partition in targets:
+                while True:
+                    try:
+                        client.produce(
+                            routed.topic,
+                            routed.value,
+                            None if routed.broadcast else routed.key,
+                            partition=partition,
+                            on_delivery=landed,
+                        )
+                        break
+                    except BufferError:
+                        client.poll(0.05)
+            client.poll(0)
+        client.flush(120)
+        return stamps
+
+    def input_counts(self) -> tuple[int, int]:
+        """(committed, end) summed over every input partition."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-probe"})
+        committed = end = 0
+        try:
+            for short in INPUT_TOPICS:
+                topic = self.settings.topic(short)
+                tps = [TopicPartition(topic, p) for p in range(self.partitions)]
+                request = [ConsumerGroupTopicPartitions(self.settings.app_id, tps)]
+                result = admin.list_consumer_group_offsets(request)[self.settings.app_id].result()
+                committed += sum(max(tp.offset, 0) for tp in result.topic_partitions)
+                end += sum(probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+        finally:
+            probe.close()
+        return committed, end
+
+    def wait_consumed(self, timeout: float) -> float:
+        """Block until every input is committed; return the time (epoch s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            committed, end = self.input_counts()
+            if committed >= end:
+                return time.time()
+            time.sleep(0.25)
+        raise TimeoutError(f"inputs not consumed within {timeout:.0f}s ({committed}/{end})")
+
+    def outputs(self) -> Iterator[tuple[str, dict[str, Any], int]]:
+        """Every output message so far: (short topic, document, CreateTime ms)."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"bench-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            for short in OUTPUTS:
+                topic = self.settings.topic(short)
+                for p in range(self.partitions):
+                    tp = TopicPartition(topic, p)
+                    low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                    if high <= low:
+                        continue
+                    consumer.assign([TopicPartition(topic, p, low)])
+                    seen = low
+                    while seen < high:
+                        for msg in consumer.consume(5000, 2.0):
+                            value, offset = msg.value(), msg.offset()
+                            if msg.error() or value is None or offset is None:
+                                continue
+                            seen = offset + 1
+                            yield short, orjson.loads(value), msg.timestamp()[1]
+        finally:
+            consumer.close()
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def folder_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def backlog_shape(events: int, users: int, seed: int) -> LogShape:
+    return LogShape(events=events, users=users, seed=seed)
+
+
+def throughput(bootstrap: str, root: Path, workers: int, shape: LogShape) -> float:
+    dep = Deployment(bootstrap, root)
+    try:
+        began = time.monotonic()
+        dep.produce(generate(shape))
+        _, end = dep.input_counts()
+        say(f"{workers} worker(s): produced {end} messages in {time.monotonic() - began:.1f}s")
+        for n in range(workers):
+            dep.start_worker(chr(ord("a") + n))
+        done = dep.wait_consumed(900)
+        first = min(ts for _, _, ts in dep.outputs()) / 1000
+        rate = end / (done - first)
+        say(f"{workers} worker(s): {end} messages in {done - first:.1f}s = {rate:,.0f} msg/s")
+        return rate
+    finally:
+        dep.stop()
+
+
+def latency(bootstrap: str, root: Path, rate: float, seconds: float) -> dict[str, float]:
+    dep = Deployment(bootstrap, root)
+    try:
+        dep.start_worker("a")
+        # Warm-up: the worker is assigned its partitions and has the catalog.
+        # (claims of their own ids, so no warm-up output looks like a measured one)
+        dep.produce(
+            TaskClaim(f"warm-{n}", f"w{n:05d}", "clear_box_per_order", 1_700_000_000_000_000, ())
+            for n in range(2000)
+        )
+        dep.wait_consumed(120)
+        shape = LogShape(
+            events=int(rate * seconds),
+            users=100_000,
+            task_user_every=10,
+            task_order_share=0.5,
+            claim_share=0.05,
+            tick_every=10**9,  # no ticks: each would go to every partition
+            seed=5,
+        )
+        stamps = dep.produce(generate(shape), rate=rate)
+        dep.wait_consumed(300)
+        gaps: dict[str, list[int]] = {}
+        for _, doc, ts in dep.outputs():
+            sent = stamps.get(str(doc.get("caused_by")))
+            if sent is not None:
+                gaps.setdefault(str(doc["type"]), []).append(ts - sent)
+        every = sorted(g for values in gaps.values() for g in values)
+        if not every:
+            raise RuntimeError("no output was caused by a measured order: run longer")
+        rewards = sorted(gaps.get("reward_granted", []))
+        result = {
+            "rate": rate,
+            "outputs": len(every),
+            "p50": statistics.median(every),
+            "p99": every[int(len(every) * 0.99)],
+            "max": every[-1],
+            "rewards": len(rewards),
+            "reward_p50": statistics.median(rewards) if rewards else float("nan"),
+            "reward_p99": rewards[int(len(rewards) * 0.99)] if rewards else float("nan"),
+        }
+        say(f"latency at {rate:,.0f} ev/s: {result}")
+        return result
+    finally:
+        dep.stop()
+
+
+def memory(bootstrap: str, root: Path, users: int) -> tuple[int, int, float]:
+    dep = Deployment(bootstrap, root)
+    try:
+        proc = dep.start_worker("a")
+        base = 1_750_000_000_000_000
+        claims = (
+            TaskClaim(f"m{n:08d}", f"u{n:07d}", "clear_box_per_order", base + n, ())
+            for n in range(users)
+        )
+        dep.produce(claims)
+        dep.wait_consumed(1800)
+        time.sleep(2)
+        rss, hwm = rss_kib(proc.pid)
+        size = folder_mib(root / f"{dep.name}-a")
+        say(
+            f"{users:,} users: RSS {rss / 1024:.0f} MiB (peak {hwm / 1024:.0f}), "
+            f"RocksDB {size:.0f} MiB"
+        )
+        return rss, hwm, size
+    finally:
+        dep.stop()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench stream")
+    parser.add_argument("--events", type=int, default=200_000, help="backlog size")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, help="latency run's events/s (default: half)")
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--memory-users", default="100000,1000000")
+    parser.add_argument("--skip", default="", help="comma list of: throughput,latency,memory")
+    args, _ = parser.parse_known_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    root = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    spec = None
+    if not bootstrap:
+        spec = broker.BrokerSpec.create(port=broker.free_port(), home=root / "broker")
+        bootstrap = broker.up(spec, die_with_parent=True).bootstrap
+    rows: list[str] = []
+    try:
+        shape = backlog_shape(args.events, args.users, seed=20261123)
+        one = 0.0
+        if "throughput" not in skip:
+            for workers in (1, 2):
+                rate = throughput(bootstrap, root, workers, shape)
+                one = one or rate
+                rows.append(
+                    f"| throughput, {workers} worker(s), {args.events:,} events "
+                    f"| {rate:,.0f} msg/s |"
+                )
+        if "latency" not in skip:
+            rate = args.rate or (one / 2 if one else 5000.0)
+            lat = latency(bootstrap, root, rate, args.latency_seconds)
+            rows.append(
+                f"| latency at {rate:,.0f} ev/s, {lat['outputs']:,} order-caused outputs | "
+                f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms |"
+            )
+            rows.append(
+                f"| latency order -> reward_granted ({lat['rewards']:,} rewards) | "
+                f"p50 {lat['reward_p50']:.0f} ms, p99 {lat['reward_p99']:.0f} ms |"
+            )
+        if "memory" not in skip:
+            for users in (int(u) for u in args.memory_users.split(",")):
+                rss, hwm, size = memory(bootstrap, root, users)
+                rows.append(
+                    f"| memory, {users:,} users with state | RSS {rss / 1024:.0f} MiB "
+                    f"(peak {hwm / 1024:.0f} MiB), RocksDB folder {size:.0f} MiB |"
+                )
+    finally:
+        if spec is not None:
+            broker.down(spec)
+        shutil.rmtree(root, ignore_errors=True)
+    print("| measurement | result |\n|---|---|")
+    print("\n".join(rows))
+    return 0

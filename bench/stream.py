@@ -39,8 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    Consumer,
+    KafkaException,
+    TopicPartition,
+)
 
 from bench.loggen import LogShape, generate
 from schemas.codec import encode
@@ -157,16 +160,31 @@ class Deployment:
 
     def input_counts(self) -> tuple[int, int]:
         """(committed, end) summed over every input partition."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-probe"})
+        for _ in range(120):
+            try:
+                return self._input_counts()
+            except KafkaException as exc:  # a fresh broker's group coordinator loads
+                say(f"offsets not readable yet: {exc.args[0].str()}")
+                time.sleep(0.5)
+        return self._input_counts()
+
+    def _input_counts(self) -> tuple[int, int]:
+        # A consumer of the workers' group that never joins it reads the
+        # group's committed offsets (AdminClient.list_consumer_group_offsets
+        # crashed librdkafka here while the group did not exist yet).
+        probe = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.settings.app_id,
+                "enable.auto.commit": False,
+            }
+        )
         committed = end = 0
         try:
             for short in INPUT_TOPICS:
                 topic = self.settings.topic(short)
                 tps = [TopicPartition(topic, p) for p in range(self.partitions)]
-                request = [ConsumerGroupTopicPartitions(self.settings.app_id, tps)]
-                result = admin.list_consumer_group_offsets(request)[self.settings.app_id].result()
-                committed += sum(max(tp.offset, 0) for tp in result.topic_partitions)
+                committed += sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=10))
                 end += sum(probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
         finally:
             probe.close()

@@ -34,6 +34,7 @@ What a batch does, in order:
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -114,7 +115,10 @@ class PartitionCache:
     index) and by fetching the held offsets again (the pending events)."""
 
     deadlines: DeadlineIndex = field(default_factory=DeadlineIndex)
-    pending: list[Pending] = field(default_factory=list)
+    # A heap of (at, rank, offset, event): the next event in event-time order
+    # first, without re-sorting the buffer every batch.
+    pending: list[tuple[int, int, int, Pending]] = field(default_factory=list)
+    held: dict[str, set[int]] = field(default_factory=dict)  # role -> offsets in `pending`
     rewinding: dict[str, int] = field(default_factory=dict)  # role -> offset awaited
     # Held offsets (from the partition record) not yet fetched again.
     refetch: dict[str, set[int]] = field(default_factory=dict)
@@ -124,6 +128,7 @@ class PartitionCache:
         """Start from a stored record; return where each input must be fetched
         again from (its oldest held offset)."""
         self.pending = []
+        self.held = {}
         self.refetch = {role: set(offsets) for role, offsets in record.held.items() if offsets}
         self.rewinding = {role: min(offsets) for role, offsets in self.refetch.items()}
         self.loaded = True
@@ -248,17 +253,11 @@ class _Batch:
         role = message.role
         if event.at > self.max_at.get(role, event.at - 1):
             self.max_at[role] = event.at
-        self.pending.append(
-            Pending(
-                event.at,
-                RANK[role],
-                role,
-                message.offset,
-                message.key,
-                message.value or b"",
-                event,
-            )
+        pending = Pending(
+            event.at, RANK[role], role, message.offset, message.key, message.value or b"", event
         )
+        heapq.heappush(self.pending, (event.at, pending.rank, message.offset, pending))
+        self.cache.held.setdefault(role, set()).add(message.offset)
 
     def _decode(self, message: InMessage) -> InputEvent:
         if message.value is None:
@@ -279,23 +278,22 @@ class _Batch:
     # ---------------------------------------------------------- release
 
     def release(self, highwater: Mapping[str, int | None], max_pending: int) -> None:
-        self.pending.sort(key=_order)
-        released = 0
         pending = self.pending
-        while released < len(pending):
-            head = pending[released]
+        held = self.cache.held
+        while pending:
+            head = pending[0][3]
             if not self._may_release(head, highwater):
-                if len(pending) - released <= max_pending:
+                if len(pending) <= max_pending:
                     break
                 self.stats.forced += 1
-            released += 1
+            heapq.heappop(pending)
+            held[head.role].discard(head.offset)
             self._apply(head)
         if self.stats.forced:
             self.notes.append(
                 f"pending buffer over {max_pending} events: released {self.stats.forced} "
                 "ahead of a lagging input (event-time order not guaranteed for them)"
             )
-        del pending[:released]
 
     def _may_release(self, head: Pending, highwater: Mapping[str, int | None]) -> bool:
         if any(self.cache.refetch.values()):
@@ -379,7 +377,7 @@ class _Batch:
             seq,
             self.next_offset,
             self.max_at,
-            _held_offsets(self.pending, self.cache.refetch),
+            _held_offsets(self.cache.held, self.cache.refetch),
             self.budget.buckets,
         )
         self.stats.outputs = len(self.outputs)
@@ -394,18 +392,16 @@ class _Batch:
 
 
 def _held_offsets(
-    pending: Iterable[Pending], refetch: Mapping[str, set[int]]
+    pending: Mapping[str, set[int]], refetch: Mapping[str, set[int]]
 ) -> dict[str, tuple[int, ...]]:
     """What the record must keep: the pending offsets, and held offsets not yet
     fetched again since a restart."""
-    held: dict[str, set[int]] = {role: set(offsets) for role, offsets in refetch.items()}
-    for p in pending:
-        held.setdefault(p.role, set()).add(p.offset)
-    return {role: tuple(sorted(offsets)) for role, offsets in held.items() if offsets}
-
-
-def _order(p: Pending) -> tuple[int, int, int]:
-    return (p.at, p.rank, p.offset)
+    held: dict[str, tuple[int, ...]] = {}
+    for role in pending.keys() | refetch.keys():
+        offsets = pending.get(role, set()) | refetch.get(role, set())
+        if offsets:
+            held[role] = tuple(sorted(offsets))
+    return held
 
 
 def process_batch(

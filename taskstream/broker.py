@@ -212,8 +212,15 @@ log4j.logger.state.change.logger=WARN
 
 
 def kraft_cluster_id() -> str:
-    """A cluster id in Kafka's own format (base64url of 16 bytes, no padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A cluster id in Kafka's own format (base64url of 16 bytes, no padding).
+
+    Never one starting with "-": `kafka-storage format -t -x...` takes it for
+    an option and fails ("expected one argument"), one start in 64.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def java_command(spec: BrokerSpec, java: str, main: str, *args: str) -> list[str]:

@@ -78,3 +78,9 @@ def test_settings_read_the_environment_and_refuse_nonsense() -> None:
         Settings.from_env({"TASKSTREAM_PARTITIONS": "0"})
     with pytest.raises(ValueError, match="TASKSTREAM_WEB_PORT"):
         Settings.from_env({"TASKSTREAM_WEB_PORT": "http"})
+
+
+def test_cluster_id_never_looks_like_an_option() -> None:
+    # One base64url id in 64 starts with "-", which kafka-storage's argument
+    # parser takes for an option: the broker then fails to format.
+    assert not any(broker.kraft_cluster_id().startswith("-") for _ in range(2000))

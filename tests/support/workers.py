@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError
-from confluent_kafka.admin import AdminClient
 
 from bench.loggen import Line
 from streams.config import Settings
@@ -122,18 +121,24 @@ class Deployment:
         return sent
 
     def group_lag(self, short_topic: str = "orders") -> dict[int, tuple[int, int]]:
-        """partition -> (committed offset of the workers' group, log end offset)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        """partition -> (committed offset of the workers' group, log end offset).
 
-        settings = self.settings
-        topic = settings.topic(short_topic)
+        Read by a consumer of the workers' group that never joins it
+        (AdminClient.list_consumer_group_offsets crashed librdkafka in the
+        bench while the group coordinator was still loading)."""
+        from confluent_kafka import TopicPartition
+
+        topic = self.settings.topic(short_topic)
         partitions = [TopicPartition(topic, p) for p in range(self.partitions)]
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        request = [ConsumerGroupTopicPartitions(settings.app_id, partitions)]
-        result = admin.list_consumer_group_offsets(request)[settings.app_id].result()
-        committed = {tp.partition: tp.offset for tp in result.topic_partitions}
-        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "lag-probe"})
+        probe = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.settings.app_id,
+                "enable.auto.commit": False,
+            }
+        )
         try:
+            committed = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
             ends = {
                 p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                 for p in range(self.partitions)

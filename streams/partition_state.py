@@ -29,7 +29,7 @@ import orjson
 from app.state import UserState
 from app.state_codec import decode_user_state, encode_user_state
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: held offsets as runs; 1 (lists) is still read
 USER_PREFIX = b"u:"
 _NO_DEADLINE = -1
 _HEADER = struct.Struct(">q")
@@ -91,7 +91,7 @@ def encode_partition(record: PartitionRecord) -> bytes:
             record.seq,
             dict(record.next_offset),
             dict(record.max_at),
-            {role: list(offsets) for role, offsets in record.held.items() if offsets},
+            {role: _runs(offsets) for role, offsets in record.held.items() if offsets},
             dict(record.buckets),
         ]
     )
@@ -99,17 +99,35 @@ def encode_partition(record: PartitionRecord) -> bytes:
 
 def decode_partition(raw: bytes) -> PartitionRecord:
     doc = orjson.loads(raw)
-    if not isinstance(doc, list) or not doc or doc[0] != RECORD_FORMAT:
-        raise ValueError(f"not a partition record of format {RECORD_FORMAT}")
-    _, partition, seq, next_offset, max_at, held, buckets = doc
+    if not isinstance(doc, list) or not doc or doc[0] not in (1, RECORD_FORMAT):
+        raise ValueError(f"not a partition record of format 1 or {RECORD_FORMAT}")
+    version, partition, seq, next_offset, max_at, held, buckets = doc
+    expand = _expand if version == RECORD_FORMAT else tuple
     return PartitionRecord(
         partition,
         seq,
         next_offset,
         max_at,
-        {role: tuple(offsets) for role, offsets in held.items()},
+        {role: expand(offsets) for role, offsets in held.items()},
         buckets,
     )
+
+
+def _runs(offsets: tuple[int, ...]) -> list[list[int]]:
+    """Sorted offsets as [first, last] runs: the held offsets of a partition
+    are mostly one contiguous stretch, so the record stays a few bytes long
+    however many events wait (it is written to the changelog every batch)."""
+    runs: list[list[int]] = []
+    for offset in offsets:
+        if runs and runs[-1][1] == offset - 1:
+            runs[-1][1] = offset
+        else:
+            runs.append([offset, offset])
+    return runs
+
+
+def _expand(runs: list[list[int]]) -> tuple[int, ...]:
+    return tuple(o for first, last in runs for o in range(first, last + 1))
 
 
 # ------------------------------------------------------------------ redo

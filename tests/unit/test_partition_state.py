@@ -1,0 +1,45 @@
+"""The partition record's bytes: a round trip, compact held offsets, the old format."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.partition_state import PartitionRecord, decode_partition, encode_partition
+
+offsets = st.sets(st.integers(0, 5_000), max_size=300).map(lambda s: tuple(sorted(s)))
+
+
+@given(
+    held=st.dictionaries(st.sampled_from(["claims", "orders", "refunds", "ticks"]), offsets),
+    seq=st.integers(0, 10**9),
+)
+def test_a_record_survives_its_bytes(held: dict[str, tuple[int, ...]], seq: int) -> None:
+    record = PartitionRecord(
+        3,
+        seq,
+        {"orders": 5_001, "claims": 7},
+        {"orders": 1_700_000_000_000_000},
+        held,
+        {"cash": 12_345},
+    )
+    expected = {role: o for role, o in held.items() if o}
+    back = decode_partition(encode_partition(record))
+    assert back.held == expected
+    assert (back.partition, back.seq, back.next_offset, back.buckets) == (
+        3,
+        seq,
+        {"orders": 5_001, "claims": 7},
+        {"cash": 12_345},
+    )
+
+
+def test_a_long_contiguous_wait_costs_a_few_bytes() -> None:
+    record = PartitionRecord(0, 1, {"orders": 20_000}, {}, {"orders": tuple(range(20_000))})
+    assert len(encode_partition(record)) < 100
+
+
+def test_records_of_the_first_format_are_still_read() -> None:
+    old = orjson.dumps([1, 2, 9, {"orders": 12}, {}, {"orders": [10, 11]}, {}])
+    assert decode_partition(old).held == {"orders": (10, 11)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
@@ -77,6 +78,22 @@ def generate(shape: LogShape) -> Iterator[InputEvent]:
             else:
                 recent[rng.randrange(10_000)] = (user, order_id, amount)
             yield OrderPaid(event_id, order_id, user, amount, rng.choice(CHANNELS), at)
+
+
+SAMPLE_POOLS = Path(__file__).resolve().parents[1] / "samples" / "pools.json"
+
+
+def ample_sample_pools() -> list[dict[str, object]]:
+    """The sample pools with totals no partition's share can run out of.
+
+    Until progressive bucketing lands, each partition spends a fixed share of
+    a pool (docs/streams.md), which agrees with replay's single ledger only
+    while no share runs dry: tests and benchmarks that compare or measure the
+    stream use these."""
+    pools: list[dict[str, object]] = orjson.loads(SAMPLE_POOLS.read_bytes())
+    for pool in pools:
+        pool["total"] = 10**12
+    return pools
 
 
 @dataclass(frozen=True, slots=True)

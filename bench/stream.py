@@ -45,12 +45,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from bench.loggen import LogShape, generate
+from bench.loggen import LogShape, ample_sample_pools, generate
 from schemas.codec import encode
 from schemas.records import InputEvent, TaskClaim
 from streams.config import INPUT_TOPICS, Settings
 from taskstream import broker
-from taskstream.kafka_io import ensure_topics, producer, route
+from taskstream.kafka_io import ensure_topics, group_offsets, producer, route
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -82,11 +82,8 @@ class Deployment:
         self.settings = Settings.from_env(self.env)
         self.workers: list[subprocess.Popen[bytes]] = []
         ensure_topics(self.settings)
-        pools = orjson.loads((SAMPLES / "pools.json").read_bytes())
-        for pool in pools:  # ample budgets: the static split never refuses
-            pool["total"] = 10**12
         pools_path = self.root / f"{self.name}-pools.json"
-        pools_path.write_bytes(orjson.dumps(pools))
+        pools_path.write_bytes(orjson.dumps(ample_sample_pools()))
         subprocess.run(
             [
                 *(TASKSTREAM, "templates", "publish"),
@@ -169,25 +166,11 @@ class Deployment:
         return self._input_counts()
 
     def _input_counts(self) -> tuple[int, int]:
-        # A consumer of the workers' group that never joins it reads the
-        # group's committed offsets (AdminClient.list_consumer_group_offsets
-        # crashed librdkafka here while the group did not exist yet).
-        probe = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": self.settings.app_id,
-                "enable.auto.commit": False,
-            }
-        )
         committed = end = 0
-        try:
-            for short in INPUT_TOPICS:
-                topic = self.settings.topic(short)
-                tps = [TopicPartition(topic, p) for p in range(self.partitions)]
-                committed += sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=10))
-                end += sum(probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
-        finally:
-            probe.close()
+        for short in INPUT_TOPICS:
+            for done, last in group_offsets(self.settings, short).values():
+                committed += max(done, 0)
+                end += last
         return committed, end
 
     def wait_consumed(self, timeout: float) -> float:
@@ -241,10 +224,6 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 def folder_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-def backlog_shape(events: int, users: int, seed: int) -> LogShape:
-    return LogShape(events=events, users=users, seed=seed)
 
 
 def throughput(bootstrap: str, root: Path, workers: int, shape: LogShape) -> float:
@@ -353,7 +332,7 @@ def main(argv: list[str]) -> int:
         bootstrap = broker.up(spec, die_with_parent=True).bootstrap
     rows: list[str] = []
     try:
-        shape = backlog_shape(args.events, args.users, seed=20261123)
+        shape = LogShape(events=args.events, users=args.users, seed=20261123)
         one = 0.0
         if "throughput" not in skip:
             for workers in (1, 2):

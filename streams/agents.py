@@ -186,9 +186,7 @@ async def _run_partition(
 
 def _remember_positions(partition: int, record: PartitionRecord) -> None:
     """Where a new owner must fetch each input from: what faust commits (fix 5)."""
-    for role, next_offset in record.next_offset.items():
-        held = record.held.get(role)
-        position = min(held) if held else next_offset
+    for role, position in record.fetch_positions().items():
         faust_fixes.commit_positions[TP(settings.topic(role), partition)] = position
 
 

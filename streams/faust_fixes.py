@@ -264,6 +264,9 @@ def _consumer_init_with_rewind_aware_offsets(self: Any, *args: Any, **kwargs: An
     self._read_offset = RewindAwareReadOffsets()
 
 
+_original_consumer_seek = faust_consumer.Consumer.seek
+
+
 async def _seek_forgetting_rewinds(self: Any, partition: Any, offset: int) -> None:
     """faust's `Consumer.seek`; a seek of faust's own supersedes our rewind."""
     read_offsets = self._read_offset
@@ -272,12 +275,12 @@ async def _seek_forgetting_rewinds(self: Any, partition: Any, offset: int) -> No
     await _original_consumer_seek(self, partition, offset)
 
 
-_original_consumer_seek = faust_consumer.Consumer.seek
-
 # (topic, partition) -> the offset a new owner must fetch from, as the
 # agent's processor last stored it (fix 5). Only input topics appear here.
 commit_positions: dict[Any, int] = {}
 input_topic_names: set[str] = set()
+# What the broker was last sent, so the timer commits only what moved.
+_last_sent: dict[Any, int] = {}
 
 
 def forget_positions(tps: Any) -> None:
@@ -295,18 +298,17 @@ def _offsets_to_send(offsets: Mapping[Any, int], assignment: Any) -> dict[Any, i
     return send
 
 
-_last_sent: dict[Any, int] = {}
+async def _send(consumer: Any, offsets: dict[Any, int]) -> bool:
+    done = bool(await consumer._thread.commit(offsets))
+    if done:
+        _last_sent.update(offsets)
+    return done
 
 
 async def _commit_processor_positions(self: Any, offsets: Mapping[Any, int]) -> bool:
     """`ThreadDelegateConsumer._commit` with fix 5."""
     send = _offsets_to_send(offsets, self.assignment())
-    if not send:
-        return False
-    done = bool(await self._thread.commit(send))
-    if done:
-        _last_sent.update(send)
-    return done
+    return bool(send) and await _send(self, send)
 
 
 async def commit_moved_positions(app: Any) -> int:
@@ -319,8 +321,7 @@ async def commit_moved_positions(app: Any) -> int:
     """
     if app.rebalancing or app.in_recovery:
         return 0
-    consumer = app.consumer
-    assignment = consumer.assignment()
+    assignment = app.consumer.assignment()
     send = {
         tp: position
         for tp, position in commit_positions.items()
@@ -329,10 +330,7 @@ async def commit_moved_positions(app: Any) -> int:
     if not send:
         return 0
     await app.producer.flush()  # the changelog holds the table before the group moves
-    if await consumer._thread.commit(send):
-        _last_sent.update(send)
-        return len(send)
-    return 0
+    return len(send) if await _send(app.consumer, send) else 0
 
 
 _PATCHES = (

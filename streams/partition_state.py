@@ -82,6 +82,14 @@ class PartitionRecord:
     held: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     buckets: Mapping[str, int] = field(default_factory=dict)  # pool id -> units left here
 
+    def fetch_positions(self) -> dict[str, int]:
+        """Where each input must be fetched from to lose nothing: its oldest
+        held offset, else the next offset to accept (`held` is sorted)."""
+        return {
+            role: held[0] if (held := self.held.get(role)) else next_offset
+            for role, next_offset in self.next_offset.items()
+        }
+
 
 def encode_partition(record: PartitionRecord) -> bytes:
     return orjson.dumps(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import INPUT_TOPIC_BY_TYPE, TEMPLATES, TICKS, TOPICS, Settings
@@ -155,3 +155,26 @@ def tail(
             yield message.partition() or 0, message.offset() or 0, message.key(), message.value()
     finally:
         consumer.close()
+
+
+def group_offsets(settings: Settings, short_topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (the workers' group's committed offset, log end offset) of
+    one topic; -1001 (librdkafka's "invalid") where nothing is committed.
+
+    Read by a consumer of the group that never joins it
+    (AdminClient.list_consumer_group_offsets crashed librdkafka while a fresh
+    broker's group coordinator was loading).
+    """
+    topic = settings.topic(short_topic)
+    partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+    probe = Consumer(
+        client_config(settings, **{"group.id": settings.app_id, "enable.auto.commit": False})
+    )
+    try:
+        committed = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
+        return {
+            tp.partition: (committed[tp.partition], probe.get_watermark_offsets(tp, timeout=10)[1])
+            for tp in partitions
+        }
+    finally:
+        probe.close()

@@ -30,7 +30,7 @@ import orjson
 import pytest
 from support.workers import TASKSTREAM, Deployment, WorkerProcess
 
-from bench.loggen import Line, LogShape, mixed_log
+from bench.loggen import Line, LogShape, ample_sample_pools, mixed_log
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +66,8 @@ def expected(tmp_path_factory: pytest.TempPathFactory) -> Expected:
     lines = mixed_log(SHAPE)
     log_path = root / "events.jsonl"
     log_path.write_bytes(b"".join(line.value + b"\n" for line in lines))
-    # Budgets no partition's share can exhaust: until progressive bucketing
-    # lands, each partition spends a fixed share of a pool (docs/streams.md),
-    # which only agrees with replay's single ledger while no share runs dry.
-    pools = orjson.loads((SAMPLES / "pools.json").read_bytes())
-    for pool in pools:
-        pool["total"] = 10**12
     pools_path = root / "pools.json"
-    pools_path.write_bytes(orjson.dumps(pools))
+    pools_path.write_bytes(orjson.dumps(ample_sample_pools()))
     templates = SAMPLES / "templates.json"
     out = root / "replay.jsonl"
     subprocess.run(

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError
 from bench.loggen import Line
 from streams.config import Settings
 from taskstream.broker import free_port
-from taskstream.kafka_io import ensure_topics, producer, route
+from taskstream.kafka_io import ensure_topics, group_offsets, producer, route
 
 TASKSTREAM = str(Path(sys.executable).with_name("taskstream"))
 
@@ -121,31 +121,8 @@ class Deployment:
         return sent
 
     def group_lag(self, short_topic: str = "orders") -> dict[int, tuple[int, int]]:
-        """partition -> (committed offset of the workers' group, log end offset).
-
-        Read by a consumer of the workers' group that never joins it
-        (AdminClient.list_consumer_group_offsets crashed librdkafka in the
-        bench while the group coordinator was still loading)."""
-        from confluent_kafka import TopicPartition
-
-        topic = self.settings.topic(short_topic)
-        partitions = [TopicPartition(topic, p) for p in range(self.partitions)]
-        probe = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": self.settings.app_id,
-                "enable.auto.commit": False,
-            }
-        )
-        try:
-            committed = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
-            ends = {
-                p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(self.partitions)
-            }
-        finally:
-            probe.close()
-        return {p: (committed.get(p, -1), ends[p]) for p in range(self.partitions)}
+        """partition -> (committed offset of the workers' group, log end offset)."""
+        return group_offsets(self.settings, short_topic)
 
     def reader(self, short_topic: str) -> TopicReader:
         return TopicReader(self.bootstrap, self.settings.topic(short_topic))

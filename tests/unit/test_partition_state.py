@@ -43,3 +43,8 @@ def test_a_long_contiguous_wait_costs_a_few_bytes() -> None:
 def test_records_of_the_first_format_are_still_read() -> None:
     old = orjson.dumps([1, 2, 9, {"orders": 12}, {}, {"orders": [10, 11]}, {}])
     assert decode_partition(old).held == {"orders": (10, 11)}
+
+
+def test_inputs_are_fetched_from_the_oldest_held_offset_else_the_next_one() -> None:
+    record = PartitionRecord(0, 4, {"orders": 90, "claims": 12}, {}, {"orders": (40, 41, 57)})
+    assert record.fetch_positions() == {"orders": 40, "claims": 12}

@@ -21,7 +21,7 @@ from support.partition_sim import PartitionSim
 from app.budget import Ledger
 from app.catalog import Catalog, parse_catalog
 from app.replayer import Replayer
-from bench.loggen import LogShape, generate
+from bench.loggen import LogShape, ample_sample_pools, generate
 from schemas.codec import encode
 from schemas.records import Tick
 from streams.processor import DEAD_LETTERS, INPUT_ROLES, ROLE_OF_TYPE, InMessage
@@ -31,10 +31,8 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 def ample_catalog() -> Catalog:
     """The sample templates with pools no partition's share can run out of."""
-    pools = orjson.loads((SAMPLES / "pools.json").read_bytes())
-    for pool in pools:
-        pool["total"] = 10**12
-    return parse_catalog(orjson.loads((SAMPLES / "templates.json").read_bytes()), pools)
+    templates = orjson.loads((SAMPLES / "templates.json").read_bytes())
+    return parse_catalog(templates, ample_sample_pools())
 
 
 CATALOG = ample_catalog()

@@ -31,7 +31,7 @@ class Replayer:
             return self._tick(event)
         user_id = event.user_id  # type: ignore[union-attr]  # every non-tick input has one
         state = self.states.get(user_id)
-        outcome = handle(state, event, self.catalog, self.budget)
+        outcome = self._decide(state, event)
         if outcome.state is not state:
             self._store(user_id, state, outcome.state)
         return [(user_id, outcome)]
@@ -39,7 +39,7 @@ class Replayer:
     def apply_user_event(self, user_id: str, event: InputEvent) -> Outcome:
         """The hot path for a keyed (non-tick) event: one outcome, no list."""
         state = self.states.get(user_id)
-        outcome = handle(state, event, self.catalog, self.budget)
+        outcome = self._decide(state, event)
         if outcome.state is not state:
             self._store(user_id, state, outcome.state)
         return outcome
@@ -50,11 +50,14 @@ class Replayer:
             state = self.states.get(user_id)
             if state is None or state.next_deadline is None or state.next_deadline > tick.at:
                 continue  # a stale index entry: that deadline moved or went away
-            outcome = handle(state, tick, self.catalog, self.budget)
+            outcome = self._decide(state, tick)
             if outcome.state is not state:
                 self._store(user_id, state, outcome.state)
             touched.append((user_id, outcome))
         return touched
+
+    def _decide(self, state: UserState | None, event: InputEvent) -> Outcome:
+        return handle(state, event, self.catalog, self.budget)
 
     def _store(self, user_id: str, old: UserState | None, new: UserState | None) -> None:
         if new is None:

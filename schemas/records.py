@@ -222,6 +222,104 @@ class RewardRejected(Record):
     caused_by: str = _f(Kind.ID)
 
 
+# ------------------------------------------------------------ budget events
+#
+# Progressive bucketing (docs/bucketing.md): buckets (one per pool and stream
+# partition) talk to the master allocator (one per pool) through two topics.
+# `seq` numbers each direction's messages per (pool, partition) so either
+# side drops a duplicate; `mode` tells a bucket how the pool is run now.
+
+
+@dataclass(frozen=True, slots=True)
+class RefillRequested(Record):
+    TYPE: ClassVar[str] = "refill_requested"
+    DESCRIPTION: ClassVar[str] = (
+        "A bucket asks its pool's master for budget: units > 0 when a reward waits "
+        "for it (units is that reward's cost), 0 for a top-up before it runs dry."
+    )
+    event_id: str = _f(Kind.ID)
+    pool_id: str = _f(Kind.ID)
+    partition: int = _f(Kind.COUNT)
+    seq: int = _f(Kind.COUNT)
+    units: int = _f(Kind.COUNT)
+    balance: int = _f(Kind.COUNT)  # what the bucket holds when it asks
+    used: int = _f(Kind.COUNT)  # units it paid since its last grant
+    span_us: int = _f(Kind.COUNT)  # event time those payments took
+    at: int = _f(Kind.TIME)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketReturned(Record):
+    TYPE: ClassVar[str] = "bucket_returned"
+    DESCRIPTION: ClassVar[str] = (
+        "A bucket gives units back to its pool's master: all it held, answering a "
+        "recall (round > 0), or budget a revoked reward freed while the pool is central."
+    )
+    event_id: str = _f(Kind.ID)
+    pool_id: str = _f(Kind.ID)
+    partition: int = _f(Kind.COUNT)
+    seq: int = _f(Kind.COUNT)
+    units: int = _f(Kind.COUNT)
+    round: int = _f(Kind.COUNT)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCommand(Record):
+    TYPE: ClassVar[str] = "pool_command"
+    DESCRIPTION: ClassVar[str] = (
+        "An operator opens a pool (buckets get first grants) or closes it (every "
+        "bucket is drained back to the master and no more rewards are paid)."
+    )
+    event_id: str = _f(Kind.ID)
+    pool_id: str = _f(Kind.ID)
+    command: str = _f(Kind.ID)  # "open" | "close"
+    at: int = _f(Kind.TIME)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketGranted(Record):
+    TYPE: ClassVar[str] = "bucket_granted"
+    DESCRIPTION: ClassVar[str] = (
+        "The master moves units to one bucket (request_seq 0: unasked, when a pool opens)."
+    )
+    event_id: str = _f(Kind.ID)
+    pool_id: str = _f(Kind.ID)
+    partition: int = _f(Kind.COUNT)
+    seq: int = _f(Kind.COUNT)
+    units: int = _f(Kind.COUNT)
+    request_seq: int = _f(Kind.COUNT)
+    mode: str = _f(Kind.ID)  # "open" | "central" | "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class RefillDenied(Record):
+    TYPE: ClassVar[str] = "refill_denied"
+    DESCRIPTION: ClassVar[str] = (
+        "The whole pool cannot pay `units`: the waiting reward (and any other of at "
+        "least that cost in the same event) is rejected."
+    )
+    event_id: str = _f(Kind.ID)
+    pool_id: str = _f(Kind.ID)
+    partition: int = _f(Kind.COUNT)
+    seq: int = _f(Kind.COUNT)
+    units: int = _f(Kind.COUNT)
+    request_seq: int = _f(Kind.COUNT)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRecalled(Record):
+    TYPE: ClassVar[str] = "bucket_recalled"
+    DESCRIPTION: ClassVar[str] = (
+        "The master asks one bucket for everything it holds (answered by bucket_returned)."
+    )
+    event_id: str = _f(Kind.ID)
+    pool_id: str = _f(Kind.ID)
+    partition: int = _f(Kind.COUNT)
+    seq: int = _f(Kind.COUNT)
+    round: int = _f(Kind.COUNT)
+    mode: str = _f(Kind.ID)
+
+
 # -------------------------------------------------------------- dead letter
 
 
@@ -245,6 +343,9 @@ TaskEvent = (
 )
 RewardEvent = RewardGranted | RewardRevoked | RewardRejected
 OutputEvent = TaskEvent | RewardEvent
+ToMaster = RefillRequested | BucketReturned | PoolCommand
+ToBucket = BucketGranted | RefillDenied | BucketRecalled
+BudgetEvent = ToMaster | ToBucket
 
 INPUT_RECORDS: tuple[type[Record], ...] = (TaskClaim, OrderPaid, OrderRefunded, Tick)
 TASK_RECORDS: tuple[type[Record], ...] = (
@@ -256,10 +357,14 @@ TASK_RECORDS: tuple[type[Record], ...] = (
     TaskRolledBack,
 )
 REWARD_RECORDS: tuple[type[Record], ...] = (RewardGranted, RewardRevoked, RewardRejected)
+TO_MASTER_RECORDS: tuple[type[Record], ...] = (RefillRequested, BucketReturned, PoolCommand)
+TO_BUCKET_RECORDS: tuple[type[Record], ...] = (BucketGranted, RefillDenied, BucketRecalled)
+BUDGET_RECORDS: tuple[type[Record], ...] = (*TO_MASTER_RECORDS, *TO_BUCKET_RECORDS)
 ALL_RECORDS: tuple[type[Record], ...] = (
     *INPUT_RECORDS,
     *TASK_RECORDS,
     *REWARD_RECORDS,
+    *BUDGET_RECORDS,
     DeadLetter,
 )
 RECORDS_BY_TYPE: dict[str, type[Record]] = {cls.TYPE: cls for cls in ALL_RECORDS}

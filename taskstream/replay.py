@@ -1,6 +1,7 @@
 """`taskstream replay`: the audit interface. Input log in, every output event out.
 
     taskstream replay --templates T.json [--pools P.json] --events IN.jsonl --out OUT.jsonl
+                      [--partitions N [--budget-out BUDGET.jsonl]]
                       [--explain USER_ID] [--progress/--no-progress]
 
 Reads input events in log order (one JSON object per line; blank lines are
@@ -8,6 +9,13 @@ skipped) and writes every output event, one per line, byte-identical on
 every run: the core is deterministic and ids derive from the inputs. A line
 that is not a valid input event becomes a `dead_letter` output naming its
 line and the reason; replay goes on. Pools start full (their `total`).
+
+Without --partitions each pool is one counter. With --partitions N the run
+is simulated as the workers run it (app.bucket_sim): users placed in N
+partitions by Kafka's partitioner, every pool split into a master and N
+progressively refilled buckets, every budget message delivered at once, in
+a fixed order; --budget-out writes those messages (refill requests, grants,
+recalls, returns, refusals) one per line.
 
 Exit codes: 0 done (dead letters are counted on stderr, not failures),
 1 failed (e.g. an invalid templates file: every problem is printed),
@@ -26,6 +34,7 @@ from typing import IO
 import click
 from tqdm import tqdm
 
+from app.bucket_sim import PartitionedReplayer
 from app.budget import Ledger
 from app.catalog import Catalog, CatalogError
 from app.dead_letters import dead_letter_for
@@ -36,6 +45,7 @@ from schemas.errors import SchemaError
 from schemas.records import InputEvent, Tick
 from schemas.timestamps import format_utc
 from taskstream.catalog_files import load_catalog
+from taskstream.partitioner import partition_for
 
 EXIT_FAILED = 1
 
@@ -56,9 +66,22 @@ def replay_lines(
     explain_user: str | None = None,
     explain: Callable[[str], object] | None = None,
     on_line: Callable[[int], object] | None = None,
+    partitions: int | None = None,
+    write_budget: Callable[[bytes], object] | None = None,
 ) -> ReplayStats:
-    """Replay raw JSONL lines; `write` gets each output line (with its newline)."""
-    replayer = Replayer(catalog, Ledger(catalog.pools.values()))
+    """Replay raw JSONL lines; `write` gets each output line (with its newline).
+
+    `partitions`: simulate progressive bucketing over that many partitions;
+    `write_budget` then gets each budget message's line.
+    """
+    replayer: Replayer | PartitionedReplayer
+    if partitions is None:
+        replayer = Replayer(catalog, Ledger(catalog.pools.values()))
+    else:
+        replayer = PartitionedReplayer(
+            catalog, partitions, lambda user_id: partition_for(user_id.encode(), partitions)
+        )
+    budget_written = 0
     stats = ReplayStats()
     for number, raw in enumerate(lines, start=1):
         stats.lines = number
@@ -77,6 +100,11 @@ def replay_lines(
             continue
         stats.events += 1
         touched = replayer.apply(event)
+        if write_budget is not None and isinstance(replayer, PartitionedReplayer):
+            sent = replayer.network.sent
+            for message in sent[budget_written:]:
+                write_budget(encode(message) + b"\n")
+            budget_written = len(sent)
         for user_id, outcome in touched:
             for output in outcome.events:
                 write(encode(output) + b"\n")
@@ -159,6 +187,19 @@ def _explain_line(number: int, event: InputEvent, outcome: Outcome | None) -> st
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     help="Where to write the output events (- for stdout).",
 )
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Simulate progressive bucketing over N partitions (as the workers run it).",
+)
+@click.option(
+    "--budget-out",
+    "budget_path",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default=None,
+    help="With --partitions: write every budget message here, one per line.",
+)
 @click.option("--explain", "explain_user", default=None, help="Print USER_ID's timeline.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def replay(
@@ -166,6 +207,8 @@ def replay(
     pools_path: Path | None,
     events_path: Path,
     out_path: Path,
+    partitions: int | None,
+    budget_path: Path | None,
     explain_user: str | None,
     progress: bool,
 ) -> None:
@@ -175,6 +218,8 @@ def replay(
     except CatalogError as exc:
         click.echo(f"taskstream replay: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+    if budget_path is not None and partitions is None:
+        raise click.UsageError("--budget-out needs --partitions")
     total = None if str(events_path) == "-" else _size(events_path)
     # The explanation goes to stdout, unless the outputs already do.
     explain_stream = sys.stderr if str(out_path) == "-" else sys.stdout
@@ -182,6 +227,9 @@ def replay(
         try:
             source = _open(stack, events_path, "rb", sys.stdin.buffer)
             sink = _open(stack, out_path, "wb", sys.stdout.buffer)
+            budget_sink = (
+                None if budget_path is None else _open(stack, budget_path, "wb", sys.stdout.buffer)
+            )
         except OSError as exc:
             click.echo(f"taskstream replay: {exc}", err=True)
             sys.exit(EXIT_FAILED)
@@ -202,8 +250,12 @@ def replay(
             explain_user=explain_user,
             explain=(lambda text: print(text, file=explain_stream)) if explain_user else None,
             on_line=bar.update,
+            partitions=partitions,
+            write_budget=None if budget_sink is None else budget_sink.write,
         )
         sink.flush()
+        if budget_sink is not None:
+            budget_sink.flush()
     click.echo(
         f"replayed {stats.events} events from {stats.lines} lines: "
         f"{stats.outputs} output events, {stats.dead_letters} dead letter(s)",

@@ -1,0 +1,642 @@
+"""Progressive bucketing: a pool's budget split between one master and one
+sub-bucket per stream partition, refilled a little at a time. Pure values and
+functions; the stream agents, the replay tool and the tests all drive them.
+
+Why (DESIGN §2): a hot pool kept under one key serialises every deduction of
+every partition. Each partition instead pays rewards out of its own bucket,
+in the same commit as the task change, and asks the pool's master for more
+before it runs dry. The master never splits the stock up front: grants start
+small, follow each partition's consumption and shrink as the master drains;
+when one reward costs more than a partition's fair share of what is left,
+the master recalls every bucket and the pool goes *central* (each waiting
+reward gets exactly its cost from the master), so budget is never stranded
+in fragments: the article's 300 cents over 10 buckets pay three 100-cent
+rewards, wherever the users hash.
+
+Messages (schemas.records, "budget events"):
+
+    bucket -> master : refill_requested, bucket_returned   (pool_command from operators)
+    master -> bucket : bucket_granted, refill_denied, bucket_recalled
+
+Each direction numbers its messages per (pool, partition) with `seq`; the
+receiver ignores a seq it has already applied, so at-least-once delivery
+changes nothing.
+
+Conservation, at every instant (units: cents, or items for an items pool):
+
+    issued + master + sum(bucket balances) + in flight == total
+
+where a bucket's balance = received - returned - issued (its own counters),
+the master holds total - sum(granted) + sum(returns it read), and in flight
+is what one side sent and the other has not applied yet. `issued` is net of
+revocations: a revoked reward's units go back to the bucket that paid it.
+
+Grant sizing (the progressive part), for a request from partition p:
+
+    rate  = used / span                 units per µs of event time the bucket
+                                        paid since its last grant
+    want  = rate * lease_us             enough for `lease_us` of event time
+    want  = clamp(want, initial, growth * previous grant to p)
+    cap   = ceil(master * drain / partitions)
+    grant = max(need, min(want, cap))   need = what the waiting reward lacks
+
+`initial` = max(1, total // (partitions * initial_divisor)); so a first grant
+is a small slice, a busy partition's grants double at most per refill (slow
+start, like Leaf's adaptive step), and as the master drains every grant
+shrinks with it (each may take at most `drain` of an equal share of what is
+left). A bucket asks again (a top-up, units 0) when its balance falls under
+half its last grant, so a steady partition rarely waits.
+
+Going central: a waiting reward whose shortfall exceeds `cap` or the
+master itself starts a recall round: every bucket returns all it holds; when
+all have answered, the pool is central: buckets keep nothing at rest
+(a revocation's units go straight back), each waiting reward is granted
+exactly its shortfall, and a reward is refused (`refill_denied`) only when
+the master - which by then holds everything not issued - cannot pay it.
+`pools open` makes a central or closed pool progressive again; `pools close`
+recalls everything and refuses every later request.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from app import ids
+from schemas.records import (
+    BucketGranted,
+    BucketRecalled,
+    BucketReturned,
+    PoolCommand,
+    RefillDenied,
+    RefillRequested,
+    ToBucket,
+    ToMaster,
+)
+
+OPEN, CENTRAL, CLOSED = "open", "central", "closed"
+MODES = (OPEN, CENTRAL, CLOSED)
+OPEN_COMMAND, CLOSE_COMMAND = "open", "close"
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The grant-sizing parameters (see the module docstring)."""
+
+    lease_us: int = 2_000_000  # a grant should last this much event time
+    initial_divisor: int = 64  # first grant: total / (partitions * this)
+    growth: int = 2  # a grant is at most this times the partition's previous one
+    drain: float = 0.5  # a grant takes at most this share of an equal split of the master
+
+    def initial(self, total: int, partitions: int) -> int:
+        return max(1, total // (partitions * self.initial_divisor))
+
+
+DEFAULT_ALLOCATION = Allocation()
+
+
+def _msg_id(kind: str, pool_id: str, partition: int, seq: int) -> str:
+    return ids.event_id(kind, pool_id, str(partition), seq)
+
+
+# ===================================================================== bucket
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One pool's sub-bucket in one partition (kept in the partition's record)."""
+
+    pool_id: str
+    partition: int
+    received: int = 0  # units granted to and applied here, ever
+    returned: int = 0  # units sent back to the master, ever
+    issued: int = 0  # units paid out here, net of revocations
+    in_seq: int = 0  # the master's last message applied here
+    out_seq: int = 0  # this bucket's last message to the master
+    waiting: int = 0  # seq of the request not answered yet (0: none)
+    denied: int = 0  # a refusal for this many units, not yet turned into rejections
+    used: int = 0  # units paid since the last grant (for the rate)
+    lease_at: int = -1  # event time of the last grant applied (-1: none yet)
+    last_at: int = 0  # latest event time this bucket paid at
+    last_grant: int = 0  # size of the last non-zero grant (top-up threshold)
+    mode: str = OPEN
+
+    @property
+    def balance(self) -> int:
+        return self.received - self.returned - self.issued
+
+
+def new_bucket(pool_id: str, partition: int) -> Bucket:
+    return Bucket(pool_id, partition)
+
+
+def _request(bucket: Bucket, units: int, at: int) -> tuple[Bucket, RefillRequested]:
+    seq = bucket.out_seq + 1
+    span = max(0, at - bucket.lease_at) if bucket.lease_at >= 0 else 0
+    message = RefillRequested(
+        _msg_id("refill_requested", bucket.pool_id, bucket.partition, seq),
+        bucket.pool_id,
+        bucket.partition,
+        seq,
+        units,
+        bucket.balance,
+        bucket.used,
+        span,
+        at,
+    )
+    return replace(bucket, out_seq=seq, waiting=seq), message
+
+
+def _return(bucket: Bucket, units: int, round_: int) -> tuple[Bucket, BucketReturned]:
+    seq = bucket.out_seq + 1
+    message = BucketReturned(
+        _msg_id("bucket_returned", bucket.pool_id, bucket.partition, seq),
+        bucket.pool_id,
+        bucket.partition,
+        seq,
+        units,
+        round_,
+    )
+    return replace(bucket, out_seq=seq, returned=bucket.returned + units), message
+
+
+# What a debit can come to.
+PAID, WAIT, REJECT = "paid", "wait", "reject"
+
+
+def debit(bucket: Bucket, units: int, at: int) -> tuple[Bucket, str, tuple[RefillRequested, ...]]:
+    """Pay `units` here if the balance allows; otherwise WAIT for the master
+    (asking it, unless a request is already out), or REJECT when the master
+    has refused at least this many units for the event being applied."""
+    if units <= bucket.balance:
+        paid = replace(
+            bucket,
+            issued=bucket.issued + units,
+            used=bucket.used + units,
+            last_at=max(bucket.last_at, at),
+        )
+        if paid.mode == OPEN and not paid.waiting and paid.balance < paid.last_grant // 2:
+            paid, top_up = _request(paid, 0, at)
+            return paid, PAID, (top_up,)
+        return paid, PAID, ()
+    if bucket.denied and units >= bucket.denied:
+        return bucket, REJECT, ()
+    if bucket.waiting:
+        return bucket, WAIT, ()
+    asked, request = _request(bucket, units, at)
+    return asked, WAIT, (request,)
+
+
+def credit(bucket: Bucket, units: int) -> Bucket:
+    """A revoked reward's units come back to the bucket that paid them."""
+    return replace(bucket, issued=bucket.issued - units)
+
+
+def end_event(bucket: Bucket) -> tuple[Bucket, tuple[BucketReturned, ...]]:
+    """After an event was applied in full: a refusal only ever covers the
+    event it arrived for, and a central or closed pool keeps nothing in its
+    buckets at rest (a revocation's units go straight back to the master)."""
+    if bucket.denied:
+        bucket = replace(bucket, denied=0)
+    if bucket.mode != OPEN and bucket.balance > 0 and not bucket.waiting:
+        bucket, back = _return(bucket, bucket.balance, 0)
+        return bucket, (back,)
+    return bucket, ()
+
+
+def apply_to_bucket(bucket: Bucket, message: ToBucket) -> tuple[Bucket, tuple[BucketReturned, ...]]:
+    """Apply one message from the master (a duplicate changes nothing)."""
+    if message.seq <= bucket.in_seq:
+        return bucket, ()
+    if type(message) is BucketGranted:
+        answered = message.request_seq == bucket.waiting
+        bucket = replace(
+            bucket,
+            in_seq=message.seq,
+            received=bucket.received + message.units,
+            mode=message.mode,
+        )
+        if message.units:
+            bucket = replace(bucket, used=0, lease_at=bucket.last_at, last_grant=message.units)
+        if answered:
+            bucket = replace(bucket, waiting=0)
+        return bucket, ()
+    if type(message) is RefillDenied:
+        answered = message.request_seq == bucket.waiting
+        bucket = replace(bucket, in_seq=message.seq, denied=message.units)
+        if answered:
+            bucket = replace(bucket, waiting=0)
+        return bucket, ()
+    assert type(message) is BucketRecalled
+    bucket = replace(bucket, in_seq=message.seq, mode=message.mode)
+    bucket, back = _return(bucket, bucket.balance, message.round)
+    return bucket, (back,)
+
+
+# ===================================================================== master
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A request the master will answer when its recall round is over."""
+
+    partition: int
+    request_seq: int
+    units: int
+    balance: int
+    used: int
+    span_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Master:
+    """One pool's master bucket, owned by the allocator."""
+
+    pool_id: str
+    total: int
+    partitions: int
+    master: int
+    mode: str = OPEN
+    granted: tuple[int, ...] = ()  # per partition, ever
+    returned: tuple[int, ...] = ()  # per partition, ever (as read here)
+    in_seq: tuple[int, ...] = ()  # last bucket message read, per partition
+    out_seq: tuple[int, ...] = ()  # last message sent, per partition
+    last_grant: tuple[int, ...] = ()  # last non-zero grant, per partition
+    round: int = 0  # the current (or last) recall round
+    awaiting: frozenset[int] = frozenset()  # partitions yet to answer the round
+    queue: tuple[Waiting, ...] = ()  # requests held while a round runs
+    # Counters for operators (pools status) and the benchmark.
+    requests: int = 0
+    grants: int = 0
+    denials: int = 0
+    rounds: int = 0
+    commands: tuple[str, ...] = field(default=())  # command event ids applied (dedup)
+
+    @property
+    def in_round(self) -> bool:
+        return bool(self.awaiting)
+
+    @property
+    def out_net(self) -> int:
+        """Units out of the master: in buckets, in flight, or issued."""
+        return self.total - self.master
+
+
+def new_master(pool_id: str, total: int, partitions: int) -> Master:
+    zeros = (0,) * partitions
+    return Master(pool_id, total, partitions, total, OPEN, zeros, zeros, zeros, zeros, zeros)
+
+
+def _set(values: tuple[int, ...], index: int, value: int) -> tuple[int, ...]:
+    return (*values[:index], value, *values[index + 1 :])
+
+
+def _send(master: Master, partition: int) -> tuple[Master, int]:
+    seq = master.out_seq[partition] + 1
+    return replace(master, out_seq=_set(master.out_seq, partition, seq)), seq
+
+
+def _grant(
+    master: Master, partition: int, units: int, request_seq: int
+) -> tuple[Master, BucketGranted]:
+    master, seq = _send(master, partition)
+    master = replace(
+        master,
+        master=master.master - units,
+        granted=_set(master.granted, partition, master.granted[partition] + units),
+        grants=master.grants + 1,
+    )
+    if units:
+        master = replace(master, last_grant=_set(master.last_grant, partition, units))
+    message = BucketGranted(
+        _msg_id("bucket_granted", master.pool_id, partition, seq),
+        master.pool_id,
+        partition,
+        seq,
+        units,
+        request_seq,
+        master.mode,
+    )
+    return master, message
+
+
+def _deny(master: Master, waiting: Waiting) -> tuple[Master, RefillDenied]:
+    master, seq = _send(master, waiting.partition)
+    message = RefillDenied(
+        _msg_id("refill_denied", master.pool_id, waiting.partition, seq),
+        master.pool_id,
+        waiting.partition,
+        seq,
+        waiting.units,
+        waiting.request_seq,
+    )
+    return replace(master, denials=master.denials + 1), message
+
+
+def _start_round(master: Master, mode: str) -> tuple[Master, list[ToBucket]]:
+    """Recall every bucket; requests wait in the queue until all have answered."""
+    round_ = master.round + 1
+    master = replace(
+        master,
+        mode=mode,
+        round=round_,
+        awaiting=frozenset(range(master.partitions)),
+        rounds=master.rounds + 1,
+    )
+    out: list[ToBucket] = []
+    for partition in range(master.partitions):
+        master, seq = _send(master, partition)
+        out.append(
+            BucketRecalled(
+                _msg_id("bucket_recalled", master.pool_id, partition, seq),
+                master.pool_id,
+                partition,
+                seq,
+                round_,
+                mode,
+            )
+        )
+    return master, out
+
+
+def grant_size(master: Master, waiting: Waiting, params: Allocation) -> int:
+    """How much to grant a progressive (open) pool's request (module docstring)."""
+    need = max(0, waiting.units - waiting.balance)
+    initial = params.initial(master.total, master.partitions)
+    previous = master.last_grant[waiting.partition]
+    if waiting.span_us > 0:
+        want = waiting.used * params.lease_us // waiting.span_us
+    else:
+        want = waiting.used * params.growth  # no event time passed: grow by the factor
+    want = min(max(want, initial), params.growth * max(previous, initial))
+    return min(max(need, min(want, _fair_cap(master, params))), master.master)
+
+
+def _fair_cap(master: Master, params: Allocation) -> int:
+    """The most one grant may take: `drain` of an equal share of the master."""
+    return -(-int(master.master * params.drain) // master.partitions)
+
+
+def _serve(master: Master, waiting: Waiting, params: Allocation) -> tuple[Master, list[ToBucket]]:
+    """Answer one request (no round running)."""
+    need = max(0, waiting.units - waiting.balance)
+    if master.mode == OPEN:
+        if need > _fair_cap(master, params):
+            # The shortfall is more than a fair share of what is left:
+            # fragments are forming. Collect everything, serve from the centre.
+            master, recalls = _start_round(master, CENTRAL)
+            return replace(master, queue=(*master.queue, waiting)), recalls
+        size = grant_size(master, waiting, params)  # >= need: need <= cap <= master
+        master, granted = _grant(master, waiting.partition, size, waiting.request_seq)
+        return master, [granted]
+    if waiting.units == 0:  # a top-up: central and closed pools keep nothing in buckets
+        master, granted = _grant(master, waiting.partition, 0, waiting.request_seq)
+        return master, [granted]
+    if master.mode == CENTRAL and need <= master.master:
+        master, granted = _grant(master, waiting.partition, need, waiting.request_seq)
+        return master, [granted]
+    master, denial = _deny(master, waiting)
+    return master, [denial]
+
+
+def _end_round(master: Master, params: Allocation) -> tuple[Master, list[ToBucket]]:
+    """Every bucket answered: serve the held requests in order. Each asker
+    returned what it held, so its whole cost is now the shortfall."""
+    queue = master.queue
+    master = replace(master, queue=())
+    out: list[ToBucket] = []
+    for waiting in queue:
+        if master.in_round:  # a request re-opened a round: hold the rest again
+            master = replace(master, queue=(*master.queue, waiting))
+            continue
+        emptied = replace(waiting, balance=0)
+        master, sent = _serve(master, emptied, params)
+        out += sent
+    return master, out
+
+
+def allocate(
+    master: Master, message: ToMaster, params: Allocation = DEFAULT_ALLOCATION
+) -> tuple[Master, list[ToBucket]]:
+    """Apply one message to the pool's master; return what to send to buckets."""
+    if type(message) is PoolCommand:
+        return _command(master, message, params)
+    partition = message.partition  # type: ignore[union-attr]
+    if not 0 <= partition < master.partitions:
+        raise ValueError(
+            f"pool {master.pool_id}: message from partition {partition}, "
+            f"but the pool has {master.partitions} partitions"
+        )
+    if message.seq <= master.in_seq[partition]:  # type: ignore[union-attr]
+        return master, []  # a duplicate
+    master = replace(master, in_seq=_set(master.in_seq, partition, message.seq))  # type: ignore[union-attr]
+    if type(message) is BucketReturned:
+        master = replace(
+            master,
+            master=master.master + message.units,
+            returned=_set(master.returned, partition, master.returned[partition] + message.units),
+        )
+        if message.round == master.round and partition in master.awaiting:
+            master = replace(master, awaiting=master.awaiting - {partition})
+            if not master.awaiting:
+                return _end_round(master, params)
+        return master, []
+    assert type(message) is RefillRequested
+    master = replace(master, requests=master.requests + 1)
+    waiting = Waiting(
+        partition, message.seq, message.units, message.balance, message.used, message.span_us
+    )
+    if master.in_round:
+        return replace(master, queue=(*master.queue, waiting)), []
+    return _serve(master, waiting, params)
+
+
+def _command(
+    master: Master, command: PoolCommand, params: Allocation
+) -> tuple[Master, list[ToBucket]]:
+    if command.event_id in master.commands:
+        return master, []
+    master = replace(master, commands=(*master.commands[-31:], command.event_id))
+    if command.command == CLOSE_COMMAND:
+        if master.mode == CLOSED and not master.in_round:
+            return master, []
+        if master.in_round:  # let the running round finish; it drains everything
+            return replace(master, mode=CLOSED), []
+        return _start_round(master, CLOSED)
+    if command.command != OPEN_COMMAND:
+        raise ValueError(f"pool {master.pool_id}: unknown command {command.command!r}")
+    reopened = master.mode != OPEN
+    master = replace(master, mode=OPEN)
+    if master.in_round:
+        return master, []
+    # Warm every bucket with a first slice so the first rewards need not wait;
+    # a re-opened pool's buckets also learn it is progressive again.
+    out: list[ToBucket] = []
+    initial = params.initial(master.total, master.partitions)
+    for partition in range(master.partitions):
+        size = min(initial, _fair_cap(master, params), master.master)
+        if size or reopened:
+            master, granted = _grant(master, partition, size, 0)
+            out.append(granted)
+    return master, out
+
+
+# ============================================================ conservation
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBalanceSheet:
+    """Where every unit of a pool is: the conservation check, in numbers."""
+
+    pool_id: str
+    total: int
+    master: int
+    buckets: Mapping[int, int]  # partition -> balance
+    issued: int
+    grants_in_flight: int  # granted by the master, not yet applied by a bucket
+    returns_in_flight: int  # sent back by a bucket, not yet read by the master
+
+    @property
+    def in_flight(self) -> int:
+        return self.grants_in_flight + self.returns_in_flight
+
+    @property
+    def accounted(self) -> int:
+        return self.issued + self.master + sum(self.buckets.values()) + self.in_flight
+
+    @property
+    def balanced(self) -> bool:
+        return self.accounted == self.total and 0 <= self.issued <= self.total
+
+
+def balance_sheet(master: Master, buckets: Sequence[Bucket]) -> PoolBalanceSheet:
+    """Combine the master's and the buckets' own counters (one bucket per
+    partition at most; a partition never heard of holds nothing)."""
+    by_partition = {b.partition: b for b in buckets}
+    grants_in_flight = returns_in_flight = 0
+    for partition in range(master.partitions):
+        bucket = by_partition.get(partition)
+        received = 0 if bucket is None else bucket.received
+        returned = 0 if bucket is None else bucket.returned
+        grants_in_flight += master.granted[partition] - received
+        returns_in_flight += returned - master.returned[partition]
+    return PoolBalanceSheet(
+        master.pool_id,
+        master.total,
+        master.master,
+        {p: b.balance for p, b in sorted(by_partition.items())},
+        sum(b.issued for b in buckets),
+        grants_in_flight,
+        returns_in_flight,
+    )
+
+
+def master_partition(pool_id: str, partitions: int) -> int:
+    """Which partition of the allocator's topic owns a pool's master (stable
+    across processes and languages: CRC-32 of the pool id)."""
+    return zlib.crc32(pool_id.encode()) % partitions
+
+
+# ================================================= the engine's Budget, bucketed
+
+
+class AwaitingBudget(Exception):
+    """The event being applied needs budget its bucket does not hold yet: apply
+    it again once the master has answered (its request is already out)."""
+
+    def __init__(self, pool_id: str) -> None:
+        super().__init__(pool_id)
+        self.pool_id = pool_id
+
+
+class PartitionBudget:
+    """`app.budget.Budget` over one partition's buckets, one event at a time.
+
+    `begin(at)` before the engine applies an event, then exactly one of
+    `commit()` (the event's outcome is kept) or `rollback(stall)` (the engine
+    raised `AwaitingBudget`: the outcome is dropped, every bucket is as
+    before the event except that the request for the missing budget stays
+    sent). `outbox` collects the messages to the masters, in order.
+    """
+
+    __slots__ = ("_at", "_snapshot", "_staged", "_touched", "buckets", "outbox", "partition")
+
+    def __init__(self, partition: int, buckets: Mapping[str, Bucket]) -> None:
+        self.partition = partition
+        self.buckets: dict[str, Bucket] = dict(buckets)
+        self.outbox: list[ToMaster] = []
+        self._snapshot: dict[str, Bucket] = {}
+        self._staged: list[RefillRequested] = []
+        self._touched: set[str] = set()
+        self._at = 0
+
+    def bucket(self, pool_id: str) -> Bucket:
+        found = self.buckets.get(pool_id)
+        return new_bucket(pool_id, self.partition) if found is None else found
+
+    def waiting_on(self, pool_id: str) -> bool:
+        """Still no answer to the request a stalled event waits for?"""
+        bucket = self.bucket(pool_id)
+        return bool(bucket.waiting) and not bucket.denied
+
+    def begin(self, at: int) -> None:
+        self._at = at
+        self._snapshot = {}
+        self._staged = []
+        self._touched = set()
+
+    def _touch(self, pool_id: str) -> Bucket:
+        bucket = self.bucket(pool_id)
+        if pool_id not in self._touched:
+            self._touched.add(pool_id)
+            self._snapshot[pool_id] = bucket
+        return bucket
+
+    def try_debit(self, pool_id: str, units: int) -> bool:
+        bucket, verdict, requests = debit(self._touch(pool_id), units, self._at)
+        self.buckets[pool_id] = bucket
+        self._staged.extend(requests)
+        if verdict == PAID:
+            return True
+        if verdict == REJECT:
+            return False
+        raise AwaitingBudget(pool_id)
+
+    def credit(self, pool_id: str, units: int) -> None:
+        self.buckets[pool_id] = credit(self._touch(pool_id), units)
+
+    def commit(self) -> None:
+        self.outbox.extend(self._staged)
+        for pool_id in sorted(self._touched):
+            bucket, returns = end_event(self.buckets[pool_id])
+            self.buckets[pool_id] = bucket
+            self.outbox.extend(returns)
+        self._touched = set()
+
+    def rollback(self, stall: AwaitingBudget) -> None:
+        stalled = self.buckets[stall.pool_id]
+        for pool_id, before in self._snapshot.items():
+            self.buckets[pool_id] = before
+        # Keep the stalled pool's request: it is what the retry waits for.
+        request = next(
+            (r for r in self._staged if r.pool_id == stall.pool_id and r.seq == stalled.waiting),
+            None,
+        )
+        if request is not None:
+            before = self._snapshot[stall.pool_id]
+            self.buckets[stall.pool_id] = replace(
+                before, out_seq=stalled.out_seq, waiting=stalled.waiting
+            )
+            self.outbox.append(request)
+        self._touched = set()
+
+    def apply(self, message: ToBucket) -> None:
+        """A message from a master (between events)."""
+        bucket, returns = apply_to_bucket(self.bucket(message.pool_id), message)
+        self.buckets[message.pool_id] = bucket
+        self.outbox.extend(returns)
+
+    def take_outbox(self) -> list[ToMaster]:
+        out, self.outbox = self.outbox, []
+        return out

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unit.engine_builders import claim, order, t, template
 
 from app.bucket_sim import PartitionedReplayer
 from app.bucketing import balance_sheet
@@ -24,7 +25,6 @@ from bench.loggen import LogShape, generate
 from schemas.codec import encode
 from schemas.records import InputEvent
 from taskstream.partitioner import partition_for
-from unit.engine_builders import claim, order, t, template
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 TEMPLATES = orjson.loads((SAMPLES / "templates.json").read_bytes())
@@ -88,7 +88,8 @@ def test_bucketed_replay_pays_what_one_counter_pays(partitions, seed, cash, smal
     for pool_id, master in bucketed.network.masters.items():
         buckets = [p.buckets.bucket(pool_id) for p in bucketed.parts]
         sheet = balance_sheet(master, buckets)
-        assert sheet.balanced and sheet.in_flight == 0, sheet
+        assert sheet.balanced, sheet
+        assert sheet.in_flight == 0, sheet
 
 
 @pytest.mark.parametrize("partitions", [10, 3, 1])
@@ -124,4 +125,5 @@ def test_article_case_through_the_engine(partitions: int, users: list[str]) -> N
     assert [o["type"] for o in big].count("reward_rejected") == len(users) - 3
     master = bucketed.network.masters["hot"]
     sheet = balance_sheet(master, [p.buckets.bucket("hot") for p in bucketed.parts])
-    assert sheet.issued == 1_000 and sheet.balanced
+    assert sheet.issued == 1_000
+    assert sheet.balanced

@@ -577,8 +577,7 @@ class PartitionBudget:
 
     def waiting_on(self, pool_id: str) -> bool:
         """Still no answer to the request a stalled event waits for?"""
-        bucket = self.bucket(pool_id)
-        return bool(bucket.waiting) and not bucket.denied
+        return bool(self.bucket(pool_id).waiting)
 
     def begin(self, at: int) -> None:
         self._at = at
@@ -629,6 +628,13 @@ class PartitionBudget:
                 before, out_seq=stalled.out_seq, waiting=stalled.waiting
             )
             self.outbox.append(request)
+        self._touched = set()
+
+    def rollback_all(self) -> None:
+        """The engine failed on the event: forget everything it did."""
+        for pool_id, before in self._snapshot.items():
+            self.buckets[pool_id] = before
+        self._staged = []
         self._touched = set()
 
     def apply(self, message: ToBucket) -> None:

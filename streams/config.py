@@ -112,9 +112,17 @@ TASK_EVENTS = "task-events"
 REWARDS = "rewards"
 DEAD_LETTERS = "dead-letters"
 OUTPUT_TOPICS = (TASK_EVENTS, REWARDS, DEAD_LETTERS)
+# Budget messages (progressive bucketing, app.bucketing), as many partitions
+# as the inputs. Grants, refusals and recalls go to the bucket's partition and
+# are read by the processor beside the inputs; refill requests, returns and
+# operators' pool commands go to the partition that owns the pool's master
+# (app.bucketing.master_partition) and are read by the allocator.
+BUDGET_GRANTS = "budget-grants"
+BUDGET_REQUESTS = "budget-requests"
+BUDGET_TOPICS = (BUDGET_GRANTS, BUDGET_REQUESTS)
 # Templates and pools, compacted, one partition: every worker reads all of it.
 TEMPLATES = "templates"
-TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS)
+TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS)
 
 # Which topic an input event goes to, by its `type`.
 INPUT_TOPIC_BY_TYPE = {

@@ -5,8 +5,8 @@ partition, changelog topic `<app id>-state-changelog`):
 
     u:<user_id>   a user's `UserState` (with its next deadline up front)
     p:<partition> the partition's `PartitionRecord`: input offsets, the
-                  offsets held back for event-time order, budget buckets,
-                  batch sequence
+                  offsets held back for event-time order, the partition's
+                  budget buckets (app.bucketing.Bucket), batch sequence
     r:<partition> the partition's redo record: every write and output of
                   the last batch, written first as one changelog message
 
@@ -26,10 +26,15 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from app.bucketing import Bucket
 from app.state import UserState
 from app.state_codec import decode_user_state, encode_user_state
 
-RECORD_FORMAT = 2  # 2: held offsets as runs; 1 (lists) is still read
+# 3: progressive buckets; 2: held offsets as runs; 1: lists. Formats 1 and 2
+# are still read; their buckets (a static split's plain counters) are not,
+# since a static share was never granted by a master.
+RECORD_FORMAT = 3
+_READABLE = (1, 2, RECORD_FORMAT)
 USER_PREFIX = b"u:"
 _NO_DEADLINE = -1
 _HEADER = struct.Struct(">q")
@@ -80,7 +85,7 @@ class PartitionRecord:
     # Offsets accepted but held back for event-time order, by role. Only the
     # offsets are kept: after a restart the worker fetches them again.
     held: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    buckets: Mapping[str, int] = field(default_factory=dict)  # pool id -> units left here
+    buckets: Mapping[str, Bucket] = field(default_factory=dict)  # by pool id
 
     def fetch_positions(self) -> dict[str, int]:
         """Where each input must be fetched from to lose nothing: its oldest
@@ -100,25 +105,44 @@ def encode_partition(record: PartitionRecord) -> bytes:
             dict(record.next_offset),
             dict(record.max_at),
             {role: _runs(offsets) for role, offsets in record.held.items() if offsets},
-            dict(record.buckets),
+            [_bucket_fields(bucket) for _, bucket in sorted(record.buckets.items())],
         ]
     )
 
 
 def decode_partition(raw: bytes) -> PartitionRecord:
     doc = orjson.loads(raw)
-    if not isinstance(doc, list) or not doc or doc[0] not in (1, RECORD_FORMAT):
-        raise ValueError(f"not a partition record of format 1 or {RECORD_FORMAT}")
+    if not isinstance(doc, list) or not doc or doc[0] not in _READABLE:
+        raise ValueError(f"not a partition record of format {_READABLE}")
     version, partition, seq, next_offset, max_at, held, buckets = doc
-    expand = _expand if version == RECORD_FORMAT else tuple
+    expand = tuple if version == 1 else _expand
     return PartitionRecord(
         partition,
         seq,
         next_offset,
         max_at,
         {role: expand(offsets) for role, offsets in held.items()},
-        buckets,
+        {} if version < 3 else {b[0]: Bucket(*b) for b in buckets},
     )
+
+
+def _bucket_fields(bucket: Bucket) -> list[object]:
+    return [
+        bucket.pool_id,
+        bucket.partition,
+        bucket.received,
+        bucket.returned,
+        bucket.issued,
+        bucket.in_seq,
+        bucket.out_seq,
+        bucket.waiting,
+        bucket.denied,
+        bucket.used,
+        bucket.lease_at,
+        bucket.last_at,
+        bucket.last_grant,
+        bucket.mode,
+    ]
 
 
 def _runs(offsets: tuple[int, ...]) -> list[list[int]]:
@@ -143,11 +167,14 @@ def _expand(runs: list[list[int]]) -> tuple[int, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One record to produce: to which output role's topic, its key and value."""
+    """One record to produce: to which output role's topic, its key and value,
+    and its partition when it must not follow the key (budget messages go to
+    the partition of their bucket or master)."""
 
     role: str
     key: bytes | None
     value: bytes
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,20 +190,23 @@ def encode_redo(redo: Redo) -> bytes:
             RECORD_FORMAT,
             redo.seq,
             [[_b64(k), _b64(v)] for k, v in redo.writes],
-            [[o.role, _b64(o.key), _b64(o.value)] for o in redo.outputs],
+            [[o.role, _b64(o.key), _b64(o.value), o.partition] for o in redo.outputs],
         ]
     )
 
 
 def decode_redo(raw: bytes) -> Redo:
     doc = orjson.loads(raw)
-    if not isinstance(doc, list) or not doc or doc[0] != RECORD_FORMAT:
-        raise ValueError(f"not a redo record of format {RECORD_FORMAT}")
+    if not isinstance(doc, list) or not doc or doc[0] not in (2, RECORD_FORMAT):
+        raise ValueError(f"not a redo record of format 2 or {RECORD_FORMAT}")
     _, seq, writes, outputs = doc
     return Redo(
         seq,
         tuple((_unb64(k) or b"", _unb64(v)) for k, v in writes),
-        tuple(Output(role, _unb64(k), _unb64(v) or b"") for role, k, v in outputs),
+        tuple(
+            Output(o[0], _unb64(o[1]), _unb64(o[2]) or b"", o[3] if len(o) > 3 else None)
+            for o in outputs
+        ),
     )
 
 

@@ -26,7 +26,15 @@ What a batch does, in order:
    after a restart the shell fetches those again (`PartitionCache.load`).
 3. **Apply** each released event through the engine (`app.engine.handle`),
    the same fold replay uses; a tick visits the users the deadline index
-   says are due.
+   says are due. Rewards are paid from this partition's buckets
+   (`app.bucketing.PartitionBudget`). When a bucket cannot pay, the event's
+   outcome is dropped, a refill request goes to the pool's master, and the
+   partition *stalls*: the event stays at the head of the buffer, later ones
+   wait behind it, until the master's answer arrives (a grant: apply it
+   again; a refusal: the reward is rejected). Budget messages from the
+   masters (the budget-grants topic, a fifth input) are applied the moment
+   they are accepted, outside event-time order: they carry no event time and
+   nothing they do depends on one.
 4. Collect the users to write (one write per user per batch, however many
    of their events the batch held: Kafka Streams' record cache), the
    partition record, and the outputs with their deterministic ids.
@@ -39,20 +47,24 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from app.bucketing import AwaitingBudget, PartitionBudget, master_partition
 from app.catalog import Catalog
 from app.dead_letters import dead_letter_for
 from app.deadlines import DeadlineIndex
 from app.engine import Outcome, handle
 from app.state import UserState
-from schemas.codec import decode_input, encode
+from schemas.codec import decode, decode_input, encode
 from schemas.errors import SchemaError
 from schemas.records import (
     REWARD_RECORDS,
+    TO_BUCKET_RECORDS,
     InputEvent,
     OrderPaid,
     OrderRefunded,
     TaskClaim,
     Tick,
+    ToBucket,
+    ToMaster,
 )
 from streams.partition_state import (
     Output,
@@ -75,8 +87,12 @@ ROLE_OF_TYPE = {
     OrderRefunded.TYPE: REFUNDS,
     Tick.TYPE: TICKS,
 }
+# The fifth input: budget messages from the pools' masters (no event time).
+BUDGET = "budget-grants"
 # Output roles.
 TASK_EVENTS, REWARDS, DEAD_LETTERS = "task-events", "rewards", "dead-letters"
+BUDGET_REQUESTS = "budget-requests"  # to the masters
+_TO_BUCKET_TYPES = frozenset(cls.TYPE for cls in TO_BUCKET_RECORDS)
 _REWARD_TYPES = frozenset(cls.TYPE for cls in REWARD_RECORDS)
 
 DEFAULT_MAX_PENDING = 20_000
@@ -84,7 +100,7 @@ DEFAULT_MAX_PENDING = 20_000
 
 @dataclass(frozen=True, slots=True)
 class InMessage:
-    role: str  # which input topic (one of INPUT_ROLES)
+    role: str  # which input topic (one of INPUT_ROLES, or BUDGET)
     topic: str  # its full name, for dead letters
     partition: int
     offset: int
@@ -122,6 +138,8 @@ class PartitionCache:
     rewinding: dict[str, int] = field(default_factory=dict)  # role -> offset awaited
     # Held offsets (from the partition record) not yet fetched again.
     refetch: dict[str, set[int]] = field(default_factory=dict)
+    # The pool whose answer the head of `pending` waits for (None: not stalled).
+    stalled_on: str | None = None
     loaded: bool = False
 
     def load(self, record: PartitionRecord) -> dict[str, int]:
@@ -129,6 +147,7 @@ class PartitionCache:
         again from (its oldest held offset)."""
         self.pending = []
         self.held = {}
+        self.stalled_on = None
         self.refetch = {role: set(offsets) for role, offsets in record.held.items() if offsets}
         self.rewinding = {role: min(offsets) for role, offsets in self.refetch.items()}
         self.loaded = True
@@ -144,6 +163,8 @@ class BatchStats:
     dead: int = 0
     forced: int = 0
     outputs: int = 0
+    budget_messages: int = 0  # from the masters, applied
+    stalls: int = 0  # events that had to wait for a master's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,32 +175,6 @@ class BatchResult:
     rewinds: Mapping[str, int]  # role -> offset the consumer must fetch from again
     stats: BatchStats
     notes: tuple[str, ...]  # what the worker should log
-
-
-class BucketBudget:
-    """This partition's share of each pool (a static split until progressive
-    bucketing lands: see docs/streams.md)."""
-
-    __slots__ = ("buckets",)
-
-    def __init__(self, buckets: Mapping[str, int]) -> None:
-        self.buckets = dict(buckets)
-
-    def try_debit(self, pool_id: str, units: int) -> bool:
-        left = self.buckets.get(pool_id, 0)
-        if units > left:
-            return False
-        self.buckets[pool_id] = left - units
-        return True
-
-    def credit(self, pool_id: str, units: int) -> None:
-        self.buckets[pool_id] = self.buckets.get(pool_id, 0) + units
-
-
-def static_share(total: int, partitions: int, partition: int) -> int:
-    """Partition `partition`'s share of `total`: equal parts, the remainder to the first."""
-    base, extra = divmod(total, partitions)
-    return base + (1 if partition < extra else 0)
 
 
 class _Batch:
@@ -199,12 +194,9 @@ class _Batch:
         self.cache = cache
         self.next_offset = dict(record.next_offset)
         self.max_at = dict(record.max_at)
+        self.partitions = partitions
         self.pending = cache.pending
-        buckets = dict(record.buckets)
-        for pool in catalog.pools.values():
-            if pool.pool_id not in buckets:
-                buckets[pool.pool_id] = static_share(pool.total, partitions, self.partition)
-        self.budget = BucketBudget(buckets)
+        self.budget = PartitionBudget(self.partition, record.buckets)
         self.users: dict[str, UserState | None] = {}
         self.changed: set[str] = set()
         self.outputs: list[Output] = []
@@ -242,7 +234,29 @@ class _Batch:
             return
         self.next_offset[role] = message.offset + 1
         self.stats.accepted += 1
-        self._hold(message)
+        if role == BUDGET:
+            self._apply_budget(message)
+        else:
+            self._hold(message)
+
+    def _apply_budget(self, message: InMessage) -> None:
+        try:
+            if message.value is None:
+                raise SchemaError("empty message (no value)")
+            record = decode(message.value)
+            if record.TYPE not in _TO_BUCKET_TYPES:
+                raise SchemaError(f"a {record.TYPE} event does not belong on the {BUDGET} topic")
+            budget_message: ToBucket = record  # type: ignore[assignment]
+            if budget_message.partition != self.partition:
+                raise SchemaError(
+                    f"addressed to partition {budget_message.partition}, read on {self.partition}"
+                )
+        except SchemaError as exc:
+            self._dead(message.value or b"", message.source, str(exc), message.key)
+            return
+        self.budget.apply(budget_message)
+        self.stats.budget_messages += 1
+        self._send_budget()
 
     def _hold(self, message: InMessage) -> None:
         try:
@@ -280,15 +294,24 @@ class _Batch:
     def release(self, highwater: Mapping[str, int | None], max_pending: int) -> None:
         pending = self.pending
         held = self.cache.held
+        cache = self.cache
         while pending:
+            if cache.stalled_on is not None:
+                if self.budget.waiting_on(cache.stalled_on):
+                    break  # nothing passes a stalled event, however full the buffer
+                cache.stalled_on = None
             head = pending[0][3]
             if not self._may_release(head, highwater):
                 if len(pending) <= max_pending:
                     break
                 self.stats.forced += 1
+            stalled_on = self._apply(head)
+            if stalled_on is not None:
+                cache.stalled_on = stalled_on
+                self.stats.stalls += 1
+                continue  # loops back to the check above: applied again once answered
             heapq.heappop(pending)
             held[head.role].discard(head.offset)
-            self._apply(head)
         if self.stats.forced:
             self.notes.append(
                 f"pending buffer over {max_pending} events: released {self.stats.forced} "
@@ -312,25 +335,37 @@ class _Batch:
 
     # ------------------------------------------------------------ apply
 
-    def _apply(self, pending: Pending) -> None:
+    def _apply(self, pending: Pending) -> str | None:
+        """Apply one event; the pool it must wait for, or None when done."""
         event = pending.event
-        self.stats.applied += 1
         if type(event) is Tick:
+            # Expiry never pays or takes back a reward: a tick cannot stall.
+            self.stats.applied += 1
             for user_id in self.cache.deadlines.pop_due(event.at):
                 state = self._user(user_id)
                 if state is None or state.next_deadline is None or state.next_deadline > event.at:
                     continue  # a stale index entry
                 self._handle(user_id, state, event, pending)
-            return
+            return None
         user_id = event.user_id  # type: ignore[union-attr]
-        self._handle(user_id, self._user(user_id), event, pending)
+        stalled_on = self._handle(user_id, self._user(user_id), event, pending)
+        if stalled_on is None:
+            self.stats.applied += 1
+        return stalled_on
 
     def _handle(
         self, user_id: str, state: UserState | None, event: InputEvent, pending: Pending
-    ) -> None:
+    ) -> str | None:
+        budget = self.budget
+        budget.begin(event.at)
         try:
-            outcome = handle(state, event, self.catalog, self.budget)
+            outcome = handle(state, event, self.catalog, budget)
+        except AwaitingBudget as stall:
+            budget.rollback(stall)
+            self._send_budget()
+            return stall.pool_id
         except Exception as exc:  # a bug or an inconsistent catalog: never stop the partition
+            budget.rollback_all()
             log.exception("engine failed on %s/%d@%d", pending.role, self.partition, pending.offset)
             self._dead(
                 pending.value,
@@ -338,8 +373,25 @@ class _Batch:
                 f"engine error: {exc!r}",
                 pending.key,
             )
-            return
+            return None
+        budget.commit()
         self._record(user_id, state, outcome)
+        self._send_budget()
+        return None
+
+    def _send_budget(self) -> None:
+        """Queue the buckets' messages for their pools' masters."""
+        for message in self.budget.take_outbox():
+            self.outputs.append(self._to_master(message))
+
+    def _to_master(self, message: ToMaster) -> Output:
+        pool_id = message.pool_id
+        return Output(
+            BUDGET_REQUESTS,
+            pool_id.encode(),
+            encode(message),
+            master_partition(pool_id, self.partitions),
+        )
 
     def _record(self, user_id: str, old: UserState | None, outcome: Outcome) -> None:
         if outcome.state is not old:
@@ -378,7 +430,7 @@ class _Batch:
             self.next_offset,
             self.max_at,
             _held_offsets(self.cache.held, self.cache.refetch),
-            self.budget.buckets,
+            dict(sorted(self.budget.buckets.items())),
         )
         self.stats.outputs = len(self.outputs)
         return BatchResult(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from app.bucketing import allocate, new_master
 from app.catalog import Catalog
+from schemas.codec import decode, encode
 from streams.partition_state import (
     USER_PREFIX,
     Output,
@@ -16,6 +18,8 @@ from streams.partition_state import (
     user_key,
 )
 from streams.processor import (
+    BUDGET,
+    BUDGET_REQUESTS,
     BatchResult,
     InMessage,
     PartitionCache,
@@ -77,3 +81,38 @@ class PartitionSim:
                 self.store[key] = value
         self.outputs.extend(result.outputs)
         return result
+
+
+class AllocatorSim:
+    """The pools' masters for processor tests: reads the budget requests the
+    partitions emit and appends the answers to each partition's budget-grants
+    log (which the test delivers like any other input)."""
+
+    def __init__(self, catalog: Catalog, partitions: int) -> None:
+        self.masters = {
+            pool_id: new_master(pool_id, pool.total, partitions)
+            for pool_id, pool in catalog.pools.items()
+        }
+        self.logs: list[list[InMessage]] = [[] for _ in range(partitions)]
+        self.read = 0  # how many budget requests were read
+
+    def feed(self, outputs: Iterable[Output]) -> None:
+        for output in outputs:
+            if output.role != BUDGET_REQUESTS:
+                continue
+            self.read += 1
+            message = decode(output.value)
+            master, replies = allocate(self.masters[message.pool_id], message)  # type: ignore[arg-type,union-attr]
+            self.masters[master.pool_id] = master
+            for reply in replies:
+                log = self.logs[reply.partition]
+                log.append(
+                    InMessage(
+                        BUDGET,
+                        "ts.budget-grants",
+                        reply.partition,
+                        len(log),
+                        reply.pool_id.encode(),
+                        encode(reply),
+                    )
+                )

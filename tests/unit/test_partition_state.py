@@ -6,7 +6,18 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.partition_state import PartitionRecord, decode_partition, encode_partition
+from app.bucketing import CENTRAL, Bucket
+from streams.partition_state import (
+    Output,
+    PartitionRecord,
+    Redo,
+    decode_partition,
+    decode_redo,
+    encode_partition,
+    encode_redo,
+)
+
+BUCKET = Bucket("cash", 3, 900, 100, 650, 4, 5, 5, 0, 120, 10**15, 2 * 10**15, 300, CENTRAL)
 
 offsets = st.sets(st.integers(0, 5_000), max_size=300).map(lambda s: tuple(sorted(s)))
 
@@ -22,7 +33,7 @@ def test_a_record_survives_its_bytes(held: dict[str, tuple[int, ...]], seq: int)
         {"orders": 5_001, "claims": 7},
         {"orders": 1_700_000_000_000_000},
         held,
-        {"cash": 12_345},
+        {"cash": BUCKET},
     )
     expected = {role: o for role, o in held.items() if o}
     back = decode_partition(encode_partition(record))
@@ -31,7 +42,7 @@ def test_a_record_survives_its_bytes(held: dict[str, tuple[int, ...]], seq: int)
         3,
         seq,
         {"orders": 5_001, "claims": 7},
-        {"cash": 12_345},
+        {"cash": BUCKET},
     )
 
 
@@ -40,9 +51,21 @@ def test_a_long_contiguous_wait_costs_a_few_bytes() -> None:
     assert len(encode_partition(record)) < 100
 
 
-def test_records_of_the_first_format_are_still_read() -> None:
-    old = orjson.dumps([1, 2, 9, {"orders": 12}, {}, {"orders": [10, 11]}, {}])
+def test_records_of_earlier_formats_are_still_read_without_their_static_shares() -> None:
+    old = orjson.dumps([1, 2, 9, {"orders": 12}, {}, {"orders": [10, 11]}, {"cash": 5}])
     assert decode_partition(old).held == {"orders": (10, 11)}
+    assert decode_partition(old).buckets == {}
+    second = orjson.dumps([2, 2, 9, {"orders": 12}, {}, {"orders": [[10, 11]]}, {"cash": 5}])
+    assert decode_partition(second).held == {"orders": (10, 11)}
+
+
+def test_a_redo_record_keeps_each_output_partition() -> None:
+    redo = Redo(
+        7,
+        ((b"u:a", b"x"), (b"u:b", None)),
+        (Output("rewards", b"a", b"{}"), Output("budget-requests", b"cash", b"{}", 5)),
+    )
+    assert decode_redo(encode_redo(redo)) == redo
 
 
 def test_inputs_are_fetched_from_the_oldest_held_offset_else_the_next_one() -> None:

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import orjson
 from engine_builders import catalog, claim, order, t, template, tick
-from support.partition_sim import PartitionSim
+from support.partition_sim import AllocatorSim, PartitionSim
 
+from app.bucketing import allocate, new_master
 from schemas.codec import encode
-from schemas.records import Record
-from streams.processor import CLAIMS, ORDERS, REFUNDS, TICKS, InMessage, static_share
+from schemas.records import Record, RefillRequested
+from streams.processor import (
+    BUDGET,
+    BUDGET_REQUESTS,
+    CLAIMS,
+    DEAD_LETTERS,
+    ORDERS,
+    REFUNDS,
+    TICKS,
+    InMessage,
+)
 
 ALL_CAUGHT_UP: dict[str, int | None] = {CLAIMS: 0, ORDERS: 0, REFUNDS: 0, TICKS: 0}
 
@@ -21,7 +31,12 @@ def message(role: str, offset: int, record: Record, *, key: bytes | None = b"u1"
 
 
 def types(sim: PartitionSim) -> list[str]:
-    return [orjson.loads(o.value)["type"] for o in sim.outputs]
+    """The task, reward and dead-letter outputs (not the budget messages)."""
+    return [orjson.loads(o.value)["type"] for o in sim.outputs if o.role != BUDGET_REQUESTS]
+
+
+def budget_types(sim: PartitionSim) -> list[str]:
+    return [orjson.loads(o.value)["type"] for o in sim.outputs if o.role == BUDGET_REQUESTS]
 
 
 def test_an_order_fetched_before_its_claim_still_counts() -> None:
@@ -136,8 +151,97 @@ def test_a_full_pending_buffer_releases_its_oldest_events() -> None:
     assert any("pending buffer over 2" in note for note in result.notes)
 
 
-def test_static_share_splits_a_total_without_losing_a_unit() -> None:
-    for total in (0, 1, 7, 300, 1_000_001):
-        shares = [static_share(total, 10, p) for p in range(10)]
-        assert sum(shares) == total
-        assert max(shares) - min(shares) <= 1
+# ------------------------------------------------------------ budget stalls
+
+POOLED = catalog(
+    template(target=1, reward={"mode": "cumulative", "amount_cents": 500, "pool_id": "cash"}),
+    pools=[{"pool_id": "cash", "total": 1_000_000, "unit": "cents"}],
+)
+CAUGHT_UP = {CLAIMS: 2, ORDERS: 2, REFUNDS: 0, TICKS: 0}
+ONE_EACH = {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0}
+
+
+def _claim_and_order(user: str, n: int) -> list[InMessage]:
+    key = user.encode()
+    return [
+        message(CLAIMS, n, claim(at=t(2, minute=n), user=user), key=key),
+        message(ORDERS, n, order(f"o-{user}", at=t(3, minute=n), user=user), key=key),
+    ]
+
+
+def _answer(sim: PartitionSim, allocator: AllocatorSim, start: int = 0) -> list[InMessage]:
+    allocator.feed(sim.outputs)
+    return allocator.logs[sim.partition][start:]
+
+
+def test_a_reward_its_bucket_cannot_pay_waits_for_the_master_and_holds_up_later_events() -> None:
+    sim = PartitionSim(POOLED)
+    first = sim.run(_claim_and_order("a", 0) + _claim_and_order("b", 1), CAUGHT_UP)
+    # Both claims come first in event time; a's order waits for budget, and
+    # b's order waits behind it.
+    assert types(sim) == ["task_claimed", "task_claimed"]
+    assert budget_types(sim) == ["refill_requested"]
+    assert first.stats.stalls == 1
+    assert first.record.held == {ORDERS: (0, 1)}
+    # Nothing passes a stalled event, not even a full buffer.
+    sim.max_pending = 0
+    assert sim.run([], CAUGHT_UP).stats.applied == 0
+    allocator = AllocatorSim(POOLED, 1)
+    grant = _answer(sim, allocator)
+    assert [orjson.loads(m.value)["type"] for m in grant] == ["bucket_granted"]
+    sim.run(grant, CAUGHT_UP)
+    assert types(sim)[2:] == ["task_advanced", "task_completed", "reward_granted"] * 2
+    record = sim.record()
+    assert record.held == {}
+    bucket = record.buckets["cash"]
+    assert bucket.issued == 1_000
+    assert bucket.received == orjson.loads(grant[0].value)["units"]
+    assert bucket.balance == bucket.received - 1_000
+
+
+def test_a_refusal_rejects_the_reward() -> None:
+    scarce = catalog(
+        template(target=1, reward={"mode": "cumulative", "amount_cents": 500, "pool_id": "cash"}),
+        pools=[{"pool_id": "cash", "total": 300, "unit": "cents"}],
+    )
+    sim = PartitionSim(scarce)
+    sim.run(_claim_and_order("a", 0), ONE_EACH)
+    allocator = AllocatorSim(scarce, 1)
+    sim.run(_answer(sim, allocator), ONE_EACH)  # a recall round: the pool goes central
+    sim.run(_answer(sim, allocator, 1), ONE_EACH)  # the return; the master refuses
+    sim.run(_answer(sim, allocator, 1), ONE_EACH)
+    assert types(sim)[-1] == "reward_rejected"
+    assert sim.record().held == {}
+    assert sim.record().buckets["cash"].issued == 0
+
+
+def test_a_restart_while_stalled_asks_once_and_finishes_after_the_answer() -> None:
+    sim = PartitionSim(POOLED)
+    sim.run(_claim_and_order("a", 0), ONE_EACH)
+    refetch = sim.restart()
+    assert refetch == {ORDERS: 0}
+    sim.run([_claim_and_order("a", 0)[1]], ONE_EACH)  # the held order, fetched again
+    assert budget_types(sim) == ["refill_requested"]  # the request is not repeated
+    allocator = AllocatorSim(POOLED, 1)
+    sim.run(_answer(sim, allocator), ONE_EACH)
+    assert types(sim)[-1] == "reward_granted"
+
+
+def test_bad_budget_messages_are_dead_letters() -> None:
+    sim = PartitionSim(POOLED)
+    _, replies = allocate(
+        new_master("cash", 10, 2), RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0)
+    )
+    result = sim.run(
+        [
+            InMessage(BUDGET, "ts.budget-grants", 0, 0, b"cash", encode(replies[0])),
+            InMessage(BUDGET, "ts.budget-grants", 0, 1, b"cash", b"{not json"),
+            InMessage(BUDGET, "ts.budget-grants", 0, 2, b"cash", encode(tick(t(2)))),
+        ],
+        CAUGHT_UP,
+    )
+    assert result.stats.dead == 3
+    assert {o.role for o in result.outputs} == {DEAD_LETTERS}
+    reasons = [orjson.loads(o.value)["reason"] for o in result.outputs]
+    assert "addressed to partition 1" in reasons[0]
+    assert "does not belong on the budget-grants topic" in reasons[2]

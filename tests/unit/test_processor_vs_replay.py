@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.partition_sim import PartitionSim
+from support.partition_sim import AllocatorSim, PartitionSim
 
 from app.budget import Ledger
 from app.catalog import Catalog, parse_catalog
@@ -24,7 +24,14 @@ from app.replayer import Replayer
 from bench.loggen import LogShape, ample_sample_pools, generate
 from schemas.codec import encode
 from schemas.records import Tick
-from streams.processor import DEAD_LETTERS, INPUT_ROLES, ROLE_OF_TYPE, InMessage
+from streams.processor import (
+    BUDGET,
+    BUDGET_REQUESTS,
+    DEAD_LETTERS,
+    INPUT_ROLES,
+    ROLE_OF_TYPE,
+    InMessage,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -104,22 +111,30 @@ def test_stream_outputs_equal_replay(
     rng = random.Random(seed)
     logs = topics_by_partition(partitions)
     sims = [PartitionSim(CATALOG, p, partitions) for p in range(partitions)]
-    position = [{r: 0 for r in INPUT_ROLES} for _ in range(partitions)]
+    allocator = AllocatorSim(CATALOG, partitions)
+    for p in range(partitions):  # the budget-grants topic: written as the run goes
+        logs[p][BUDGET] = allocator.logs[p]
+    roles = (*INPUT_ROLES, BUDGET)
+    position = [{r: 0 for r in roles} for _ in range(partitions)]
     highwater = [{r: len(logs[p][r]) for r in INPUT_ROLES} for p in range(partitions)]
+
+    def unread() -> bool:
+        return any(position[p][r] < len(logs[p][r]) for p in range(partitions) for r in roles)
+
     step = 0
     restarts = 0
-    while any(position[p][r] < highwater[p][r] for p in range(partitions) for r in INPUT_ROLES):
+    while unread():
         step += 1
         p = rng.randrange(partitions)
         batch: list[InMessage] = []
-        for role in rng.sample(INPUT_ROLES, rng.randint(1, len(INPUT_ROLES))):
+        for role in rng.sample(roles, rng.randint(1, len(roles))):
             start = position[p][role]
             if step % redeliver_every == 0:
                 start = max(0, start - rng.randint(1, max_chunk))  # redelivered after a crash
-            end = min(highwater[p][role], start + rng.randint(1, max_chunk))
+            end = min(len(logs[p][role]), start + rng.randint(1, max_chunk))
             batch.extend(logs[p][role][start:end])
             position[p][role] = max(position[p][role], end)
-        sims[p].run(batch, highwater[p])
+        allocator.feed(sims[p].run(batch, highwater[p]).outputs)
         # A restart: held events are fetched again. A few per run, as crashes are
         # rare next to batches (a restart every few one-message batches would
         # rewind faster than the partition advances, in a real worker too).
@@ -127,14 +142,17 @@ def test_stream_outputs_equal_replay(
             restarts += 1
             for role, offset in sims[p].restart().items():
                 position[p][role] = min(position[p][role], offset)
-    for p in range(partitions):  # let every partition drain what it still holds back
-        sims[p].run([], highwater[p])
+        if not unread():  # let every partition drain what it still holds back
+            for q in range(partitions):
+                allocator.feed(sims[q].run([], highwater[q]).outputs)
+    for p in range(partitions):
         assert sims[p].record().held == {}
+    assert allocator.read > 0, "the budget went through the masters"
 
     got: dict[str, bytes] = {}
     for sim in sims:
         for output in sim.outputs:
-            if output.role == DEAD_LETTERS:
+            if output.role in (DEAD_LETTERS, BUDGET_REQUESTS):
                 continue
             event_id = orjson.loads(output.value)["event_id"]
             assert got.setdefault(event_id, output.value) == output.value, "one id, two contents"

@@ -29,7 +29,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from app.state import UserState
-from streams import faust_fixes
+from streams import faust_fixes, table_commit
 from streams.app import (
     ROLE_OF_TOPIC,
     app,
@@ -42,13 +42,9 @@ from streams.app import (
 from streams.config import INPUT_TOPICS
 from streams.partition_state import (
     USER_PREFIX,
-    Output,
     PartitionRecord,
-    Redo,
     decode_partition,
-    decode_redo,
     decode_user,
-    encode_redo,
     next_deadline_of_record,
     partition_key,
     redo_key,
@@ -82,7 +78,7 @@ totals = {
 @app.agent(inputs_channel, concurrency=1)
 async def process_inputs(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
     """Every claim, order, refund and tick, in event-time order per partition."""
-    await _wait_for_catalog()
+    await wait_for_catalog()
     # take_events is on faust's Stream, not on its StreamT interface.
     batches = cast(Any, stream).take_events(settings.batch_max, within=settings.batch_window)
     async for events in batches:
@@ -90,7 +86,7 @@ async def process_inputs(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         yield None
 
 
-async def _wait_for_catalog() -> None:
+async def wait_for_catalog() -> None:
     started = time.monotonic()
     while not await asyncio.to_thread(catalog_feed.wait_ready, 1.0):
         log.info("waiting for the templates topic (%.0f s)", time.monotonic() - started)
@@ -105,7 +101,7 @@ async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
     by_partition: dict[int, list[faust.EventT[bytes]]] = {}
     stale = 0
     for event in events:
-        if _from_an_earlier_assignment(event):
+        if from_an_earlier_assignment(event):
             stale += 1
             continue
         by_partition.setdefault(event.message.partition, []).append(event)
@@ -190,7 +186,7 @@ def _remember_positions(partition: int, record: PartitionRecord) -> None:
         faust_fixes.commit_positions[TP(settings.topic(role), partition)] = position
 
 
-def _from_an_earlier_assignment(event: faust.EventT[bytes]) -> bool:
+def from_an_earlier_assignment(event: faust.EventT[bytes]) -> bool:
     if app.rebalancing or app.in_recovery:
         return True
     generation = event.message.generation_id
@@ -211,52 +207,25 @@ async def _commit(partition: int, result: BatchResult) -> list[Awaitable[Any]]:
     stats = result.stats
     if not (stats.accepted or stats.applied or result.outputs or result.rewinds):
         return []  # only redeliveries or messages dropped for a rewind: nothing changed
-    writes = writes_for(result)
-    state[redo_key(partition)] = encode_redo(Redo(result.record.seq, tuple(writes), result.outputs))
-    _apply_writes(writes)
-    return await _send_all(result.outputs)
-
-
-def _apply_writes(writes: Iterable[tuple[bytes, bytes | None]]) -> None:
-    for key, value in writes:
-        if value is None:
-            if key in state:
-                del state[key]
-        else:
-            state[key] = value
-
-
-async def _send_all(outputs: Iterable[Output]) -> list[Awaitable[Any]]:
-    """Hand the outputs to the producer; the returned futures resolve on delivery."""
-    deliveries: list[Awaitable[Any]] = []
-    for output in outputs:
-        topic = output_topics[output.role]
-        deliveries.append(await topic.send(key=output.key, value=output.value))
-    return deliveries
+    return await table_commit.commit_batch(
+        state,
+        output_topics,
+        redo_key(partition),
+        result.record.seq,
+        writes_for(result),
+        result.outputs,
+    )
 
 
 async def _load_partition(partition: int) -> tuple[PartitionCache, list[Awaitable[Any]]]:
     """After an assignment: finish the last batch if a crash cut it short, and
     rebuild the tick index from the users stored here."""
     started = time.monotonic()
-    raw_redo = state.get(redo_key(partition))
-    if raw_redo is not None:
-        redo = decode_redo(raw_redo)
-        raw_record = state.get(partition_key(partition))
-        seq = -1 if raw_record is None else decode_partition(raw_record).seq
-        if redo.seq > seq:
-            log.warning(
-                "partition %d: batch %d was cut short by a crash; re-applying its %d write(s)",
-                partition,
-                redo.seq,
-                len(redo.writes),
-            )
-            _apply_writes(redo.writes)
-        # Its outputs may not have reached the broker: send them again (same
-        # ids and bytes; consumers de-duplicate).
-        deliveries = await _send_all(redo.outputs)
-    else:
-        deliveries = []
+    raw_record = state.get(partition_key(partition))
+    seq = -1 if raw_record is None else decode_partition(raw_record).seq
+    deliveries = await table_commit.finish_cut_batch(
+        state, output_topics, redo_key(partition), seq, f"partition {partition}"
+    )
     deadlines = rebuild_deadlines(_stored_deadlines(partition))
     log.info(
         "partition %d loaded: %d user(s) with a deadline, %.2f s",
@@ -307,5 +276,6 @@ async def commit_processor_positions() -> None:
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     for tp in revoked:
-        _caches.pop(tp.partition, None)
+        if tp.topic in ROLE_OF_TOPIC:
+            _caches.pop(tp.partition, None)
     faust_fixes.forget_positions(revoked)

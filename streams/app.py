@@ -11,12 +11,17 @@ import faust
 from streams import faust_fixes
 from streams.catalog_feed import CatalogFeed
 from streams.config import (
+    ALLOCATOR_TABLE,
+    BUDGET_GRANTS,
+    BUDGET_REQUESTS,
     CLAIMS,
     DEAD_LETTERS,
     INPUT_TOPICS,
+    MAX_MESSAGE_BYTES,
     ORDERS,
     REFUNDS,
     REWARDS,
+    STATE_TABLE,
     TASK_EVENTS,
     TEMPLATES,
     TICKS,
@@ -26,8 +31,6 @@ from streams.config import (
 faust_fixes.install()
 settings = Settings.from_env()
 
-# Redo records hold a whole batch; let the changelog and the producer carry them.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 app = faust.App(
     settings.app_id,
@@ -65,27 +68,46 @@ def _topic(name: str) -> faust.TopicT:
     )
 
 
-# Inputs: one channel over the four co-partitioned topics, so partition p of
-# each is assigned to the same worker and one agent merges them in event time.
+# Inputs: one channel over the four co-partitioned topics and the buckets'
+# budget messages, so partition p of each is assigned to the same worker and
+# one agent merges them in event time (and pays from partition p's buckets).
+PROCESSOR_INPUTS = (*INPUT_TOPICS, BUDGET_GRANTS)
 inputs_channel = app.topic(
-    *(settings.topic(name) for name in INPUT_TOPICS),
+    *(settings.topic(name) for name in PROCESSOR_INPUTS),
     key_type=bytes,
     value_type=bytes,
     key_serializer="raw",
     value_serializer="raw",
     partitions=settings.partitions,
 )
-ROLE_OF_TOPIC = {settings.topic(name): name for name in INPUT_TOPICS}
+ROLE_OF_TOPIC = {settings.topic(name): name for name in PROCESSOR_INPUTS}
 input_topics = {name: _topic(name) for name in (CLAIMS, ORDERS, REFUNDS, TICKS)}
-faust_fixes.input_topic_names.update(t.get_topic_name() for t in input_topics.values())
-output_topics = {name: _topic(name) for name in (TASK_EVENTS, REWARDS, DEAD_LETTERS)}
+# The allocator's input: refill requests, returns and pool commands.
+budget_requests = _topic(BUDGET_REQUESTS)
+# The group commits the agents' own positions for these (faust_fixes fix 5).
+faust_fixes.input_topic_names.update(settings.topic(name) for name in PROCESSOR_INPUTS)
+faust_fixes.input_topic_names.add(settings.topic(BUDGET_REQUESTS))
+output_topics = {
+    name: _topic(name)
+    for name in (TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_REQUESTS, BUDGET_GRANTS)
+}
 
 # Users, partition records and redo records (see streams.partition_state).
 # RocksDB through the rocksdict driver, one database per partition, backed
 # by the changelog topic "<app id>-state-changelog".
 state = app.Table(
-    "state",
+    STATE_TABLE,
     key_type=bytes,  # bytes -> faust's "raw" serializer, both ways
+    value_type=bytes,
+    partitions=settings.partitions,
+    options={"driver": "rocksdict"},
+    extra_topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+)
+
+# The pools' masters (streams.allocation), on the budget-requests partitions.
+allocator_table = app.Table(
+    ALLOCATOR_TABLE,
+    key_type=bytes,
     value_type=bytes,
     partitions=settings.partitions,
     options={"driver": "rocksdict"},

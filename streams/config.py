@@ -124,6 +124,14 @@ BUDGET_TOPICS = (BUDGET_GRANTS, BUDGET_REQUESTS)
 TEMPLATES = "templates"
 TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS)
 
+# Redo records hold a whole batch; the changelogs and the producer carry them.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# The workers' tables (faust keeps each in "<app id>-<table>-changelog").
+STATE_TABLE = "state"
+ALLOCATOR_TABLE = "allocator"
+TABLES = (STATE_TABLE, ALLOCATOR_TABLE)
+
 # Which topic an input event goes to, by its `type`.
 INPUT_TOPIC_BY_TYPE = {
     "task_claim": CLAIMS,

@@ -78,9 +78,16 @@ def worker(loglevel: str) -> None:
     from faust.worker import Worker
 
     import streams.agents  # registers the agents on the app
+    import streams.allocator_agent  # the pools' master allocator
     import streams.progress  # noqa: F401  (the periodic progress line)
     from streams.app import app, settings
+    from taskstream.kafka_io import ensure_topics
 
+    # Every topic and changelog exists before this worker joins the group
+    # (see ensure_topics for why faust's own creation is not enough).
+    created = ensure_topics(settings)
+    if created:
+        click.echo(f"created {', '.join(created)}", err=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     click.echo(
         f"worker {settings.app_id}: brokers {settings.bootstrap}, "

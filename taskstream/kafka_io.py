@@ -11,7 +11,16 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streams.config import INPUT_TOPIC_BY_TYPE, TEMPLATES, TICKS, TOPICS, Settings
+from streams.config import (
+    BUDGET_TOPICS,
+    INPUT_TOPIC_BY_TYPE,
+    MAX_MESSAGE_BYTES,
+    TABLES,
+    TEMPLATES,
+    TICKS,
+    TOPICS,
+    Settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +37,11 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient(client_config(settings))
 
 
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog topic faust keeps a table in."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create our topics that do not exist yet; return the names created."""
     client = admin(settings)
@@ -37,6 +51,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             settings.topic(name),
             num_partitions=settings.partitions,
             replication_factor=settings.replication,
+            # Budget messages are kept for good: they are small (a few per
+            # thousand rewards), the agents read them from offset 0, and an
+            # audit replays them.
+            config={"retention.ms": "-1"} if name in BUDGET_TOPICS else {},
         )
         for name in TOPICS
     ]
@@ -49,6 +67,20 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             replication_factor=settings.replication,
             config={"cleanup.policy": "compact"},
         )
+    )
+    # The tables' changelogs, as faust would create them (compacted, one
+    # partition per input partition). Created here, before any worker joins:
+    # faust creates them while its consumer joins the group, and a member
+    # whose assignment was computed before a changelog existed never gets
+    # that table's partitions (seen: a worker stuck with its agents idle).
+    wanted.extend(
+        NewTopic(
+            changelog_topic(settings, table),
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication,
+            config={"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        )
+        for table in TABLES
     )
     missing = [topic for topic in wanted if topic.topic not in existing]
     if not missing:

@@ -182,7 +182,12 @@ class WorkerProcess:
             text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        # The progress line repeats every few seconds: keep only its last one,
+        # so the tail shows what happened rather than a wall of counters.
+        all_lines = text.splitlines()
+        progress = [line for line in all_lines if "progress:" in line]
+        events = [line for line in all_lines if "progress:" not in line]
+        return "\n".join(events[-lines:] + progress[-1:])
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -252,6 +252,9 @@ def test_a_third_worker_joins_and_leaves(run: Run) -> None:
     extra = {"TASKSTREAM_BATCH_MAX": "1"}
     for label in ("a", "b", "c"):
         run.workers[label] = run.deployment.worker(label, **extra)
+    # Warm buckets: no first reward waits for a grant, so outputs flow from
+    # the start and the join lands mid-run (stalls are the next file's topic).
+    run.deployment.open_pools("cash", "small_budget", "grand_prizes")
     run.start("a")
     run.start("b")
     total = len(run.expected.outputs)

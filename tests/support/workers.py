@@ -120,6 +120,28 @@ class Deployment:
         assert client.flush(60) == 0, "producer could not deliver every message"
         return sent
 
+    def open_pools(self, *pool_ids: str) -> None:
+        """`taskstream pools open` for each pool: every bucket gets a first grant."""
+        for pool_id in pool_ids:
+            subprocess.run(
+                [TASKSTREAM, "pools", "open", pool_id],
+                env={**os.environ, **self.env},
+                check=True,
+                capture_output=True,
+            )
+
+    def pools_status(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """`taskstream pools status --json`: (exit code, pool id -> its sheet)."""
+        done = subprocess.run(
+            [TASKSTREAM, "pools", "status", "--json", "--no-progress"],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode in (0, 3), done.stderr.decode()
+        sheets = [orjson.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        return done.returncode, {sheet["pool_id"]: sheet for sheet in sheets}
+
     def group_lag(self, short_topic: str = "orders") -> dict[int, tuple[int, int]]:
         """partition -> (committed offset of the workers' group, log end offset)."""
         return group_offsets(self.settings, short_topic)

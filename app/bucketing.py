@@ -54,7 +54,8 @@ all have answered, the pool is central: buckets keep nothing at rest
 exactly its shortfall, and a reward is refused (`refill_denied`) only when
 the master - which by then holds everything not issued - cannot pay it.
 `pools open` makes a central or closed pool progressive again; `pools close`
-recalls everything and refuses every later request.
+recalls everything and refuses every later request; `pools central` recalls
+everything and runs the pool central from then on.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ from schemas.records import (
 
 OPEN, CENTRAL, CLOSED = "open", "central", "closed"
 MODES = (OPEN, CENTRAL, CLOSED)
-OPEN_COMMAND, CLOSE_COMMAND = "open", "close"
+OPEN_COMMAND, CLOSE_COMMAND, CENTRAL_COMMAND = "open", "close", "central"
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +459,12 @@ def _command(
     if command.event_id in master.commands:
         return master, []
     master = replace(master, commands=(*master.commands[-31:], command.event_id))
+    if command.command == CENTRAL_COMMAND:
+        # Every deduction at the master from now on (until `open`): what a
+        # pool about to run dry, or a benchmark of the hot spot, asks for.
+        if master.mode != OPEN or master.in_round:
+            return master, []
+        return _start_round(master, CENTRAL)
     if command.command == CLOSE_COMMAND:
         if master.mode == CLOSED and not master.in_round:
             return master, []

@@ -267,12 +267,13 @@ class BucketReturned(Record):
 class PoolCommand(Record):
     TYPE: ClassVar[str] = "pool_command"
     DESCRIPTION: ClassVar[str] = (
-        "An operator opens a pool (buckets get first grants) or closes it (every "
-        "bucket is drained back to the master and no more rewards are paid)."
+        "An operator opens a pool (buckets get first grants), closes it (every "
+        "bucket is drained back to the master and no more rewards are paid), or "
+        "makes it central (drained, then every reward is paid by the master)."
     )
     event_id: str = _f(Kind.ID)
     pool_id: str = _f(Kind.ID)
-    command: str = _f(Kind.ID)  # "open" | "close"
+    command: str = _f(Kind.ID)  # "open" | "close" | "central"
     at: int = _f(Kind.TIME)
 
 

@@ -421,7 +421,7 @@ main.add_command(replay)
 
 @main.group()
 def pools() -> None:
-    """Budget pools: open, close, and where every unit is (progressive bucketing)."""
+    """Budget pools: open, close, central, and where every unit is (progressive bucketing)."""
 
 
 def _pool_command(pool_id: str, command: str) -> None:
@@ -449,6 +449,14 @@ def pools_open(pool_id: str) -> None:
 def pools_close(pool_id: str) -> None:
     """Drain every bucket of POOL_ID back to its master; later rewards are rejected."""
     _pool_command(pool_id, "close")
+
+
+@pools.command("central")
+@click.argument("pool_id")
+def pools_central(pool_id: str) -> None:
+    """Drain every bucket of POOL_ID and pay each later reward from its master
+    (exact near exhaustion, one round trip per reward; `open` undoes it)."""
+    _pool_command(pool_id, "central")
 
 
 @pools.command("status")

@@ -1,6 +1,6 @@
 """Operators' view of the budget pools: open, close, and where every unit is.
 
-`pools open|close POOL` produce a `pool_command` to the partition of the
+`pools open|close|central POOL` produce a `pool_command` to the partition of the
 budget-requests topic that owns the pool's master; the allocator applies it
 in order with the buckets' requests.
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, TopicPartition
 
 from app.bucketing import (
+    CENTRAL_COMMAND,
     CLOSE_COMMAND,
     OPEN_COMMAND,
     Bucket,
@@ -40,7 +41,7 @@ from streams.config import ALLOCATOR_TABLE, BUDGET_REQUESTS, STATE_TABLE, Settin
 from streams.partition_state import decode_partition, decode_redo
 from taskstream.kafka_io import changelog_topic, client_config, producer
 
-COMMANDS = (OPEN_COMMAND, CLOSE_COMMAND)
+COMMANDS = (OPEN_COMMAND, CLOSE_COMMAND, CENTRAL_COMMAND)
 _REDO = b"r:"
 _RECORD = b"p:"
 

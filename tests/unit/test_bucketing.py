@@ -326,3 +326,22 @@ def test_conservation_no_oversell_no_stranding_under_random_delays(scenario) -> 
         if credited == 0:
             # Refused, and nothing came back since: the pool truly could not pay it.
             assert left < demand.units, (demand, sheet)
+
+
+def test_central_command_drains_the_buckets_and_pays_from_the_master() -> None:
+    driver = Driver(10_000, 3)
+    rng = random.Random(2)
+    for p in range(3):
+        driver.add_demand(p, 10)
+    driver.run_to_quiet(rng)
+    driver.command("central")
+    driver.run_to_quiet(rng)
+    assert driver.network.masters[POOL].mode == CENTRAL
+    assert sum(driver.sheet().buckets.values()) == 0
+    requests = driver.network.masters[POOL].requests
+    for p in range(3):
+        driver.add_demand(p, 10)
+    driver.run_to_quiet(rng)
+    assert driver.network.masters[POOL].requests == requests + 3  # one per reward
+    assert sum(driver.sheet().buckets.values()) == 0
+    _assert_conserved(driver)

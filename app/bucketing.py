@@ -53,6 +53,11 @@ all have answered, the pool is central: buckets keep nothing at rest
 (a revocation's units go straight back), each waiting reward is granted
 exactly its shortfall, and a reward is refused (`refill_denied`) only when
 the master - which by then holds everything not issued - cannot pay it.
+With that refusal the master tells every bucket the pool is dry for
+rewards above what it still holds (an unasked `refill_denied`), so later
+ones are refused where they are earned, without a round trip each; budget
+coming back (a revoked reward's return) re-opens them (an unasked, empty
+`bucket_granted`).
 `pools open` makes a central or closed pool progressive again; `pools close`
 recalls everything and refuses every later request; `pools central` recalls
 everything and runs the pool central from then on.
@@ -122,6 +127,7 @@ class Bucket:
     last_at: int = 0  # latest event time this bucket paid at
     last_grant: int = 0  # size of the last non-zero grant (top-up threshold)
     mode: str = OPEN
+    refuse_from: int = 0  # the pool is dry for rewards of this many units or more (0: ask)
 
     @property
     def balance(self) -> int:
@@ -169,7 +175,8 @@ PAID, WAIT, REJECT = "paid", "wait", "reject"
 def debit(bucket: Bucket, units: int, at: int) -> tuple[Bucket, str, tuple[RefillRequested, ...]]:
     """Pay `units` here if the balance allows; otherwise WAIT for the master
     (asking it, unless a request is already out), or REJECT when the master
-    has refused at least this many units for the event being applied."""
+    has refused at least this many units for the event being applied, has
+    said the pool is dry for this size, or has closed the pool."""
     if units <= bucket.balance:
         paid = replace(
             bucket,
@@ -183,6 +190,8 @@ def debit(bucket: Bucket, units: int, at: int) -> tuple[Bucket, str, tuple[Refil
         return paid, PAID, ()
     if bucket.denied and units >= bucket.denied:
         return bucket, REJECT, ()
+    if (bucket.refuse_from and units >= bucket.refuse_from) or bucket.mode == CLOSED:
+        return bucket, REJECT, ()  # refused here: no round trip per reward once dry
     if bucket.waiting:
         return bucket, WAIT, ()
     asked, request = _request(bucket, units, at)
@@ -220,10 +229,14 @@ def apply_to_bucket(bucket: Bucket, message: ToBucket) -> tuple[Bucket, tuple[Bu
         )
         if message.units:
             bucket = replace(bucket, used=0, lease_at=bucket.last_at, last_grant=message.units)
+        if message.request_seq == 0:  # unasked: the pool opened, or budget came back
+            bucket = replace(bucket, refuse_from=0)
         if answered:
             bucket = replace(bucket, waiting=0)
         return bucket, ()
     if type(message) is RefillDenied:
+        if message.request_seq == 0:  # unasked: the pool is dry for this size
+            return replace(bucket, in_seq=message.seq, refuse_from=message.units), ()
         answered = message.request_seq == bucket.waiting
         bucket = replace(bucket, in_seq=message.seq, denied=message.units)
         if answered:
@@ -273,6 +286,7 @@ class Master:
     denials: int = 0
     rounds: int = 0
     commands: tuple[str, ...] = field(default=())  # command event ids applied (dedup)
+    floor: int = 0  # buckets were told: dry for rewards of this many units or more (0: not)
 
     @property
     def in_round(self) -> bool:
@@ -398,7 +412,42 @@ def _serve(master: Master, waiting: Waiting, params: Allocation) -> tuple[Master
         master, granted = _grant(master, waiting.partition, need, waiting.request_seq)
         return master, [granted]
     master, denial = _deny(master, waiting)
+    if master.mode == CENTRAL and (master.floor == 0 or master.floor > master.master + 1):
+        master, dry = _announce_dry(master)
+        return master, [denial, *dry]
     return master, [denial]
+
+
+def _announce_dry(master: Master) -> tuple[Master, list[ToBucket]]:
+    """Tell every bucket the pool cannot pay more than the master holds, so a
+    dry pool refuses where the reward is earned instead of a round trip each.
+    Budget that comes back (a revoked reward) takes it back (`_announce_open`)."""
+    floor = master.master + 1
+    master = replace(master, floor=floor)
+    out: list[ToBucket] = []
+    for partition in range(master.partitions):
+        master, seq = _send(master, partition)
+        out.append(
+            RefillDenied(
+                _msg_id("refill_denied", master.pool_id, partition, seq),
+                master.pool_id,
+                partition,
+                seq,
+                floor,
+                0,
+            )
+        )
+    return master, out
+
+
+def _announce_open(master: Master) -> tuple[Master, list[ToBucket]]:
+    """Budget came back to a pool announced dry: every bucket asks again."""
+    master = replace(master, floor=0)
+    out: list[ToBucket] = []
+    for partition in range(master.partitions):
+        master, granted = _grant(master, partition, 0, 0)
+        out.append(granted)
+    return master, out
 
 
 def _end_round(master: Master, params: Allocation) -> tuple[Master, list[ToBucket]]:
@@ -442,6 +491,8 @@ def allocate(
             master = replace(master, awaiting=master.awaiting - {partition})
             if not master.awaiting:
                 return _end_round(master, params)
+        if master.floor and message.units and master.mode == CENTRAL:
+            return _announce_open(master)
         return master, []
     assert type(message) is RefillRequested
     master = replace(master, requests=master.requests + 1)
@@ -473,8 +524,8 @@ def _command(
         return _start_round(master, CLOSED)
     if command.command != OPEN_COMMAND:
         raise ValueError(f"pool {master.pool_id}: unknown command {command.command!r}")
-    reopened = master.mode != OPEN
-    master = replace(master, mode=OPEN)
+    reopened = master.mode != OPEN or master.floor > 0
+    master = replace(master, mode=OPEN, floor=0)
     if master.in_round:
         return master, []
     # Warm every bucket with a first slice so the first rewards need not wait;

@@ -1,6 +1,7 @@
 """The agent: decode -> load -> decide/evolve -> store -> emit, a batch at a time.
 
-One agent (concurrency 1) reads the four co-partitioned input topics. Each
+One agent (concurrency 1) reads the four co-partitioned input topics and
+the buckets' budget messages (budget-grants, docs/bucketing.md). Each
 batch faust hands it is split by partition; for each partition the pure
 `streams.processor.process_batch` decides everything, and this shell:
 
@@ -72,6 +73,8 @@ totals = {
     "dead": 0,
     "redelivered": 0,
     "stale": 0,
+    "stalls": 0,  # events that waited for a pool's master
+    "budget_messages": 0,  # grants, refusals and recalls applied to buckets
 }
 
 
@@ -177,6 +180,8 @@ async def _run_partition(
     totals["outputs"] += stats.outputs
     totals["dead"] += stats.dead
     totals["redelivered"] += stats.redelivered
+    totals["stalls"] += stats.stalls
+    totals["budget_messages"] += stats.budget_messages
     return deliveries
 
 

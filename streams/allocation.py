@@ -100,6 +100,7 @@ def encode_master(master: Master) -> bytes:
             ],
             [master.requests, master.grants, master.denials, master.rounds],
             master.commands,
+            master.floor,
         ]
     )
 
@@ -109,7 +110,8 @@ def decode_master(raw: bytes) -> Master:
     if doc[0] != _FORMAT:
         raise ValueError(f"not a master record of format {_FORMAT}")
     (_, pool_id, total, partitions, master, mode, granted, returned, in_seq, out_seq) = doc[:10]
-    last_grant, round_, awaiting, queue, counters, commands = doc[10:]
+    last_grant, round_, awaiting, queue, counters, commands = doc[10:16]
+    floor = doc[16] if len(doc) > 16 else 0
     return Master(
         pool_id,
         total,
@@ -129,6 +131,7 @@ def decode_master(raw: bytes) -> Master:
         denials=counters[2],
         rounds=counters[3],
         commands=tuple(commands),
+        floor=floor,
     )
 
 

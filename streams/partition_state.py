@@ -142,6 +142,7 @@ def _bucket_fields(bucket: Bucket) -> list[object]:
         bucket.last_at,
         bucket.last_grant,
         bucket.mode,
+        bucket.refuse_from,
     ]
 
 

@@ -47,16 +47,21 @@ async def report_progress() -> None:
     lags = _lag_by_partition(consumer)
     behind = {tp: lag for tp, lag in lags.items() if lag}
     from streams.agents import totals
+    from streams.allocator_agent import totals as allocator_totals
 
     log.info(
         "progress: %.0f events/s, %d events total (%d applied, %d outputs, %d dead letters, "
-        "%d redelivered), lag %d (%s), assigned %d, paused %d, buffer-full %d, producer buffer %d",
+        "%d redelivered), budget: %d stalls, %d messages in, %d requests at masters, "
+        "lag %d (%s), assigned %d, paused %d, buffer-full %d, producer buffer %d",
         rate,
         int(events),
         totals["applied"],
         totals["outputs"],
         totals["dead"],
         totals["redelivered"],
+        totals["stalls"],
+        totals["budget_messages"],
+        allocator_totals["requests"],
         sum(lags.values()),
         ", ".join(f"{tp}={lag}" for tp, lag in sorted(behind.items())) or "none",
         len(consumer.assignment()),

@@ -81,6 +81,7 @@ class Driver:
         if budget.waiting_on(POOL):
             return False
         self.at += 1_000
+        before = budget.bucket(POOL)
         budget.begin(self.at)
         try:
             paid = budget.try_debit(POOL, queue[0].units)
@@ -92,10 +93,28 @@ class Driver:
         demand = queue.pop(0)
         demand.outcome = "paid" if paid else "rejected"
         if not paid:
-            index = next(i for i, (_, d) in enumerate(self.demands) if d is demand)
-            self.credited_since[index] = 0
+            if before.denied and demand.units >= before.denied:
+                # The master refused it: judged at the end (credited_since).
+                index = next(i for i, (_, d) in enumerate(self.demands) if d is demand)
+                self.credited_since[index] = 0
+            else:
+                self._assert_local_refusal_justified(partition, demand.units)
         self._flush(partition)
         return True
+
+    def _assert_local_refusal_justified(self, partition: int, units: int) -> None:
+        """Refused in the bucket (the pool was announced dry, or closed): the
+        master cannot pay it, or budget is coming back and the re-opening is
+        on its way to this partition (the one window the design accepts)."""
+        master = self.network.masters[POOL]
+        if master.mode == CLOSED or master.master < units:
+            return
+        returning = any(type(m).__name__ == "BucketReturned" for m in self.network.to_master)
+        reopening = any(
+            type(m).__name__ == "BucketGranted" and m.request_seq == 0
+            for m in self.network.to_bucket[partition]
+        )
+        assert returning or reopening, (units, master)
 
     def revoke(self, index: int) -> None:
         partition, demand = self.demands[index]
@@ -243,6 +262,7 @@ def test_close_drains_every_bucket_and_refuses_after() -> None:
     driver.run_to_quiet(rng)
     assert driver.demands[-1][1].outcome == "rejected"
     driver.command("open")
+    driver.run_to_quiet(rng)  # until a bucket hears of the open, the pool is closed there
     driver.add_demand(3, 10)
     driver.run_to_quiet(rng)
     assert driver.demands[-1][1].outcome == "paid"

@@ -10,7 +10,8 @@ Three parts, results as Markdown rows on stdout (BENCHMARKS.md keeps them):
    - *progressive*: the pool as it ships (buckets refilled by the master);
    - *central*: `taskstream pools central` first, so every deduction is a
      round trip to the master (the hot spot bucketing avoids).
-   Deductions/s = granted rewards / (last - first reward's CreateTime);
+   Deductions/s = granted rewards / (last - first granted reward's
+   CreateTime), the paying phase; the refusals that follow are counted;
    refill requests per 1,000 deductions from `pools status`.
 2. **Simulation** (the pure core, `app.bucketing`, no broker): the same
    demand shape over 1-8 partitions with skewed traffic (partition p gets
@@ -135,21 +136,18 @@ def stream_run(bootstrap: str, root: Path, mode: str, partitions: int, users: in
         dep.produce(orders)
         dep.start_worker("a")
         dep.wait_consumed(1800)
-        stamps: list[int] = []
-        granted = rejected = 0
+        paid: list[int] = []  # CreateTime of each granted reward
+        refused: list[int] = []
         deadline = time.monotonic() + 120
-        while granted + rejected < users and time.monotonic() < deadline:
-            stamps, granted, rejected = [], 0, 0
+        while len(paid) + len(refused) < users and time.monotonic() < deadline:
+            paid, refused = [], []
             for short, doc, ts in dep.outputs():
-                if short != "rewards":
-                    continue
-                if doc["type"] == "reward_granted":
-                    granted += 1
-                    stamps.append(ts)
-                elif doc["type"] == "reward_rejected":
-                    rejected += 1
-                    stamps.append(ts)
+                if short == "rewards" and doc["type"] == "reward_granted":
+                    paid.append(ts)
+                elif short == "rewards" and doc["type"] == "reward_rejected":
+                    refused.append(ts)
             time.sleep(0.5)
+        granted, rejected = len(paid), len(refused)
         status = subprocess.run(
             [TASKSTREAM, "pools", "status", "--json", "--no-progress"],
             env=dep.env,
@@ -159,7 +157,9 @@ def stream_run(bootstrap: str, root: Path, mode: str, partitions: int, users: in
         sheet = orjson.loads(status.stdout.splitlines()[0]) if status.stdout.strip() else {}
         if not sheet.get("balanced"):
             say(f"warning: pool not balanced at the end: {sheet}")
-        seconds = (max(stamps) - min(stamps)) / 1000 if stamps else 0.0
+        # The paying phase: first to last paid reward (refusals come after it).
+        seconds = (max(paid) - min(paid)) / 1000 if paid else 0.0
+        tail = (max(refused) - max(paid)) / 1000 if refused and paid else 0.0
         run = StreamRun(
             mode,
             partitions,
@@ -171,8 +171,9 @@ def stream_run(bootstrap: str, root: Path, mode: str, partitions: int, users: in
             int(sheet.get("recall_rounds", 0)),
         )
         say(
-            f"{mode}, {partitions} partition(s): {granted} granted + {rejected} rejected in "
-            f"{seconds:.1f}s = {run.rate:,.0f} deductions/s; {run.requests} refill requests"
+            f"{mode}, {partitions} partition(s): {granted} granted in {seconds:.1f}s = "
+            f"{run.rate:,.0f} deductions/s; then {rejected} refused within {tail:.1f}s; "
+            f"{run.requests} refill requests"
         )
         return run
     finally:

@@ -197,4 +197,6 @@ def test_a_hot_pool_drains_exactly_under_crashes(pools: Pools) -> None:
     assert sheet["master"] + sheet["in_buckets"] == 0
     assert sheet["grants_in_flight"] == sheet["returns_in_flight"] == 0
     assert sheet["mode"] == "central"
-    assert sheet["denials"] >= len(rejected)  # each rejection answers a refusal
+    # The master refused a few; once it announced the pool dry, the buckets
+    # refused the rest themselves (no round trip per reward).
+    assert 1 <= sheet["denials"] < len(rejected)

@@ -66,7 +66,7 @@ everything and runs the pool central from then on.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from app import ids
@@ -349,6 +349,17 @@ def _deny(master: Master, waiting: Waiting) -> tuple[Master, RefillDenied]:
     return replace(master, denials=master.denials + 1), message
 
 
+def _broadcast(
+    master: Master, make: Callable[[Master, int, int], ToBucket]
+) -> tuple[Master, list[ToBucket]]:
+    """One message to every partition's bucket: `make(master, partition, seq)`."""
+    out: list[ToBucket] = []
+    for partition in range(master.partitions):
+        master, seq = _send(master, partition)
+        out.append(make(master, partition, seq))
+    return master, out
+
+
 def _start_round(master: Master, mode: str) -> tuple[Master, list[ToBucket]]:
     """Recall every bucket; requests wait in the queue until all have answered."""
     round_ = master.round + 1
@@ -359,20 +370,17 @@ def _start_round(master: Master, mode: str) -> tuple[Master, list[ToBucket]]:
         awaiting=frozenset(range(master.partitions)),
         rounds=master.rounds + 1,
     )
-    out: list[ToBucket] = []
-    for partition in range(master.partitions):
-        master, seq = _send(master, partition)
-        out.append(
-            BucketRecalled(
-                _msg_id("bucket_recalled", master.pool_id, partition, seq),
-                master.pool_id,
-                partition,
-                seq,
-                round_,
-                mode,
-            )
-        )
-    return master, out
+    return _broadcast(
+        master,
+        lambda m, partition, seq: BucketRecalled(
+            _msg_id("bucket_recalled", m.pool_id, partition, seq),
+            m.pool_id,
+            partition,
+            seq,
+            round_,
+            mode,
+        ),
+    )
 
 
 def grant_size(master: Master, waiting: Waiting, params: Allocation) -> int:
@@ -423,21 +431,17 @@ def _announce_dry(master: Master) -> tuple[Master, list[ToBucket]]:
     dry pool refuses where the reward is earned instead of a round trip each.
     Budget that comes back (a revoked reward) takes it back (`_announce_open`)."""
     floor = master.master + 1
-    master = replace(master, floor=floor)
-    out: list[ToBucket] = []
-    for partition in range(master.partitions):
-        master, seq = _send(master, partition)
-        out.append(
-            RefillDenied(
-                _msg_id("refill_denied", master.pool_id, partition, seq),
-                master.pool_id,
-                partition,
-                seq,
-                floor,
-                0,
-            )
-        )
-    return master, out
+    return _broadcast(
+        replace(master, floor=floor),
+        lambda m, partition, seq: RefillDenied(
+            _msg_id("refill_denied", m.pool_id, partition, seq),
+            m.pool_id,
+            partition,
+            seq,
+            floor,
+            0,
+        ),
+    )
 
 
 def _announce_open(master: Master) -> tuple[Master, list[ToBucket]]:

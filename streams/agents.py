@@ -21,12 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import Any, cast
 
 import faust
-from faust.streams import _current_event
 from faust.types import TP
 
 from app.state import UserState
@@ -115,22 +113,9 @@ async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
         # again (offset gap -> rewind) once the partition is processed.
         totals["stale"] += stale
         log.info("skipped %d event(s) fetched before the last rebalance", stale)
-    deliveries: list[Awaitable[Any]] = []
-    for partition, part_events in sorted(by_partition.items()):
-        # Table reads and writes go to the current event's partition: make it
-        # one of this partition's events while we work on it.
-        token = _current_event.set(weakref.ref(part_events[-1]))
-        try:
-            deliveries += await _run_partition(partition, part_events)
-        except Exception:
-            _caches.pop(partition, None)  # rebuilt from the table next time
-            raise
-        finally:
-            _current_event.reset(token)
-    # Every output of this batch is at the broker before faust acks its inputs
-    # and before the next batch replaces any partition's redo record.
-    if deliveries:
-        await asyncio.gather(*deliveries)
+    await table_commit.run_by_partition(
+        by_partition, _run_partition, lambda partition: _caches.pop(partition, None)
+    )
 
 
 async def _run_partition(

@@ -10,14 +10,11 @@ one at a time, in log order, by whichever worker owns that partition.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, cast
 
 import faust
-from faust.streams import _current_event
 from faust.types import TP
 
 from app.bucketing import Master
@@ -66,18 +63,9 @@ async def _run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
         if from_an_earlier_assignment(event):
             continue  # fetched again by offset once the partition is processed here
         by_partition.setdefault(event.message.partition, []).append(event)
-    deliveries: list[Awaitable[Any]] = []
-    for partition, part_events in sorted(by_partition.items()):
-        token = _current_event.set(weakref.ref(part_events[-1]))
-        try:
-            deliveries += await _run_partition(partition, part_events)
-        except Exception:
-            _caches.pop(partition, None)
-            raise
-        finally:
-            _current_event.reset(token)
-    if deliveries:  # at the broker before faust acks the requests
-        await asyncio.gather(*deliveries)
+    await table_commit.run_by_partition(
+        by_partition, _run_partition, lambda partition: _caches.pop(partition, None)
+    )
 
 
 def _message(topic: str, partition: int, event: faust.EventT[bytes]) -> InMessage:

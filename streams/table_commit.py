@@ -10,18 +10,49 @@ bytes; consumers de-duplicate).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
 import faust.types
+from faust.streams import _current_event
 
 from streams.partition_state import Output, Redo, decode_redo, encode_redo
 
 log = logging.getLogger("taskstream.worker")
 
 Table = faust.types.TableT[Any, Any]
+
+
+Events = Sequence[faust.EventT[bytes]]
+PartitionStep = Callable[[int, Events], Awaitable[list[Awaitable[Any]]]]
+
+
+async def run_by_partition(
+    by_partition: Mapping[int, Events], step: PartitionStep, forget: Callable[[int], object]
+) -> None:
+    """Run `step` for each partition's events, then wait until every output
+    of the batch is at the broker (before faust acks the inputs, and before
+    the next batch replaces any partition's redo record). `forget(partition)`
+    drops what the agent keeps in memory for a partition whose step failed.
+    """
+    deliveries: list[Awaitable[Any]] = []
+    for partition, events in sorted(by_partition.items()):
+        # Table reads and writes go to the current event's partition: make it
+        # one of this partition's events while we work on it.
+        token = _current_event.set(weakref.ref(events[-1]))
+        try:
+            deliveries += await step(partition, events)
+        except Exception:
+            forget(partition)  # rebuilt from the table next time
+            raise
+        finally:
+            _current_event.reset(token)
+    if deliveries:
+        await asyncio.gather(*deliveries)
 
 
 def apply_writes(table: Table, writes: Iterable[tuple[bytes, bytes | None]]) -> None:

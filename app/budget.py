@@ -1,9 +1,10 @@
 """Budget pools as the core sees them: an interface, and its simple in-memory form.
 
 The core never owns pool state: it calls a `Budget` the caller supplies, so
-per-user state and pool state stay separate values (the stream layer keeps
-users under their key and pools under their own keys; progressive bucketing
-will implement this same interface with per-partition sub-buckets).
+per-user state and pool state stay separate values. `Ledger` below is one
+counter per pool (plain replay); `app.bucketing.PartitionBudget` is the
+same interface over one partition's progressive buckets (the workers and
+`replay --partitions N`).
 
 Units: for a "cents" pool the core debits the reward's amount, for an
 "items" pool one item per reward. A pool id of None means an unbudgeted

@@ -43,6 +43,10 @@ def main() -> int:
         if not started.started:
             spec = None  # not ours to stop
     settings = Settings.from_env()
+    if not broker.metadata_ok(settings.bootstrap, timeout=10.0):
+        where = settings.bootstrap
+        say(f"no Kafka broker answers at {where} (KAFKA_BOOTSTRAP): unset it to start one")
+        return 1
     created = ensure_topics(settings)
     say(f"topics: {'created ' + ', '.join(created) if created else 'all present'}")
     command = str(Path(sys.executable).with_name("taskstream"))

@@ -36,7 +36,7 @@ from app.catalog import Pool
 from app.dead_letters import dead_letter_for
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
-from schemas.records import TO_MASTER_RECORDS, ToMaster
+from schemas.records import TO_MASTER_RECORDS, PoolCommand, ToMaster
 from streams.partition_state import Output
 from streams.processor import BUDGET, BUDGET_REQUESTS, DEAD_LETTERS, InMessage
 
@@ -152,6 +152,7 @@ class AllocationResult:
     masters: Mapping[str, Master]  # the masters this batch changed
     outputs: tuple[Output, ...]
     rewind: int | None  # the offset the consumer must fetch from again
+    waiting_for_pool: str | None  # a pool not in the catalog yet (the rewind waits for it)
     stats: AllocationStats
     notes: tuple[str, ...]
 
@@ -176,6 +177,7 @@ class _Step:
     changed: set[str] = field(default_factory=set)
     outputs: list[Output] = field(default_factory=list)
     rewind: int | None = None
+    waiting_for_pool: str | None = None
     stats: AllocationStats = field(default_factory=AllocationStats)
     notes: list[str] = field(default_factory=list)
 
@@ -198,13 +200,37 @@ class _Step:
                 f"but {expected} was never processed; rewinding to {expected}"
             )
             return
-        self.next_offset = message.offset + 1
-        self.stats.accepted += 1
         try:
             budget_message = self._decode(message)
-            self._allocate(budget_message)
+            master = self._master(budget_message.pool_id)
+            if master is None and type(budget_message) is PoolCommand:
+                raise SchemaError(
+                    f"unknown pool {budget_message.pool_id!r} (not in the published pools)"
+                )
         except (SchemaError, ValueError) as exc:
+            self._accepted(message)
             self._dead(message, str(exc))
+            return
+        if master is None:
+            # A bucket asks about a pool this worker's catalog does not have
+            # yet: the templates topic has not reached it. Wait for it (the
+            # message is fetched again) rather than refuse or drop.
+            self.rewind = self.cache.rewinding = message.offset
+            self.waiting_for_pool = budget_message.pool_id
+            self.notes.append(
+                f"pool {budget_message.pool_id!r} is not in this worker's catalog yet "
+                f"({message.source}); waiting for the templates topic"
+            )
+            return
+        self._accepted(message)
+        try:
+            self._allocate(master, budget_message)
+        except ValueError as exc:
+            self._dead(message, str(exc))
+
+    def _accepted(self, message: InMessage) -> None:
+        self.next_offset = message.offset + 1
+        self.stats.accepted += 1
 
     def _decode(self, message: InMessage) -> ToMaster:
         if message.value is None:
@@ -216,8 +242,6 @@ class _Step:
             )
         budget_message: ToMaster = record  # type: ignore[assignment]
         pool_id = budget_message.pool_id
-        if pool_id not in self.pools:
-            raise SchemaError(f"unknown pool {pool_id!r} (not in the published pools)")
         owner = master_partition(pool_id, self.partitions)
         if owner != message.partition:
             raise SchemaError(
@@ -225,17 +249,18 @@ class _Step:
             )
         return budget_message
 
-    def _master(self, pool_id: str) -> Master:
+    def _master(self, pool_id: str) -> Master | None:
+        """The pool's master: changed in this batch, stored, or new (with the
+        published total) on the first word of the pool; None if unknown."""
         master = self.masters.get(pool_id)
         if master is None:
             master = self.load_master(pool_id)
-            if master is None:
-                # First word of this pool: it starts with its published total.
-                master = new_master(pool_id, self.pools[pool_id].total, self.partitions)
+        if master is None and pool_id in self.pools:
+            master = new_master(pool_id, self.pools[pool_id].total, self.partitions)
         return master
 
-    def _allocate(self, message: ToMaster) -> None:
-        master, replies = allocate(self._master(message.pool_id), message, self.params)
+    def _allocate(self, master: Master, message: ToMaster) -> None:
+        master, replies = allocate(master, message, self.params)
         self.masters[master.pool_id] = master
         self.changed.add(master.pool_id)
         for reply in replies:
@@ -284,6 +309,7 @@ def process_requests(
         {pool_id: step.masters[pool_id] for pool_id in sorted(step.changed)},
         tuple(step.outputs),
         step.rewind,
+        step.waiting_for_pool,
         step.stats,
         tuple(step.notes),
     )

@@ -10,6 +10,7 @@ one at a time, in log order, by whichever worker owns that partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, cast
@@ -127,6 +128,8 @@ async def _run_partition(
     if result.record.next_offset is not None:
         faust_fixes.commit_positions[TP(topic, partition)] = result.record.next_offset
     if result.rewind is not None:
+        if result.waiting_for_pool is not None:
+            await asyncio.sleep(1.0)  # let the catalog feed catch up before fetching again
         await faust_fixes.rewind(app.consumer, TP(topic, partition), result.rewind)
     for note in result.notes:
         log.warning("allocator partition %d: %s", partition, note)

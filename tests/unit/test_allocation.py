@@ -31,6 +31,16 @@ CATALOG = catalog(
 OWNER = master_partition("cash", PARTITIONS)
 
 
+def _pool_at_owner(prefix: str) -> str:
+    """A pool id (not in the catalog) whose master would be OWNER's."""
+    return next(
+        f"{prefix}{n}" for n in range(1000) if master_partition(f"{prefix}{n}", PARTITIONS) == OWNER
+    )
+
+
+NOPE, FRESH = _pool_at_owner("nope"), _pool_at_owner("fresh")
+
+
 def _msg(offset: int, record: object, partition: int = OWNER) -> InMessage:
     return InMessage(
         BUDGET_REQUESTS, "ts.budget-requests", partition, offset, b"cash", encode(record)
@@ -94,7 +104,7 @@ def test_bad_messages_are_dead_letters() -> None:
     result = _run(
         [
             _msg(0, Tick("t", 0)),
-            _msg(1, RefillRequested("r", "nope", 1, 1, 0, 0, 0, 0, 0)),
+            _msg(1, PoolCommand("cmd", NOPE, "open", 0)),
             _msg(2, RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0), partition=other),
             _msg(3, RefillRequested("r", "cash", 9, 1, 0, 0, 0, 0, 0)),
         ]
@@ -102,10 +112,20 @@ def test_bad_messages_are_dead_letters() -> None:
     reasons = [orjson.loads(o.value)["reason"] for o in result.outputs]
     assert [o.role for o in result.outputs] == [DEAD_LETTERS] * 4
     assert "does not belong on the budget-requests topic" in reasons[0]
-    assert "unknown pool 'nope'" in reasons[1]
+    assert f"unknown pool {NOPE!r}" in reasons[1]  # an operator's typo
     assert f"belongs to partition {OWNER}" in reasons[2]
     assert "has 4 partitions" in reasons[3]
     assert result.record.next_offset == 4
+
+
+def test_a_request_for_a_pool_not_published_here_yet_waits_for_the_catalog() -> None:
+    cache = AllocatorCache()
+    early = _msg(0, RefillRequested("r", FRESH, 1, 1, 100, 0, 0, 0, 0))
+    result = _run([early, _msg(1, RefillRequested("s", "cash", 1, 1, 0, 0, 0, 0, 0))], cache=cache)
+    assert result.waiting_for_pool == FRESH
+    assert result.rewind == 0
+    assert result.outputs == ()
+    assert result.record.next_offset == 0  # fetched again, nothing skipped
 
 
 def test_a_master_survives_its_bytes() -> None:

@@ -426,11 +426,12 @@ def _serve(master: Master, waiting: Waiting, params: Allocation) -> tuple[Master
     return master, [denial]
 
 
-def _announce_dry(master: Master) -> tuple[Master, list[ToBucket]]:
+def _announce_dry(master: Master, floor: int | None = None) -> tuple[Master, list[ToBucket]]:
     """Tell every bucket the pool cannot pay more than the master holds, so a
     dry pool refuses where the reward is earned instead of a round trip each.
-    Budget that comes back (a revoked reward) takes it back (`_announce_open`)."""
-    floor = master.master + 1
+    Budget that comes back (a revoked reward) takes it back (`_announce_open`);
+    a closed pool announces a floor of 1 (nothing is paid)."""
+    floor = master.master + 1 if floor is None else floor
     return _broadcast(
         replace(master, floor=floor),
         lambda m, partition, seq: RefillDenied(
@@ -467,6 +468,16 @@ def _end_round(master: Master, params: Allocation) -> tuple[Master, list[ToBucke
         emptied = replace(waiting, balance=0)
         master, sent = _serve(master, emptied, params)
         out += sent
+    if master.in_round:
+        return master, out
+    # A command that came during the round decides what the buckets hear now:
+    # the recalls told them "central" or "closed", which may be stale.
+    if master.mode == OPEN:  # `pools open` during the round
+        master, warm = _open_buckets(master, params, reopened=True)
+        out += warm
+    elif master.mode == CLOSED:  # refuse locally, even if the recall said "central"
+        master, closed = _announce_dry(master, floor=1)
+        out += closed
     return master, out
 
 
@@ -531,9 +542,16 @@ def _command(
     reopened = master.mode != OPEN or master.floor > 0
     master = replace(master, mode=OPEN, floor=0)
     if master.in_round:
-        return master, []
-    # Warm every bucket with a first slice so the first rewards need not wait;
-    # a re-opened pool's buckets also learn it is progressive again.
+        return master, []  # the buckets hear of it when the round ends
+    return _open_buckets(master, params, reopened)
+
+
+def _open_buckets(
+    master: Master, params: Allocation, reopened: bool
+) -> tuple[Master, list[ToBucket]]:
+    """Warm every bucket with a first slice so the first rewards need not
+    wait; a re-opened pool's buckets also learn it is progressive again (an
+    unasked grant clears a dry floor and a closed or central mode)."""
     out: list[ToBucket] = []
     initial = params.initial(master.total, master.partitions)
     for partition in range(master.partitions):
@@ -669,10 +687,21 @@ class PartitionBudget:
 
     def commit(self) -> None:
         self.outbox.extend(self._staged)
-        for pool_id in sorted(self._touched):
-            bucket, returns = end_event(self.buckets[pool_id])
-            self.buckets[pool_id] = bucket
-            self.outbox.extend(returns)
+        self._at_rest()
+
+    def _at_rest(self) -> None:
+        """After an event: `end_event` for the buckets it touched and for any
+        other that holds what only that event could use (a refusal, or a
+        central grant that arrived for a pool its retry then did not need)."""
+        for pool_id, bucket in sorted(self.buckets.items()):
+            if (
+                pool_id in self._touched
+                or bucket.denied
+                or (bucket.mode != OPEN and bucket.balance > 0 and not bucket.waiting)
+            ):
+                bucket, returns = end_event(bucket)
+                self.buckets[pool_id] = bucket
+                self.outbox.extend(returns)
         self._touched = set()
 
     def rollback(self, stall: AwaitingBudget) -> None:
@@ -693,11 +722,13 @@ class PartitionBudget:
         self._touched = set()
 
     def rollback_all(self) -> None:
-        """The engine failed on the event: forget everything it did."""
+        """The engine failed on the event (it becomes a dead letter): forget
+        everything it did; what was granted or refused for it is at rest now."""
         for pool_id, before in self._snapshot.items():
             self.buckets[pool_id] = before
         self._staged = []
         self._touched = set()
+        self._at_rest()
 
     def apply(self, message: ToBucket) -> None:
         """A message from a master (between events)."""

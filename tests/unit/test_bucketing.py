@@ -33,7 +33,7 @@ from app.bucketing import (
 )
 from app.catalog import Pool
 from schemas.codec import decode, encode
-from schemas.records import PoolCommand, RefillRequested
+from schemas.records import BucketGranted, PoolCommand, RefillDenied, RefillRequested
 
 POOL = "hot"
 
@@ -62,6 +62,7 @@ class Driver:
         self.queues: list[list[Demand]] = [[] for _ in range(self.partitions)]
         self.demands: list[tuple[int, Demand]] = []
         self.at = 0
+        self.commands = 0
         # (index in self.demands of a rejected demand, units credited back since then)
         self.credited_since: dict[int, int] = {}
 
@@ -131,7 +132,8 @@ class Driver:
         self._flush(partition)
 
     def command(self, command: str) -> None:
-        self.network.send_to_master([PoolCommand(f"cmd-{self.at}-{command}", POOL, command, 0)])
+        self.commands += 1
+        self.network.send_to_master([PoolCommand(f"cmd-{self.commands}", POOL, command, 0)])
 
     def deliver(self, rng: random.Random) -> bool:
         """Deliver one message from a random non-empty channel."""
@@ -365,3 +367,65 @@ def test_central_command_drains_the_buckets_and_pays_from_the_master() -> None:
     assert driver.network.masters[POOL].requests == requests + 3  # one per reward
     assert sum(driver.sheet().buckets.values()) == 0
     _assert_conserved(driver)
+
+
+def test_open_during_a_close_round_reopens_the_buckets_when_the_round_ends() -> None:
+    driver = Driver(1_000, 2)
+    rng = random.Random(3)
+    driver.command("open")
+    driver.run_to_quiet(rng)
+    driver.command("close")
+    driver.network.deliver_to_master()  # the recalls (mode closed) are on their way
+    driver.command("open")
+    driver.network.deliver_to_master()  # applied mid-round: nothing sent yet
+    driver.run_to_quiet(rng)
+    assert all(b.bucket(POOL).mode == OPEN for b in driver.budgets)
+    driver.add_demand(1, 5)
+    driver.run_to_quiet(rng)
+    assert driver.demands[-1][1].outcome == "paid"
+    _assert_conserved(driver)
+
+
+def test_close_during_a_central_round_makes_buckets_refuse_locally() -> None:
+    driver = Driver(1_000, 2)
+    rng = random.Random(4)
+    driver.command("central")
+    driver.network.deliver_to_master()  # recalls say "central"
+    driver.command("close")
+    driver.network.deliver_to_master()
+    driver.run_to_quiet(rng)
+    requests = driver.network.masters[POOL].requests
+    driver.add_demand(0, 5)
+    driver.run_to_quiet(rng)
+    assert driver.demands[-1][1].outcome == "rejected"
+    assert driver.network.masters[POOL].requests == requests  # refused without asking
+
+
+def test_a_refusal_the_retry_did_not_need_does_not_outlive_the_event() -> None:
+    """An event stalls on Y, Y's master refuses, but the retry pays from X
+    instead (a lottery's fallback): Y's refusal must not reject a later reward."""
+    budget = PartitionBudget(
+        0,
+        {
+            "x": replace(new_bucket("x", 0), received=500),
+            "y": replace(new_bucket("y", 0), waiting=1, out_seq=1, denied=0),
+        },
+    )
+    budget.apply(RefillDenied("d", "y", 0, 1, 100, 1))  # answers y's request
+    assert budget.bucket("y").denied == 100
+    budget.begin(0)
+    assert budget.try_debit("x", 100)  # the retry never touches y
+    budget.commit()
+    assert budget.bucket("y").denied == 0
+    budget.begin(1)
+    with pytest.raises(AwaitingBudget):  # asks y's master again, not refused
+        budget.try_debit("y", 100)
+
+
+def test_a_central_grant_left_unused_goes_back_to_the_master() -> None:
+    budget = PartitionBudget(0, {"y": replace(new_bucket("y", 0), waiting=1, out_seq=1)})
+    budget.apply(BucketGranted("g", "y", 0, 1, 100, 1, CENTRAL))
+    budget.begin(0)
+    budget.commit()  # an event that did not need y
+    assert budget.bucket("y").balance == 0
+    assert [m.TYPE for m in budget.take_outbox()] == ["bucket_returned"]

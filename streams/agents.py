@@ -125,7 +125,7 @@ async def _run_partition(
     deliveries: list[Awaitable[Any]] = []
     if cache is None:
         cache, deliveries = await _load_partition(partition)
-    record = _read_record(partition)
+    record = cache.record if cache.record is not None else _read_record(partition)
     if not cache.loaded:
         for role, offset in cache.load(record).items():
             await faust_fixes.rewind(app.consumer, TP(settings.topic(role), partition), offset)
@@ -152,7 +152,10 @@ async def _run_partition(
         highwater=highwater,
         max_pending=settings.max_pending,
     )
-    deliveries += await _commit(partition, result)
+    written = await _commit(partition, result)
+    if written is not None:
+        deliveries += written
+        cache.record = result.record
     _remember_positions(partition, result.record)
     for role, offset in result.rewinds.items():
         await faust_fixes.rewind(app.consumer, TP(settings.topic(role), partition), offset)
@@ -192,11 +195,12 @@ def _load_user(user_id: str) -> UserState | None:
     return decode_user(state.get(user_key(user_id)))
 
 
-async def _commit(partition: int, result: BatchResult) -> list[Awaitable[Any]]:
-    """Write the batch (redo record first) and start sending its outputs."""
+async def _commit(partition: int, result: BatchResult) -> list[Awaitable[Any]] | None:
+    """Write the batch (redo record first) and start sending its outputs;
+    None when there was nothing to write."""
     stats = result.stats
     if not (stats.accepted or stats.applied or result.outputs or result.rewinds):
-        return []  # only redeliveries or messages dropped for a rewind: nothing changed
+        return None  # only redeliveries or messages dropped for a rewind: nothing changed
     return await table_commit.commit_batch(
         state,
         output_topics,

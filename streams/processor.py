@@ -140,6 +140,9 @@ class PartitionCache:
     refetch: dict[str, set[int]] = field(default_factory=dict)
     # The pool whose answer the head of `pending` waits for (None: not stalled).
     stalled_on: str | None = None
+    # The partition record as last written (the shell keeps it so a batch need
+    # not decode it from the table: with many held offsets that is costly).
+    record: PartitionRecord | None = None
     loaded: bool = False
 
     def load(self, record: PartitionRecord) -> dict[str, int]:

@@ -640,7 +640,16 @@ class PartitionBudget:
     sent). `outbox` collects the messages to the masters, in order.
     """
 
-    __slots__ = ("_at", "_snapshot", "_staged", "_touched", "buckets", "outbox", "partition")
+    __slots__ = (
+        "_at",
+        "_snapshot",
+        "_staged",
+        "_touched",
+        "_unsettled",
+        "buckets",
+        "outbox",
+        "partition",
+    )
 
     def __init__(self, partition: int, buckets: Mapping[str, Bucket]) -> None:
         self.partition = partition
@@ -650,6 +659,9 @@ class PartitionBudget:
         self._staged: list[RefillRequested] = []
         self._touched: set[str] = set()
         self._at = 0
+        # Some bucket may hold a refusal or a central grant to settle after the
+        # next event (set by messages from the masters and by rollbacks).
+        self._unsettled = True
 
     def bucket(self, pool_id: str) -> Bucket:
         found = self.buckets.get(pool_id)
@@ -660,10 +672,14 @@ class PartitionBudget:
         return bool(self.bucket(pool_id).waiting)
 
     def begin(self, at: int) -> None:
+        # Called for every event, most of which touch no pool: reuse, do not allocate.
         self._at = at
-        self._snapshot = {}
-        self._staged = []
-        self._touched = set()
+        if self._snapshot:
+            self._snapshot.clear()
+        if self._staged:
+            self._staged.clear()
+        if self._touched:
+            self._touched.clear()
 
     def _touch(self, pool_id: str) -> Bucket:
         bucket = self.bucket(pool_id)
@@ -693,6 +709,8 @@ class PartitionBudget:
         """After an event: `end_event` for the buckets it touched and for any
         other that holds what only that event could use (a refusal, or a
         central grant that arrived for a pool its retry then did not need)."""
+        if not self._touched and not self._unsettled:
+            return  # the common case: an event that did not touch any pool
         for pool_id, bucket in sorted(self.buckets.items()):
             if (
                 pool_id in self._touched
@@ -703,6 +721,9 @@ class PartitionBudget:
                 self.buckets[pool_id] = bucket
                 self.outbox.extend(returns)
         self._touched = set()
+        self._unsettled = any(
+            b.denied or (b.mode != OPEN and b.balance > 0) for b in self.buckets.values()
+        )
 
     def rollback(self, stall: AwaitingBudget) -> None:
         stalled = self.buckets[stall.pool_id]
@@ -720,6 +741,7 @@ class PartitionBudget:
             )
             self.outbox.append(request)
         self._touched = set()
+        self._unsettled = True
 
     def rollback_all(self) -> None:
         """The engine failed on the event (it becomes a dead letter): forget
@@ -735,6 +757,7 @@ class PartitionBudget:
         bucket, returns = apply_to_bucket(self.bucket(message.pool_id), message)
         self.buckets[message.pool_id] = bucket
         self.outbox.extend(returns)
+        self._unsettled = True
 
     def take_outbox(self) -> list[ToMaster]:
         out, self.outbox = self.outbox, []

@@ -389,6 +389,8 @@ class _Batch:
 
     def _send_budget(self) -> None:
         """Queue the buckets' messages for their pools' masters."""
+        if not self.budget.outbox:
+            return
         for message in self.budget.take_outbox():
             self.outputs.append(self._to_master(message))
 

@@ -10,7 +10,7 @@ property tests drive `BudgetNetwork` with random delays instead.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from app.bucketing import (
     DEFAULT_ALLOCATION,
@@ -63,6 +63,20 @@ class BudgetNetwork:
 
     def idle(self) -> bool:
         return not self.to_master and not any(self.to_bucket)
+
+    def pump(self, budgets: Sequence[PartitionBudget]) -> None:
+        """Deliver every message until none is in flight (an allocator that
+        answers at once): the buckets' outboxes to the masters, the masters'
+        answers to the buckets (`budgets[p]` is partition p's)."""
+        for budget in budgets:
+            self.send_to_master(budget.take_outbox())
+        while not self.idle():
+            while self.to_master:
+                self.deliver_to_master()
+            for budget, inbox in zip(budgets, self.to_bucket, strict=True):
+                while inbox:
+                    budget.apply(inbox.popleft())
+                self.send_to_master(budget.take_outbox())
 
 
 class _BucketedPartition(Replayer):
@@ -130,14 +144,4 @@ class PartitionedReplayer:
             raise RuntimeError(f"partition {budget.partition}: no answer for pool {pool_id}")
 
     def _pump(self) -> None:
-        """Deliver every message until none is in flight."""
-        network = self.network
-        for part in self.parts:
-            network.send_to_master(part.buckets.take_outbox())
-        while not network.idle():
-            while network.to_master:
-                network.deliver_to_master()
-            for part, inbox in zip(self.parts, network.to_bucket, strict=True):
-                while inbox:
-                    part.buckets.apply(inbox.popleft())
-                network.send_to_master(part.buckets.take_outbox())
+        self.network.pump([part.buckets for part in self.parts])

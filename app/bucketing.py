@@ -82,7 +82,6 @@ from schemas.records import (
 )
 
 OPEN, CENTRAL, CLOSED = "open", "central", "closed"
-MODES = (OPEN, CENTRAL, CLOSED)
 OPEN_COMMAND, CLOSE_COMMAND, CENTRAL_COMMAND = "open", "close", "central"
 
 
@@ -291,11 +290,6 @@ class Master:
     @property
     def in_round(self) -> bool:
         return bool(self.awaiting)
-
-    @property
-    def out_net(self) -> int:
-        """Units out of the master: in buckets, in flight, or issued."""
-        return self.total - self.master
 
 
 def new_master(pool_id: str, total: int, partitions: int) -> Master:

@@ -28,11 +28,8 @@ Three parts, results as Markdown rows on stdout (BENCHMARKS.md keeps them):
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +39,8 @@ import orjson
 from app.bucket_sim import BudgetNetwork
 from app.bucketing import AwaitingBudget, PartitionBudget
 from app.catalog import Pool
-from bench.stream import TASKSTREAM, Deployment
+from bench.stream import TASKSTREAM, Deployment, bench_broker
 from schemas.records import OrderPaid, PoolCommand, TaskClaim
-from taskstream import broker
 
 POOL = "hot"
 BASE_US = 1_709_800_000_000_000  # 2024-03-07, inside the template's window
@@ -221,19 +217,8 @@ def simulate_progressive(partitions: int, total: int, demands: list[tuple[int, i
     network = BudgetNetwork({POOL: Pool(POOL, total, "items")}, partitions)
     budgets = [PartitionBudget(p, {}) for p in range(partitions)]
 
-    def pump() -> None:
-        for budget in budgets:
-            network.send_to_master(budget.take_outbox())
-        while not network.idle():
-            while network.to_master:
-                network.deliver_to_master()
-            for budget, inbox in zip(budgets, network.to_bucket, strict=True):
-                while inbox:
-                    budget.apply(inbox.popleft())
-                network.send_to_master(budget.take_outbox())
-
     network.send_to_master([PoolCommand("open", POOL, "open", 0)])
-    pump()
+    network.pump(budgets)
     paid = rejected = 0
     sent_when_dry = -1  # messages sent before the first refusal
     began = time.process_time()
@@ -245,7 +230,7 @@ def simulate_progressive(partitions: int, total: int, demands: list[tuple[int, i
                 ok = budget.try_debit(POOL, 1)
             except AwaitingBudget as stall:
                 budget.rollback(stall)
-                pump()
+                network.pump(budgets)
                 continue
             budget.commit()
             break
@@ -254,7 +239,7 @@ def simulate_progressive(partitions: int, total: int, demands: list[tuple[int, i
             sent_when_dry = len(network.sent)
         rejected += not ok
         if budget.outbox:
-            pump()
+            network.pump(budgets)
     seconds = time.process_time() - began
     # Count the messages of the paying phase: once the pool is dry each
     # refusal is one request and one refusal, whatever the strategy.
@@ -336,13 +321,7 @@ def main(argv: list[str]) -> int:
     rows: list[str] = []
     progressive_rate = 0.0
     if "stream" not in skip:
-        root = Path(tempfile.mkdtemp(prefix="bench-buckets-"))
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-        spec = None
-        if not bootstrap:
-            spec = broker.BrokerSpec.create(port=broker.free_port(), home=root / "broker")
-            bootstrap = broker.up(spec, die_with_parent=True).bootstrap
-        try:
+        with bench_broker("bench-buckets-") as (bootstrap, root):
             rows.append(
                 "| real broker, 1 worker | partitions | deductions/s "
                 "| refill requests / 1,000 deductions | recall rounds |"
@@ -357,10 +336,6 @@ def main(argv: list[str]) -> int:
                         f"| {mode} ({run.granted:,} paid, {run.rejected:,} refused) | {partitions} "
                         f"| {run.rate:,.0f} | {run.refills_per_1000:,.1f} | {run.rounds} |"
                     )
-        finally:
-            if spec is not None:
-                broker.down(spec)
-            shutil.rmtree(root, ignore_errors=True)
         rows.append("")
     if "simulation" not in skip:
         rows.append(

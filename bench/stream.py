@@ -24,6 +24,7 @@ Results go to stdout as Markdown rows; BENCHMARKS.md keeps them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -221,6 +222,25 @@ class Deployment:
             consumer.close()
 
 
+@contextlib.contextmanager
+def bench_broker(prefix: str) -> Iterator[tuple[str, Path]]:
+    """A scratch folder and a broker for one benchmark: KAFKA_BOOTSTRAP's, or
+    a local one started for it; the broker we started is stopped and the
+    folder removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    spec = None
+    if not bootstrap:
+        spec = broker.BrokerSpec.create(port=broker.free_port(), home=root / "broker")
+        bootstrap = broker.up(spec, die_with_parent=True).bootstrap
+    try:
+        yield bootstrap, root
+    finally:
+        if spec is not None:
+            broker.down(spec)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -331,14 +351,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip", default="", help="comma list of: throughput,latency,memory")
     args, _ = parser.parse_known_args(argv)
     skip = set(filter(None, args.skip.split(",")))
-    root = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    spec = None
-    if not bootstrap:
-        spec = broker.BrokerSpec.create(port=broker.free_port(), home=root / "broker")
-        bootstrap = broker.up(spec, die_with_parent=True).bootstrap
     rows: list[str] = []
-    try:
+    with bench_broker("bench-stream-") as (bootstrap, root):
         shape = LogShape(events=args.events, users=args.users, seed=20261123)
         one = 0.0
         if "throughput" not in skip:
@@ -367,10 +381,6 @@ def main(argv: list[str]) -> int:
                     f"| memory, {users:,} users with state | RSS {rss / 1024:.0f} MiB "
                     f"(peak {hwm / 1024:.0f} MiB), RocksDB folder {size:.0f} MiB |"
                 )
-    finally:
-        if spec is not None:
-            broker.down(spec)
-        shutil.rmtree(root, ignore_errors=True)
     print("| measurement | result |\n|---|---|")
     print("\n".join(rows))
     return 0

@@ -38,7 +38,17 @@ from schemas.codec import decode, encode
 from schemas.errors import SchemaError
 from schemas.records import TO_MASTER_RECORDS, PoolCommand, ToMaster
 from streams.partition_state import Output
-from streams.processor import BUDGET, BUDGET_REQUESTS, DEAD_LETTERS, InMessage
+from streams.processor import (
+    BUDGET,
+    BUDGET_REQUESTS,
+    DEAD_LETTERS,
+    DROPPED,
+    GAP,
+    REDELIVERED,
+    InMessage,
+    gap_note,
+    offset_verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,23 +192,20 @@ class _Step:
     notes: list[str] = field(default_factory=list)
 
     def accept(self, message: InMessage) -> None:
-        awaited = self.cache.rewinding
-        if awaited is not None:
-            if message.offset != awaited:
-                self.stats.dropped_for_rewind += 1
-                return
-            self.cache.rewinding = None
         expected = self.next_offset
-        if expected is not None and message.offset < expected:
+        verdict = offset_verdict(message.offset, expected, self.cache.rewinding)
+        if verdict == DROPPED:
+            self.stats.dropped_for_rewind += 1
+            return
+        self.cache.rewinding = None  # the awaited offset arrived (if any)
+        if verdict == REDELIVERED:
             self.stats.redelivered += 1
             return
-        if expected is not None and message.offset > expected:
+        if verdict == GAP:
+            assert expected is not None  # a gap needs an expected offset
             self.rewind = self.cache.rewinding = expected
             self.stats.dropped_for_rewind += 1
-            self.notes.append(
-                f"{message.topic}/{message.partition}: got offset {message.offset} "
-                f"but {expected} was never processed; rewinding to {expected}"
-            )
+            self.notes.append(gap_note(message, expected))
             return
         try:
             budget_message = self._decode(message)

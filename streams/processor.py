@@ -112,6 +112,32 @@ class InMessage:
         return f"{self.topic}/{self.partition}@{self.offset}"
 
 
+# What accepting by offset makes of a message (`offset_verdict`).
+TAKE, REDELIVERED, GAP, DROPPED = "take", "redelivered", "gap", "dropped"
+
+
+def offset_verdict(offset: int, expected: int | None, awaited: int | None) -> str:
+    """Accept each message once, by offset, against the offset stored with the
+    state (`expected`; None: anything goes) and the one a rewind waits for
+    (`awaited`): DROPPED while a rewind waits for another offset, REDELIVERED
+    below `expected`, GAP above it (something was skipped: rewind), else TAKE.
+    Shared by the processor and the allocator."""
+    if awaited is not None and offset != awaited:
+        return DROPPED
+    if expected is not None and offset < expected:
+        return REDELIVERED
+    if expected is not None and offset > expected:
+        return GAP
+    return TAKE
+
+
+def gap_note(message: InMessage, expected: int) -> str:
+    return (
+        f"{message.topic}/{message.partition}: got offset {message.offset} "
+        f"but {expected} was never processed; rewinding to {expected}"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """An accepted input waiting for its turn in event-time order."""
@@ -211,19 +237,18 @@ class _Batch:
 
     def accept(self, message: InMessage) -> None:
         role = message.role
-        awaited = self.cache.rewinding.get(role)
-        if awaited is not None:
-            if message.offset != awaited:
-                self.stats.dropped_for_rewind += 1
-                return
-            del self.cache.rewinding[role]
         expected = self.next_offset.get(role)
         if expected is None and role == BUDGET:
             # Our own topic, kept forever: its first message is at offset 0,
             # so a first message fetched before a rebalance and skipped is
             # noticed as a gap (the inputs may start later: retention).
             expected = 0
-        if expected is not None and message.offset < expected:
+        verdict = offset_verdict(message.offset, expected, self.cache.rewinding.get(role))
+        if verdict == DROPPED:
+            self.stats.dropped_for_rewind += 1
+            return
+        self.cache.rewinding.pop(role, None)  # the awaited offset arrived (if any)
+        if verdict == REDELIVERED:
             held = self.cache.refetch.get(role)
             if held and message.offset in held:  # held before a restart: take it again
                 held.discard(message.offset)
@@ -231,14 +256,12 @@ class _Batch:
                 return
             self.stats.redelivered += 1
             return
-        if expected is not None and message.offset > expected:
+        if verdict == GAP:
+            assert expected is not None  # a gap needs an expected offset
             self.rewinds[role] = expected
             self.cache.rewinding[role] = expected
             self.stats.dropped_for_rewind += 1
-            self.notes.append(
-                f"{message.topic}/{message.partition}: got offset {message.offset} "
-                f"but {expected} was never processed; rewinding to {expected}"
-            )
+            self.notes.append(gap_note(message, expected))
             return
         self.next_offset[role] = message.offset + 1
         self.stats.accepted += 1

@@ -150,7 +150,9 @@ def stream_run(bootstrap: str, root: Path, mode: str, partitions: int, users: in
             capture_output=True,
             check=False,
         )
-        sheet = orjson.loads(status.stdout.splitlines()[0]) if status.stdout.strip() else {}
+        sheets = [orjson.loads(line) for line in status.stdout.splitlines() if line.strip()]
+        # The deployment also opens the sample pools: read this bench's pool.
+        sheet = next((s for s in sheets if s["pool_id"] == POOL), {})
         if not sheet.get("balanced"):
             say(f"warning: pool not balanced at the end: {sheet}")
         # The paying phase: first to last paid reward (refusals come after it).

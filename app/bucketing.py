@@ -682,7 +682,7 @@ class PartitionBudget:
             self._snapshot[pool_id] = bucket
         return bucket
 
-    def try_debit(self, pool_id: str, units: int) -> bool:
+    def try_debit(self, pool_id: str, units: int, reward_id: str = "") -> bool:
         bucket, verdict, requests = debit(self._touch(pool_id), units, self._at)
         self.buckets[pool_id] = bucket
         self._staged.extend(requests)

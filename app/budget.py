@@ -21,8 +21,10 @@ from app.catalog import Pool
 
 
 class Budget(Protocol):
-    def try_debit(self, pool_id: str, units: int) -> bool:
-        """Take `units` from the pool if it has them (all or nothing); say whether it did."""
+    def try_debit(self, pool_id: str, units: int, reward_id: str) -> bool:
+        """Take `units` from the pool for reward `reward_id` if it has them (all
+        or nothing); say whether it did. The reward id lets a budget answer from
+        a record of decisions already taken (the audit's `RecordedBudget`)."""
         ...
 
     def credit(self, pool_id: str, units: int) -> None:
@@ -61,7 +63,7 @@ class Ledger:
             ledger._remaining[b.pool_id] = b.remaining
         return ledger
 
-    def try_debit(self, pool_id: str, units: int) -> bool:
+    def try_debit(self, pool_id: str, units: int, reward_id: str = "") -> bool:
         left = self._remaining[pool_id]
         if units > left:
             return False

@@ -82,13 +82,17 @@ def _units(pools: Mapping[str, Pool], pool_id: str, amount_cents: int) -> int:
 
 
 def _try_pay(
-    budget: Budget, pools: Mapping[str, Pool], pool_id: str | None, amount_cents: int
+    budget: Budget,
+    pools: Mapping[str, Pool],
+    pool_id: str | None,
+    amount_cents: int,
+    reward_id: str,
 ) -> int | None:
     """Units debited (0 for unbudgeted), or None when the pool cannot pay."""
     if pool_id is None:
         return 0
     units = _units(pools, pool_id, amount_cents)
-    return units if budget.try_debit(pool_id, units) else None
+    return units if budget.try_debit(pool_id, units, reward_id) else None
 
 
 def settle(
@@ -171,7 +175,7 @@ def _pay_slot(
         drawn = draw_prize_index(plan, inst.task_id, slot)
         for prize in plan.prizes[drawn:]:
             pool_id = prize.pool_id if prize.pool_id is not None else plan.pool_id
-            debited = _try_pay(budget, pools, pool_id, prize.amount_cents)
+            debited = _try_pay(budget, pools, pool_id, prize.amount_cents, reward_id)
             if debited is not None:
                 return _granted(
                     inst, slot, grants, reward_id, prize.amount_cents, prize.prize_id,
@@ -183,7 +187,7 @@ def _pay_slot(
         pool_id = prize.pool_id if prize.pool_id is not None else plan.pool_id
     else:
         amount, pool_id = planned_cents(plan, slot), plan.pool_id
-        debited = _try_pay(budget, pools, pool_id, amount)
+        debited = _try_pay(budget, pools, pool_id, amount, reward_id)
         if debited is not None:
             return _granted(
                 inst, slot, grants, reward_id, amount, None, pool_id, debited, plan,

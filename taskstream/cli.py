@@ -415,6 +415,10 @@ from taskstream.replay import replay  # noqa: E402
 
 main.add_command(replay)
 
+from taskstream.notify import notify  # noqa: E402
+
+main.add_command(notify)
+
 
 # -------------------------------------------------------------------- pools
 

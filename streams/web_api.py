@@ -1,0 +1,443 @@
+"""The render API, on every worker's faust web server (docs/api.md, docs/openapi.json).
+
+    GET  /users/{user_id}/tasks?scene=S[&tags=a,b]   what the front end shows
+    POST /users/{user_id}/claims                     claim a task; its outcome
+    GET  /users/{user_id}/claims/{claim_id}?offset=N&since_ms=T   poll a pending claim
+
+A user lives in partition murmur2(user_id) % N of every input topic and of
+the state table's changelog, so exactly one worker holds their state: the
+one faust's assignor gave that changelog partition to. Any worker accepts a
+request, checks it (credentials, input), and forwards it to the owner's
+advertised URL (canonical_url, http://TASKSTREAM_WEB_HOST:TASKSTREAM_WEB_PORT)
+when it is not the owner itself; a forwarded request carries
+X-Taskstream-Routed and is never forwarded again. Every answer says in
+X-Served-By which worker answered. faust's own `table_route` does not fit:
+it hashes the table key (b"u:" + user id), not the user id the inputs are
+keyed by.
+
+A claim is produced to the claims topic (keyed and partitioned like every
+input) and answered from what the processor recorded: the partition record
+says when the claim's offset was processed, the user's state whether it
+created a task; a rejection's reason is read from the claim_rejected in the
+task-events topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any, cast
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from faust.types import TP
+from faust.web import Request, Response, View
+
+from app.access import MAX_USER_ID_LENGTH, check_access
+from app.render import render
+from app.render_json import (
+    claim_body,
+    claim_event_id,
+    claimed_task_id,
+    pending_body,
+    tasks_body,
+)
+from app.state import UserState
+from schemas.codec import encode
+from schemas.records import TaskClaim
+from streams.app import app, catalog_feed, settings, state
+from streams.config import CLAIMS, TASK_EVENTS
+from streams.partition_state import PartitionRecord, decode_partition, decode_user, partition_key
+from streams.partition_state import user_key as state_user_key
+from taskstream.partitioner import partition_for
+
+log = logging.getLogger("taskstream.api")
+
+MAX_BODY_BYTES = 64 * 1024
+CLAIM_WAIT_SECONDS = 5.0  # how long a POST waits for its outcome before answering 202
+POLL_WAIT_SECONDS = 1.0  # how long a poll GET waits
+MAX_TAGS = 64
+MAX_TEXT = 256
+ROUTED_HEADER = "X-Taskstream-Routed"
+SERVED_BY_HEADER = "X-Served-By"
+_FORWARDED_REQUEST_HEADERS = ("Authorization", "X-Service-Key", "Content-Type")
+_FORWARDED_RESPONSE_HEADERS = (SERVED_BY_HEADER, "Location", "Retry-After", "WWW-Authenticate")
+# Output timestamps come from this host's clock, like the claim's `at`: look a
+# little earlier than the claim for its rejection, in case the clock stepped.
+_CLOCK_MARGIN_MS = 1_000
+
+
+class BadRequest(Exception):
+    """Input the API refuses with 400 (the message says what is wrong)."""
+
+
+# ------------------------------------------------------------------ views
+
+
+@app.page("/users/{user_id}/tasks", name="render_tasks")
+class TasksView(View):
+    async def get(self, request: Request, **match: Any) -> Response:
+        req = cast(web.Request, request)
+        user_id = str(match["user_id"])
+        try:
+            scene, tags = _render_query(req)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        refused = await _gate(req, user_id, None)
+        if refused is not None:
+            return refused
+        at = _now_micros()
+        user = _known_templates_only(await _read_user(user_id))
+        views = render(user, catalog_feed.catalog, scene, at, tags)
+        return _reply(200, tasks_body(user_id, scene, at, views))
+
+
+@app.page("/users/{user_id}/claims", name="claims")
+class ClaimsView(View):
+    async def post(self, request: Request, **match: Any) -> Response:
+        req = cast(web.Request, request)
+        user_id = str(match["user_id"])
+        body = await _read_body(req)
+        if body is None:
+            return _error(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        try:
+            template_id, user_tags, request_id = _claim_request(body)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        refused = await _gate(req, user_id, body)
+        if refused is not None:
+            return refused
+        claim_id = claim_event_id(user_id, request_id, uuid.uuid4().hex)
+        before = await _read_user(user_id)
+        task_id = claimed_task_id(before, claim_id)
+        if task_id is not None:  # a retry of a claim that created a task
+            return _reply(200, claim_body(claim_id, task_id, None))
+        at = _now_micros()
+        claim = TaskClaim(claim_id, user_id, template_id, at, user_tags)
+        partition = _partition(user_id)
+        sent = await app.producer.send_and_wait(
+            settings.topic(CLAIMS), user_id.encode(), encode(claim), partition, None, None
+        )
+        since_ms = at // 1000 - _CLOCK_MARGIN_MS
+        return await _outcome(user_id, claim_id, sent.offset, since_ms, CLAIM_WAIT_SECONDS)
+
+
+@app.page("/users/{user_id}/claims/{claim_id}", name="claim")
+class ClaimView(View):
+    async def get(self, request: Request, **match: Any) -> Response:
+        req = cast(web.Request, request)
+        user_id, claim_id = str(match["user_id"]), str(match["claim_id"])
+        try:
+            offset = _int_param(req, "offset")
+            since_ms = _int_param(req, "since_ms")
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        refused = await _gate(req, user_id, None)
+        if refused is not None:
+            return refused
+        return await _outcome(user_id, claim_id, offset, since_ms, POLL_WAIT_SECONDS)
+
+
+# ----------------------------------------------------------- input checks
+
+
+def _render_query(req: web.Request) -> tuple[str, tuple[str, ...] | None]:
+    scene = req.query.get("scene")
+    if scene is None or not scene.strip():
+        raise BadRequest("the query parameter 'scene' is required (e.g. ?scene=home)")
+    if len(scene) > MAX_TEXT:
+        raise BadRequest(f"'scene' is over {MAX_TEXT} characters")
+    raw_tags = req.query.get("tags")
+    if raw_tags is None:
+        return scene, None  # no tags: tasks only, no offers
+    tags = tuple(t.strip() for t in raw_tags.split(",") if t.strip())
+    if len(tags) > MAX_TAGS or any(len(t) > MAX_TEXT for t in tags):
+        raise BadRequest(f"'tags' takes at most {MAX_TAGS} tags of {MAX_TEXT} characters")
+    return scene, tags
+
+
+def _claim_request(body: bytes) -> tuple[str, tuple[str, ...], str | None]:
+    """(template_id, user_tags, request_id) of a claim's JSON body."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(doc) - {"template_id", "user_tags", "request_id"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    template_id = doc.get("template_id")
+    if not isinstance(template_id, str) or not template_id or len(template_id) > MAX_TEXT:
+        raise BadRequest(f"'template_id' must be a string of 1 to {MAX_TEXT} characters")
+    tags = doc.get("user_tags", [])
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 0 < len(t) <= MAX_TEXT for t in tags)
+    ):
+        raise BadRequest(f"'user_tags' must be a list of at most {MAX_TAGS} non-empty strings")
+    request_id = doc.get("request_id")
+    if request_id is not None and (
+        not isinstance(request_id, str) or not request_id or len(request_id) > MAX_TEXT
+    ):
+        raise BadRequest(f"'request_id' must be a string of 1 to {MAX_TEXT} characters")
+    return template_id, tuple(tags), request_id
+
+
+def _int_param(req: web.Request, name: str) -> int:
+    raw = req.query.get(name)
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise BadRequest(f"the query parameter '{name}' must be an integer >= 0")
+    return int(raw)
+
+
+async def _read_body(req: web.Request) -> bytes | None:
+    """The body, or None when it is over MAX_BODY_BYTES (read no further)."""
+    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    while chunk := await req.content.read(MAX_BODY_BYTES + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
+# ------------------------------------------------- credentials and routing
+
+
+async def _gate(req: web.Request, user_id: str, body: bytes | None) -> Response | None:
+    """None when this worker should answer the request itself; otherwise the
+    answer: refused (config, credentials, user id), or the owner's answer."""
+    if not settings.api_secret:
+        return _error(
+            503,
+            "the render API is disabled on this worker: set TASKSTREAM_API_SECRET "
+            "(or TASKSTREAM_API_SECRET_FILE)",
+        )
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        return _error(400, f"a user id is at most {MAX_USER_ID_LENGTH} characters")
+    denied = check_access(
+        user_id,
+        authorization=req.headers.get("Authorization"),
+        service_key=req.headers.get("X-Service-Key"),
+        secret=settings.api_secret.encode(),
+        configured_service_key=settings.service_key,
+        now=int(time.time()),
+    )
+    if denied is not None:
+        headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
+        return _error(denied.status, denied.message, headers)
+    partition = _partition(user_id)
+    owner = _owner_url(partition)
+    if owner is None:
+        return _unavailable(f"no worker owns partition {partition} yet (rebalancing)")
+    if owner != _me():
+        if ROUTED_HEADER in req.headers:  # the assignment moved while it travelled
+            return _unavailable(f"partition {partition} is moving between workers")
+        return await _forward(req, owner, body)
+    if app.rebalancing or app.in_recovery or not _active_here(partition):
+        return _unavailable(f"partition {partition} is being recovered on this worker")
+    if not catalog_feed.wait_ready(0):
+        return _unavailable("this worker has not read the templates topic yet")
+    return None
+
+
+def _partition(user_id: str) -> int:
+    """Where the user's inputs and state live (keyed like `taskstream produce`)."""
+    return partition_for(user_id.encode(), settings.partitions)
+
+
+def _changelog() -> str:
+    return state.changelog_topic.get_topic_name()
+
+
+def _owner_url(partition: int) -> str | None:
+    """The advertised URL of the worker the group gave this state partition to."""
+    topic = _changelog()
+    for url, topics in app.assignor.tables_metadata().items():
+        if partition in topics.get(topic, ()):
+            return str(url)
+    return None
+
+
+def _active_here(partition: int) -> bool:
+    return TP(_changelog(), partition) in app.assignor.assigned_actives()
+
+
+def _me() -> str:
+    return str(app.conf.canonical_url)
+
+
+async def _forward(req: web.Request, owner: str, body: bytes | None) -> Response:
+    url = f"{owner.rstrip('/')}{req.rel_url}"
+    headers = {h: req.headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in req.headers}
+    headers[ROUTED_HEADER] = _me()
+    session = app.http_client
+    timeout = aiohttp.ClientTimeout(total=CLAIM_WAIT_SECONDS + 5)
+    try:
+        async with session.request(
+            req.method, url, headers=headers, data=body, timeout=timeout
+        ) as answer:
+            payload = await answer.read()
+            kept = {
+                h: answer.headers[h] for h in _FORWARDED_RESPONSE_HEADERS if h in answer.headers
+            }
+            response = web.Response(
+                body=payload, status=answer.status, content_type=answer.content_type, headers=kept
+            )
+            return cast(Response, response)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("forwarding %s %s to %s failed: %r", req.method, req.rel_url.path, owner, exc)
+        return _error(502, f"the worker owning this user ({owner}) did not answer")
+
+
+# ------------------------------------------------------------- the owner
+
+
+def _read(key: bytes, partition: int) -> bytes | None:
+    """A key of this worker's partition, read from that partition's database
+    (faust reads from every open database when outside an agent's event,
+    which could find a stale copy of a partition that moved away)."""
+    store: Any = state.data
+    if hasattr(store, "_db_for_partition"):
+        value = store._db_for_partition(partition).get(key)
+        return None if value is None else bytes(value)
+    value = state.get(key)  # the memory store (tests)
+    return None if value is None else bytes(value)
+
+
+async def _read_user(user_id: str) -> UserState | None:
+    return decode_user(_read(state_user_key(user_id), _partition(user_id)))
+
+
+def _known_templates_only(user: UserState | None) -> UserState | None:
+    """Instances of templates removed from the catalog since are not shown
+    (render looks every shown instance's template up)."""
+    if user is None:
+        return None
+    known = catalog_feed.catalog.templates
+    if all(i.template_id in known for i in user.instances):
+        return user
+    return dataclasses.replace(
+        user, instances=tuple(i for i in user.instances if i.template_id in known)
+    )
+
+
+def _claim_processed(partition: int, offset: int) -> bool:
+    raw = _read(partition_key(partition), partition)
+    record = PartitionRecord(partition) if raw is None else decode_partition(raw)
+    return record.next_offset.get(CLAIMS, 0) > offset and offset not in record.held.get(CLAIMS, ())
+
+
+async def _outcome(
+    user_id: str, claim_id: str, offset: int, since_ms: int, wait: float
+) -> Response:
+    """The claim's outcome once the processor has applied it, else 202 with a poll URL."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    partition = _partition(user_id)
+    while not _claim_processed(partition, offset):
+        if loop.time() >= deadline:
+            return _pending(user_id, claim_id, offset, since_ms)
+        await asyncio.sleep(0.05)
+    user = await _read_user(user_id)
+    task_id = claimed_task_id(user, claim_id)
+    if task_id is not None:
+        return _reply(200, claim_body(claim_id, task_id, None))
+    last = None if user is None else user.last_claim
+    if user is not None and (last is None or last[1] != claim_id):
+        # Neither a task nor the last claim judged: the engine took it for a
+        # redelivery (same id judged before, or older than the last claim).
+        return _reply(200, claim_body(claim_id, None, None))
+    if last is not None:  # a retry's original judgement may be older than this request
+        since_ms = min(since_ms, last[0] // 1000 - _CLOCK_MARGIN_MS)
+    reason = await _find_rejection(partition, claim_id, since_ms, deadline)
+    if reason is None:  # processed; its output is still on the way to the broker
+        return _pending(user_id, claim_id, offset, since_ms)
+    return _reply(200, claim_body(claim_id, None, reason))
+
+
+async def _find_rejection(
+    partition: int, claim_id: str, since_ms: int, deadline: float
+) -> str | None:
+    """The reason of the claim_rejected caused by `claim_id`, read from the
+    task-events partition from `since_ms` on, until `deadline` (loop time)."""
+    loop = asyncio.get_running_loop()
+    tp = TP(settings.topic(TASK_EVENTS), partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap.split(","), enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        positioned = False
+        # At least one full read, even when the deadline has passed already.
+        while not positioned or loop.time() < deadline + 1.0:
+            if not positioned:
+                found = (await consumer.offsets_for_times({tp: max(0, since_ms)}))[tp]
+                if found is None:  # nothing that recent yet
+                    if loop.time() >= deadline:
+                        return None
+                    await asyncio.sleep(0.1)
+                    continue
+                consumer.seek(tp, found.offset)
+                positioned = True
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            for message in batch.get(tp, []):
+                reason = _rejection_reason(message.value, claim_id)
+                if reason is not None:
+                    return reason
+            if loop.time() >= deadline:
+                return None
+        return None
+    finally:
+        await consumer.stop()
+
+
+def _rejection_reason(value: bytes | None, claim_id: str) -> str | None:
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.get("type") != "claim_rejected":
+        return None
+    return str(doc.get("reason")) if doc.get("caused_by") == claim_id else None
+
+
+# -------------------------------------------------------------- answers
+
+
+def _now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def _reply(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    response = web.Response(
+        body=orjson.dumps(doc),
+        status=status,
+        content_type="application/json",
+        headers={SERVED_BY_HEADER: _me(), **(headers or {})},
+    )
+    return cast(Response, response)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _reply(status, {"error": message}, headers)
+
+
+def _unavailable(message: str) -> Response:
+    return _error(503, message, {"Retry-After": "1"})
+
+
+def _pending(user_id: str, claim_id: str, offset: int, since_ms: int) -> Response:
+    path = f"/users/{quote(user_id, safe='')}/claims/{quote(claim_id, safe='')}"
+    location = f"{path}?offset={offset}&since_ms={since_ms}"
+    return _reply(202, pending_body(claim_id), {"Location": location})

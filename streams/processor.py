@@ -61,6 +61,7 @@ from schemas.records import (
     InputEvent,
     OrderPaid,
     OrderRefunded,
+    RewardEvent,
     TaskClaim,
     Tick,
     ToBucket,
@@ -138,6 +139,26 @@ def gap_note(message: InMessage, expected: int) -> str:
     )
 
 
+def decode_message(role: str, key: bytes | None, value: bytes | None) -> InputEvent:
+    """An input message as an event, or SchemaError saying why it is unusable:
+    not an input event, on the wrong topic, or not keyed by its user. Shared
+    by the processor and the audit (which must judge every message alike)."""
+    if value is None:
+        raise SchemaError("empty message (no value)")
+    event = decode_input(value)
+    expected_role = ROLE_OF_TYPE[event.TYPE]
+    if expected_role != role:
+        raise SchemaError(f"a {event.TYPE} event does not belong on the {role} topic")
+    if type(event) is not Tick:
+        user_id: str = event.user_id  # type: ignore[union-attr]
+        if key != user_id.encode():
+            raise SchemaError(
+                f"message key {key!r} is not the event's user_id {user_id!r} "
+                "(inputs must be keyed by user_id so each user lives in one partition)"
+            )
+    return event
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """An accepted input waiting for its turn in event-time order."""
@@ -194,6 +215,17 @@ class BatchStats:
     outputs: int = 0
     budget_messages: int = 0  # from the masters, applied
     stalls: int = 0  # events that had to wait for a master's answer
+    # Tallies for the worker's metrics (streams/metrics.py): one dict
+    # increment where the processor already holds the value, so the shell
+    # need not decode outputs to count them.
+    applied_by_role: dict[str, int] = field(default_factory=dict)
+    applied_at: list[int] = field(default_factory=list)  # event time of each applied event
+    outputs_by_type: dict[str, int] = field(default_factory=dict)
+    # (reward type, template_id, pool_id or "") -> [count, cents]
+    rewards: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+    # (budget message type, pool_id) -> count, received from or sent to the masters
+    budget_by_type: dict[tuple[str, str], int] = field(default_factory=dict)
+    dead_reasons: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +319,7 @@ class _Batch:
             return
         self.budget.apply(budget_message)
         self.stats.budget_messages += 1
+        self._tally_budget(budget_message.TYPE, budget_message.pool_id)
         self._send_budget()
 
     def _hold(self, message: InMessage) -> None:
@@ -305,20 +338,7 @@ class _Batch:
         self.cache.held.setdefault(role, set()).add(message.offset)
 
     def _decode(self, message: InMessage) -> InputEvent:
-        if message.value is None:
-            raise SchemaError("empty message (no value)")
-        event = decode_input(message.value)
-        role = ROLE_OF_TYPE[event.TYPE]
-        if role != message.role:
-            raise SchemaError(f"a {event.TYPE} event does not belong on the {message.role} topic")
-        if type(event) is not Tick:
-            user_id: str = event.user_id  # type: ignore[union-attr]
-            if message.key != user_id.encode():
-                raise SchemaError(
-                    f"message key {message.key!r} is not the event's user_id {user_id!r} "
-                    "(inputs must be keyed by user_id so each user lives in one partition)"
-                )
-        return event
+        return decode_message(message.role, message.key, message.value)
 
     # ---------------------------------------------------------- release
 
@@ -343,6 +363,9 @@ class _Batch:
                 continue  # loops back to the check above: applied again once answered
             heapq.heappop(pending)
             held[head.role].discard(head.offset)
+            by_role = self.stats.applied_by_role
+            by_role[head.role] = by_role.get(head.role, 0) + 1
+            self.stats.applied_at.append(head.at)
         if self.stats.forced:
             self.notes.append(
                 f"pending buffer over {max_pending} events: released {self.stats.forced} "
@@ -419,6 +442,7 @@ class _Batch:
 
     def _to_master(self, message: ToMaster) -> Output:
         pool_id = message.pool_id
+        self._tally_budget(message.TYPE, pool_id)
         return Output(
             BUDGET_REQUESTS,
             pool_id.encode(),
@@ -436,9 +460,28 @@ class _Batch:
                 None if outcome.state is None else outcome.state.next_deadline,
             )
         key = user_id.encode()
+        by_type = self.stats.outputs_by_type
         for output in outcome.events:
-            role = REWARDS if output.TYPE in _REWARD_TYPES else TASK_EVENTS
+            kind = output.TYPE
+            by_type[kind] = by_type.get(kind, 0) + 1
+            if kind in _REWARD_TYPES:
+                role = REWARDS
+                self._tally_reward(output)  # type: ignore[arg-type]
+            else:
+                role = TASK_EVENTS
             self.outputs.append(Output(role, key, encode(output)))
+
+    def _tally_reward(self, reward: RewardEvent) -> None:
+        tally_key = (reward.TYPE, reward.template_id, reward.pool_id or "")
+        tally = self.stats.rewards.get(tally_key)
+        if tally is None:
+            tally = self.stats.rewards[tally_key] = [0, 0]
+        tally[0] += 1
+        tally[1] += reward.amount_cents
+
+    def _tally_budget(self, kind: str, pool_id: str) -> None:
+        by_type = self.stats.budget_by_type
+        by_type[kind, pool_id] = by_type.get((kind, pool_id), 0) + 1
 
     def _user(self, user_id: str) -> UserState | None:
         if user_id in self.users:
@@ -449,6 +492,7 @@ class _Batch:
 
     def _dead(self, payload: bytes, source: str, reason: str, key: bytes | None) -> None:
         self.stats.dead += 1
+        self.stats.dead_reasons.append(reason)
         self.notes.append(f"dead letter {source}: {reason}")
         self.outputs.append(
             Output(DEAD_LETTERS, key, encode(dead_letter_for(payload, source, reason)))

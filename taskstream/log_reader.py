@@ -40,6 +40,16 @@ class TopicMissing(LookupError):
     """A topic to read does not exist on the brokers."""
 
 
+def partition_count(settings: Settings, short_topic: str, timeout: float = 10.0) -> int:
+    """How many partitions a topic has (TopicMissing if it does not exist)."""
+    consumer = _consumer(settings)
+    try:
+        marks = _watermarks(consumer, settings, [short_topic], timeout)
+    finally:
+        consumer.close()
+    return len(marks)
+
+
 def end_offsets(
     settings: Settings, short_topics: Iterable[str], timeout: float = 10.0
 ) -> dict[tuple[str, int], tuple[int, int]]:
@@ -59,16 +69,21 @@ def read_topics(
     on_total: Callable[[int], object] | None = None,
     timeout: float = 300.0,
     missing_ok: bool = False,
+    partitions: Iterable[int] | None = None,
 ) -> list[LogMessage]:
     """Every message of the topics, from the start to the end offsets seen at
     the start. `on_total` learns how many messages that is (for a progress
     bar), `on_message` is called once per message read. A missing topic
-    raises TopicMissing unless `missing_ok` (then it reads as empty)."""
+    raises TopicMissing unless `missing_ok` (then it reads as empty).
+    `partitions`: read only these partitions of every topic."""
     topics = list(short_topics)
     consumer = _consumer(settings)
     out: list[LogMessage] = []
     try:
         marks = _watermarks(consumer, settings, topics, 10.0, missing_ok=missing_ok)
+        if partitions is not None:
+            wanted = set(partitions)
+            marks = {tp: mark for tp, mark in marks.items() if tp[1] in wanted}
         remaining = {tp: high for tp, (low, high) in marks.items() if high > low}
         if on_total is not None:
             on_total(sum(high - low for low, high in marks.values()))

@@ -110,18 +110,18 @@ def replay_lines(
                 write(encode(output) + b"\n")
                 stats.outputs += 1
             if explain is not None and user_id == explain_user:
-                explain(_explain_line(number, event, outcome))
+                explain(explain_event(number, event, outcome))
         if (
             explain is not None
             and explain_user is not None
             and not touched
             and getattr(event, "user_id", None) == explain_user
         ):
-            explain(_explain_line(number, event, None))
+            explain(explain_event(number, event, None))
     return stats
 
 
-def _describe(event: InputEvent) -> str:
+def describe_event(event: InputEvent) -> str:
     at = format_utc(event.at)
     if isinstance(event, Tick):
         return f"{at} tick {event.event_id}"
@@ -134,8 +134,8 @@ def _describe(event: InputEvent) -> str:
     return f"{at} task_claim {event.template_id}"  # type: ignore[union-attr]
 
 
-def _explain_line(number: int, event: InputEvent, outcome: Outcome | None) -> str:
-    lines = [f"line {number}: {_describe(event)}"]
+def explain_event(number: int, event: InputEvent, outcome: Outcome | None, where: str = "") -> str:
+    lines = [f"{where or f'line {number}'}: {describe_event(event)}"]
     if outcome is not None:
         lines.extend(f"    - {note}" for note in outcome.notes)
         for output in outcome.events:

@@ -40,6 +40,10 @@ app = faust.App(
     topic_replication_factor=settings.replication,
     datadir=str(settings.data_dir),
     web_port=settings.web_port,
+    # Bound here and advertised to the group as http://<host>:<port>
+    # (canonical_url): the render API routes a user's request to its owner.
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
     # Every input is keyed by user id; read a fresh group from the beginning.
     consumer_auto_offset_reset="earliest",
     # The changelog and outputs must be on disk at the broker before an

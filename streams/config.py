@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
@@ -21,6 +21,13 @@ class Settings:
     TASKSTREAM_REPLICATION     replication factor of created topics (default 1)
     TASKSTREAM_DATA_DIR        where RocksDB tables live (default .data/<app id>)
     TASKSTREAM_WEB_PORT        faust's web server port (default 6066)
+    TASKSTREAM_WEB_HOST        address the web server binds and advertises to the
+                               other workers for routing (default 127.0.0.1)
+    TASKSTREAM_API_SECRET      HMAC secret of the render API's user tokens (or
+                               TASKSTREAM_API_SECRET_FILE: read from that file);
+                               unset: the API answers 503 (docs/api.md)
+    TASKSTREAM_SERVICE_KEY     key of back-end callers, X-Service-Key header (or
+                               TASKSTREAM_SERVICE_KEY_FILE); unset: no service access
     TASKSTREAM_STORE           table store URL (default rocksdb://; memory:// for tests)
     TASKSTREAM_SESSION_TIMEOUT seconds before a silent worker's partitions move (default 30)
     TASKSTREAM_PROGRESS_SECONDS how often the worker logs its progress line (default 10)
@@ -38,6 +45,10 @@ class Settings:
     replication: int = 1
     data_dir: Path = Path(".data/taskstream")
     web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    # Secrets: never in repr (settings may be logged).
+    api_secret: str = field(default="", repr=False)
+    service_key: str = field(default="", repr=False)
     store: str = "rocksdb://"
     session_timeout: int = 30
     progress_seconds: int = 10
@@ -58,6 +69,9 @@ class Settings:
             replication=_positive_int(env, "TASKSTREAM_REPLICATION", cls.replication),
             data_dir=Path(env.get("TASKSTREAM_DATA_DIR", f".data/{app_id}")),
             web_port=_positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port),
+            web_host=env.get("TASKSTREAM_WEB_HOST") or cls.web_host,
+            api_secret=_secret(env, "TASKSTREAM_API_SECRET"),
+            service_key=_secret(env, "TASKSTREAM_SERVICE_KEY"),
             store=env.get("TASKSTREAM_STORE", cls.store),
             session_timeout=_positive_int(env, "TASKSTREAM_SESSION_TIMEOUT", cls.session_timeout),
             progress_seconds=_positive_int(
@@ -72,6 +86,20 @@ class Settings:
     def topic(self, name: str) -> str:
         """The full name of one of our topics."""
         return f"{self.topic_prefix}{name}"
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """NAME's value, else the content of the file NAME_FILE names (stripped), else ""."""
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name}_FILE: cannot read {path}: {exc}") from None
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

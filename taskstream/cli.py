@@ -83,6 +83,7 @@ def worker(loglevel: str) -> None:
     import streams.agents  # registers the agents on the app
     import streams.allocator_agent  # the pools' master allocator
     import streams.progress  # noqa: F401  (the periodic progress line)
+    from streams import web_api  # noqa: F401  (the render API on the web server)
     from streams.app import app, settings
     from taskstream.kafka_io import ensure_topics
 
@@ -409,6 +410,37 @@ def tail(topic: str, from_beginning: bool, idle_timeout: float | None) -> None:
             click.echo(value.decode("utf-8", "replace") if value is not None else "null")
     except KeyboardInterrupt:
         pass
+
+
+# -------------------------------------------------------------------- token
+
+
+@main.command()
+@click.argument("user_id")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=3600,
+    show_default=True,
+    help="Seconds the token stays valid.",
+)
+def token(user_id: str, ttl: int) -> None:
+    """Print a signed render-API token for USER_ID (docs/api.md).
+
+    Signed with TASKSTREAM_API_SECRET (or the file TASKSTREAM_API_SECRET_FILE
+    names); valid for --ttl seconds from now. Exit 0: printed; 2: no secret
+    configured, or a bad USER_ID.
+    """
+    import time
+
+    from app.access import MAX_USER_ID_LENGTH, sign_token
+
+    settings = _settings()
+    if not settings.api_secret:
+        raise click.UsageError("set TASKSTREAM_API_SECRET (or TASKSTREAM_API_SECRET_FILE)")
+    if not 0 < len(user_id) <= MAX_USER_ID_LENGTH:
+        raise click.BadParameter(f"1 to {MAX_USER_ID_LENGTH} characters", param_hint="USER_ID")
+    click.echo(sign_token(user_id, int(time.time()) + ttl, settings.api_secret.encode()))
 
 
 from taskstream.replay import replay  # noqa: E402

@@ -39,9 +39,14 @@ def _unb64(text: str) -> bytes:
     if not text or any(c not in _B64_ALPHABET for c in text):
         raise TokenError("malformed token")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise TokenError("malformed token") from None
+    # One spelling per value: the decoder ignores a last character's unused
+    # bits, which would let several strings pass for one token.
+    if _b64(raw) != text:
+        raise TokenError("malformed token")
+    return raw
 
 
 def _signature(user_id: str, expires_at: int, secret: bytes) -> bytes:

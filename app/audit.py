@@ -81,22 +81,30 @@ class Decision:
     exact: bool
 
 
-def decisions_from(rewards: Iterable[Record], pools: Mapping[str, Pool]) -> dict[str, Decision]:
+def decisions_from(rewards: Iterable[Record], catalog: Catalog) -> dict[str, Decision]:
     """reward id -> the decision recorded for it (its grant or its rejection)."""
     decisions: dict[str, Decision] = {}
     for record in rewards:
         if isinstance(record, RewardGranted):
-            units = (
-                0
-                if record.pool_id is None
-                else units_of(pools, record.pool_id, record.amount_cents)
-            )
-            decisions[record.reward_id] = Decision(
-                True, record.pool_id, units, record.prize_id is not None
-            )
+            decisions[record.reward_id] = _granted(record, catalog)
         elif isinstance(record, RewardRejected):
             decisions.setdefault(record.reward_id, Decision(False, record.pool_id, 0, False))
     return decisions
+
+
+def _granted(record: RewardGranted, catalog: Catalog) -> Decision:
+    if record.pool_id is None:
+        return Decision(True, None, 0, False)
+    if record.prize_id is None:
+        return Decision(True, record.pool_id, 0, False)
+    # A prize's cost comes from the catalog, not from the record, so a record
+    # whose amount was altered still matches its prize (and shows as different).
+    template = catalog.templates.get(record.template_id)
+    prizes = () if template is None else template.reward.prizes
+    amount = next(
+        (p.amount_cents for p in prizes if p.prize_id == record.prize_id), record.amount_cents
+    )
+    return Decision(True, record.pool_id, units_of(catalog.pools, record.pool_id, amount), True)
 
 
 class RecordedBudget:

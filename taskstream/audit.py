@@ -180,7 +180,7 @@ def _distinct_budget(messages: Iterable[LogMessage]) -> list[Record]:
 
 def run_audit(snapshot: LogSnapshot) -> AuditResult:
     catalog = snapshot.catalog
-    budget = RecordedBudget(catalog.pools.values(), decisions_from(snapshot.rewards, catalog.pools))
+    budget = RecordedBudget(catalog.pools.values(), decisions_from(snapshot.rewards, catalog))
     expected = replay_inputs(snapshot.inputs, catalog, budget, decode_message)
     comparison = compare(expected.outputs, snapshot.outputs)
     partitions = snapshot.partitions

@@ -73,7 +73,7 @@ def explain_user(
     ]
     outputs = _user_outputs(user_id, messages)
     rewards = [record for topic, record in outputs if topic == REWARDS]
-    budget = RecordedBudget(catalog.pools.values(), decisions_from(rewards, catalog.pools))
+    budget = RecordedBudget(catalog.pools.values(), decisions_from(rewards, catalog))
     applied: list[Applied] = []
     expected = replay_inputs(
         inputs,

@@ -28,7 +28,7 @@ import faust
 from faust.types import TP
 
 from app.state import UserState
-from streams import faust_fixes, table_commit
+from streams import faust_fixes, metrics, table_commit
 from streams.app import (
     ROLE_OF_TOPIC,
     app,
@@ -112,6 +112,7 @@ async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
         # Skipping is safe: the processor fetches any offset it never accepted
         # again (offset gap -> rewind) once the partition is processed.
         totals["stale"] += stale
+        metrics.observe_stale(stale)
         log.info("skipped %d event(s) fetched before the last rebalance", stale)
     await table_commit.run_by_partition(
         by_partition, _run_partition, lambda partition: _caches.pop(partition, None)
@@ -125,6 +126,7 @@ async def _run_partition(
     deliveries: list[Awaitable[Any]] = []
     if cache is None:
         cache, deliveries = await _load_partition(partition)
+    started = time.perf_counter()
     record = cache.record if cache.record is not None else _read_record(partition)
     if not cache.loaded:
         for role, offset in cache.load(record).items():
@@ -170,6 +172,7 @@ async def _run_partition(
     totals["redelivered"] += stats.redelivered
     totals["stalls"] += stats.stalls
     totals["budget_messages"] += stats.budget_messages
+    metrics.observe_batch(partition, result, time.perf_counter() - started)
     return deliveries
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ import faust
 from faust.types import TP
 
 from app.bucketing import Master
-from streams import faust_fixes, table_commit
+from streams import faust_fixes, metrics, table_commit
 from streams.agents import from_an_earlier_assignment, wait_for_catalog
 from streams.allocation import (
     AllocatorCache,
@@ -99,6 +100,7 @@ async def _run_partition(
             f"allocator partition {partition}",
         )
         cache = _caches[partition] = AllocatorCache()
+    started = time.perf_counter()
     record = _read_record(partition)
     topic = settings.topic(BUDGET_REQUESTS)
     messages = [
@@ -137,6 +139,7 @@ async def _run_partition(
     totals["grants"] += stats.grants
     totals["denials"] += stats.denials
     totals["recalls"] += stats.recalls
+    metrics.observe_allocation(partition, result, time.perf_counter() - started)
     return deliveries
 
 

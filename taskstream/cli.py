@@ -82,6 +82,7 @@ def worker(loglevel: str) -> None:
 
     import streams.agents  # registers the agents on the app
     import streams.allocator_agent  # the pools' master allocator
+    import streams.metrics  # /metrics, /health and /ready on the web port
     import streams.progress  # noqa: F401  (the periodic progress line)
     from streams import web_api  # noqa: F401  (the render API on the web server)
     from streams.app import app, settings

@@ -1,0 +1,359 @@
+"""Prometheus metrics and health pages of one worker (faust's web server).
+
+Pages, on `TASKSTREAM_WEB_PORT`:
+
+- `/metrics`: every metric below, Prometheus text format (OpenMetrics if asked);
+- `/health`: 200 as long as the event loop answers (liveness);
+- `/ready`: 200 once the worker has joined the group, recovered its tables
+  from the changelogs and loaded the first catalog, and is not rebalancing;
+  else 503 with `{"ready": false, "waiting_for": [...]}`.
+
+The agents report once per partition batch (`observe_batch`,
+`observe_allocation`): counters from the tallies the processor already
+keeps (streams.processor.BatchStats), never by decoding outputs. Gauges
+(lag, buckets, masters) and the event-lag histogram are read at scrape
+time by `_StateCollector`. Metric names and what to alert on:
+docs/metrics.md. The registry is this module's own, not the global one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
+from faust.web import Request, Response, View
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from app.bucketing import Master
+from schemas.timestamps import MICROS_PER_SECOND
+from streams.allocation import AllocationResult
+from streams.app import PROCESSOR_INPUTS, app, catalog_feed, settings
+from streams.config import BUDGET_REQUESTS
+from streams.metrics_core import (
+    EVENT_LAG_BUCKETS_SECONDS,
+    TYPE_OF_ROLE,
+    allocator_dead_reasons,
+    event_lag_histogram,
+    input_lag,
+    readiness,
+    reason_class,
+    reward_outcome,
+)
+from streams.partition_state import PartitionRecord
+from streams.processor import BatchResult
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+
+INPUT_EVENTS = Counter(
+    "taskstream_input_events",
+    "Input events applied by the engine, by event type (engine errors included).",
+    ["type"],
+    registry=REGISTRY,
+)
+INPUT_MESSAGES = Counter(
+    "taskstream_input_messages",
+    "Input messages by what offset acceptance made of them: accepted, redelivered "
+    "(already processed), dropped_for_rewind (after a gap), stale (fetched before a rebalance).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "taskstream_dead_letters",
+    "Dead letters written, by reason class (streams.metrics_core.REASON_CLASSES) and agent.",
+    ["reason", "agent"],
+    registry=REGISTRY,
+)
+OUTPUT_EVENTS = Counter(
+    "taskstream_output_events",
+    "Task events and rewards emitted by the processor, by event type.",
+    ["type"],
+    registry=REGISTRY,
+)
+REWARDS = Counter(
+    "taskstream_rewards",
+    "Reward events by outcome (granted, revoked, rejected), template and pool.",
+    ["outcome", "template_id", "pool_id"],
+    registry=REGISTRY,
+)
+REWARD_CENTS = Counter(
+    "taskstream_reward_amount_cents",
+    "Sum of the rewards' amount_cents (items for an items pool) by outcome, template and pool.",
+    ["outcome", "template_id", "pool_id"],
+    registry=REGISTRY,
+)
+BUDGET_MESSAGES = Counter(
+    "taskstream_budget_messages",
+    "Budget messages of this worker's buckets: sent to the masters (refill_requested, "
+    "bucket_returned) and received from them (bucket_granted, refill_denied, bucket_recalled).",
+    ["pool_id", "type", "direction"],
+    registry=REGISTRY,
+)
+STALLS = Counter(
+    "taskstream_budget_stalls",
+    "Times a partition's head event had to wait for a pool master's answer.",
+    registry=REGISTRY,
+)
+ALLOCATOR_MESSAGES = Counter(
+    "taskstream_allocator_messages",
+    "Messages the masters on this worker handled: requests accepted and grants, "
+    "denials and recalls sent.",
+    ["kind"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "taskstream_batch_processing_seconds",
+    "Wall time of one partition batch, from the messages to the outputs handed to the producer.",
+    ["agent"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+
+_SENT_TYPES = frozenset({"refill_requested", "bucket_returned"})
+PROCESSOR, ALLOCATOR = "processor", "allocator"
+
+# Last partition record seen per processor partition, and the masters last
+# changed per budget-requests partition: the scrape reads them (dropped when
+# the partition is revoked).
+_records: dict[int, PartitionRecord] = {}
+_masters: dict[int, dict[str, Master]] = {}
+_event_lag = event_lag_histogram()
+
+
+def observe_batch(partition: int, result: BatchResult, seconds: float) -> None:
+    """One processor partition batch: a few counter updates per distinct label."""
+    stats = result.stats
+    _records[partition] = result.record
+    BATCH_SECONDS.labels(PROCESSOR).observe(seconds)
+    if stats.accepted:
+        INPUT_MESSAGES.labels("accepted").inc(stats.accepted)
+    if stats.redelivered:
+        INPUT_MESSAGES.labels("redelivered").inc(stats.redelivered)
+    if stats.dropped_for_rewind:
+        INPUT_MESSAGES.labels("dropped_for_rewind").inc(stats.dropped_for_rewind)
+    if stats.stalls:
+        STALLS.inc(stats.stalls)
+    for role, n in stats.applied_by_role.items():
+        INPUT_EVENTS.labels(TYPE_OF_ROLE.get(role, role)).inc(n)
+    if stats.applied_at:
+        _event_lag.observe_lags(time.time_ns() // 1000, stats.applied_at)
+    for kind, n in stats.outputs_by_type.items():
+        OUTPUT_EVENTS.labels(kind).inc(n)
+    for (kind, template_id, pool_id), (count, cents) in stats.rewards.items():
+        outcome = reward_outcome(kind)
+        REWARDS.labels(outcome, template_id, pool_id).inc(count)
+        REWARD_CENTS.labels(outcome, template_id, pool_id).inc(cents)
+    for (kind, pool_id), n in stats.budget_by_type.items():
+        direction = "sent" if kind in _SENT_TYPES else "received"
+        BUDGET_MESSAGES.labels(pool_id, kind, direction).inc(n)
+    for reason in stats.dead_reasons:
+        DEAD_LETTERS.labels(reason_class(reason), PROCESSOR).inc()
+
+
+def observe_stale(events: int) -> None:
+    INPUT_MESSAGES.labels("stale").inc(events)
+
+
+def observe_allocation(partition: int, result: AllocationResult, seconds: float) -> None:
+    """One allocator partition batch: the masters it changed, what they sent."""
+    stats = result.stats
+    BATCH_SECONDS.labels(ALLOCATOR).observe(seconds)
+    if result.masters:
+        _masters.setdefault(partition, {}).update(result.masters)
+    for kind, n in (
+        ("requests", stats.accepted),
+        ("grants", stats.grants),
+        ("denials", stats.denials),
+        ("recalls", stats.recalls),
+    ):
+        if n:
+            ALLOCATOR_MESSAGES.labels(kind).inc(n)
+    if stats.dead:
+        for reason in allocator_dead_reasons(result.notes):
+            DEAD_LETTERS.labels(reason_class(reason), ALLOCATOR).inc()
+
+
+class _StateCollector:
+    """Gauges read at scrape time from what the agents last stored."""
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # nothing to check at registration (and no consumer yet)
+
+    def collect(self) -> Iterator[Metric]:
+        yield _ready_gauge()
+        yield from _lag_gauges()
+        yield from _bucket_gauges()
+        yield from _master_metrics()
+        yield _event_lag_metric()
+
+
+def _ready_gauge() -> Metric:
+    gauge = GaugeMetricFamily(
+        "taskstream_worker_ready", "1 when /ready answers 200 (see waiting_for there), else 0."
+    )
+    gauge.add_metric([], 0.0 if waiting_for() else 1.0)
+    return gauge
+
+
+def _lag_gauges() -> Iterator[Metric]:
+    lag = GaugeMetricFamily(
+        "taskstream_input_lag_messages",
+        "Per assigned input partition: high watermark (as of the last fetch) minus the "
+        "next offset the partition record expects.",
+        labels=["topic", "partition"],
+    )
+    held = GaugeMetricFamily(
+        "taskstream_held_events",
+        "Per processor partition: accepted events held back for event-time order "
+        "(or behind a stall on a pool master).",
+        labels=["partition"],
+    )
+    consumer: Any = app.consumer  # _read_offset is not on faust's ConsumerT
+    roles = {settings.topic(role): role for role in PROCESSOR_INPUTS}
+    try:
+        assignment = consumer.assignment()
+    except ConsumerNotStarted:  # scraped while the worker starts
+        assignment = set()
+    for tp in sorted(assignment):
+        role = roles.get(tp.topic)
+        if role is None:
+            continue  # changelogs, budget-requests (the allocator's), templates
+        record = _records.get(tp.partition)
+        if record is not None:
+            next_offset: int | None = record.next_offset.get(role)
+        else:  # not processed here yet: where the consumer is
+            read = consumer._read_offset.get(tp)
+            next_offset = None if read is None else int(read) + 1
+        behind = input_lag(next_offset, consumer.highwater(tp))
+        if behind is not None:
+            lag.add_metric([role, str(tp.partition)], float(behind))
+    for partition, record in sorted(_records.items()):
+        held.add_metric([str(partition)], float(sum(len(o) for o in record.held.values())))
+    yield lag
+    yield held
+
+
+def _bucket_gauges() -> Iterator[Metric]:
+    balance = GaugeMetricFamily(
+        "taskstream_bucket_balance_units",
+        "Units (cents or items) in this partition's bucket of the pool.",
+        labels=["pool_id", "partition"],
+    )
+    issued = GaugeMetricFamily(
+        "taskstream_bucket_issued_units",
+        "Units paid out from this partition's bucket, net of revocations, ever.",
+        labels=["pool_id", "partition"],
+    )
+    received = GaugeMetricFamily(
+        "taskstream_bucket_received_units",
+        "Units granted to this partition's bucket by the pool's master, ever (refills).",
+        labels=["pool_id", "partition"],
+    )
+    for partition, record in sorted(_records.items()):
+        for pool_id, bucket in sorted(record.buckets.items()):
+            labels = [pool_id, str(partition)]
+            balance.add_metric(labels, float(bucket.balance))
+            issued.add_metric(labels, float(bucket.issued))
+            received.add_metric(labels, float(bucket.received))
+    yield balance
+    yield issued
+    yield received
+
+
+def _master_metrics() -> Iterator[Metric]:
+    level = GaugeMetricFamily(
+        "taskstream_master_level_units",
+        "Units left in the pool's master (on the worker that owns it).",
+        labels=["pool_id"],
+    )
+    counters = {
+        name: CounterMetricFamily(
+            f"taskstream_master_{name}",
+            f"The pool master's {name}, ever (stored with the master, so across restarts).",
+            labels=["pool_id"],
+        )
+        for name in ("requests", "grants", "denials", "rounds")
+    }
+    for masters in _masters.values():
+        for pool_id, master in sorted(masters.items()):
+            level.add_metric([pool_id], float(master.master))
+            for name, family in counters.items():
+                family.add_metric([pool_id], float(getattr(master, name)))
+    yield level
+    yield from counters.values()
+
+
+def _event_lag_metric() -> Metric:
+    histogram = HistogramMetricFamily(
+        "taskstream_event_lag_seconds",
+        "Wall clock when an event was applied minus its `at` (event time).",
+    )
+    cumulative = _event_lag.cumulative()
+    bounds = [repr(float(s)) for s in EVENT_LAG_BUCKETS_SECONDS] + ["+Inf"]
+    histogram.add_metric(
+        [],
+        buckets=list(zip(bounds, (float(n) for n in cumulative), strict=True)),
+        sum_value=_event_lag.total / MICROS_PER_SECOND,
+    )
+    return histogram
+
+
+REGISTRY.register(_StateCollector())
+
+
+def waiting_for() -> list[str]:
+    """What this worker still waits for before it is ready (empty: ready)."""
+    # faust's Recovery service sets `completed` once the first assignment's
+    # tables are restored (and never clears it); `in_recovery` and
+    # `rebalancing` cover the later rebalances.
+    tables: Any = app.tables  # `recovery` is on TableManager, not on TableManagerT
+    return readiness(
+        joined=app.consumer_generation_id > 0,
+        rebalancing=app.rebalancing,
+        in_recovery=app.in_recovery,
+        recovered=tables.recovery.completed.is_set(),
+        catalog_loaded=catalog_feed.wait_ready(0),
+    )
+
+
+@app.page("/metrics")
+class MetricsPage(View):
+    async def get(self, request: Request) -> Response:
+        accept: str = request.headers.get("Accept", "")
+        encode, content_type = choose_encoder(accept)
+        return self.bytes(encode(REGISTRY), content_type=content_type)
+
+
+@app.page("/health")
+class HealthPage(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"alive": True})
+
+
+@app.page("/ready")
+class ReadyPage(View):
+    async def get(self, request: Request) -> Response:
+        waiting = waiting_for()
+        if waiting:
+            return self.json({"ready": False, "waiting_for": waiting}, status=503)
+        return self.json({"ready": True})
+
+
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    processor_topics = {settings.topic(role) for role in PROCESSOR_INPUTS}
+    requests_topic = settings.topic(BUDGET_REQUESTS)
+    for tp in revoked:
+        if tp.topic in processor_topics:
+            _records.pop(tp.partition, None)
+        elif tp.topic == requests_topic:
+            _masters.pop(tp.partition, None)

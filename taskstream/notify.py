@@ -23,13 +23,14 @@ event for good (other 4xx) gets it dead-lettered to `<prefix>dead-letters`
 with the reason. docs/notifier.md has the details.
 
 Exit codes: 0 stopped (SIGTERM, Ctrl-C, or --idle-timeout passed);
-1 failed (no broker, the de-dup store cannot be opened); 2 bad usage.
+1 failed (no broker, the de-dup store cannot be opened, stdout closed); 2 bad usage.
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
+import os
 import random
 import signal
 import sys
@@ -66,6 +67,8 @@ EXIT_FAILED = 1
 POLL_SECONDS = 0.5
 COMMIT_EVERY_SECONDS = 1.0
 FETCH_BATCH = 500
+WORK_SLICE_SECONDS = 1.0  # deliver for this long, then poll the consumer again
+LANE_LIMIT = 2_000  # messages held per partition before it stops fetching
 
 
 # ------------------------------------------------------------------ targets
@@ -90,11 +93,10 @@ class StdoutTarget:
         return "stdout"
 
     def deliver(self, key: str, payload: bytes) -> Attempt:
-        try:
-            sys.stdout.buffer.write(payload + b"\n")
-            sys.stdout.buffer.flush()
-        except OSError as exc:  # a full disk or a closed pipe may be fixed; keep it
-            return Attempt(Outcome.RETRY, f"stdout: {exc}")
+        # An OSError (closed pipe, full disk) propagates: the notifier commits
+        # what was delivered and exits 1; this effect is delivered after a restart.
+        sys.stdout.buffer.write(payload + b"\n")
+        sys.stdout.buffer.flush()
         return Attempt(Outcome.DELIVERED, "written")
 
 
@@ -257,19 +259,29 @@ class Notifier:
             self.last_activity = time.monotonic()
 
     def _work(self) -> None:
-        """Settle each partition's messages in order until one has to wait."""
-        for lane, pending in list(self.lanes.items()):
-            while pending and not self.stop.is_set():
-                head = pending[0]
-                if head.retry_at > time.monotonic() or not self._settle(head):
+        """Settle each partition's messages in order, one per partition in turn,
+        for at most a slice of time (the consumer must be polled regularly)."""
+        deadline = time.monotonic() + WORK_SLICE_SECONDS
+        progress = True
+        while progress and not self.stop.is_set() and time.monotonic() < deadline:
+            progress = False
+            for lane, pending in self.lanes.items():
+                if self.stop.is_set():
                     break
-                pending.popleft()
-                self.settled[lane] = (head.message.offset() or 0) + 1
-                self._commit(force=False)
-            self._hold(lane, bool(pending) and pending[0].retry_at > 0)
+                if not pending or pending[0].retry_at > time.monotonic():
+                    continue
+                if self._settle(pending[0]):
+                    done = pending.popleft()
+                    self.settled[lane] = (done.message.offset() or 0) + 1
+                    progress = True
+            self._commit(force=False)
+        for lane, pending in self.lanes.items():
+            self._hold(lane, pending)
 
-    def _hold(self, lane: Lane, waiting: bool) -> None:
-        """Stop fetching a partition while its head waits for a retry (bounded memory)."""
+    def _hold(self, lane: Lane, pending: deque[Pending]) -> None:
+        """Stop fetching a partition while its head waits for a retry or its
+        backlog is full (bounded memory); fetch again when it moves."""
+        waiting = bool(pending) and (pending[0].retry_at > 0 or len(pending) >= LANE_LIMIT)
         if waiting and lane not in self.paused:
             self.consumer.pause([TopicPartition(*lane)])
             self.paused.add(lane)
@@ -456,7 +468,7 @@ def notify(
     delivery finishes, offsets are committed, exit 0.
 
     Exit codes: 0 stopped (signal or --idle-timeout); 1 failed (no broker,
-    de-dup store in use or unreadable); 2 bad usage (e.g. a URL that is not
+    de-dup store in use or unreadable, stdout closed); 2 bad usage (e.g. a URL that is not
     http(s)).
     """
     if webhook is not None and not webhook.startswith(("http://", "https://")):
@@ -481,6 +493,10 @@ def notify(
         notifier.run(idle_timeout, summary_seconds)
     except KafkaException as exc:
         _fail(f"Kafka: {exc}")
+    except OSError as exc:  # stdout closed or full: nothing more can be delivered
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _fail(f"cannot write to stdout ({exc}); what was not written is delivered after a restart")
 
 
 def _settings_or_exit() -> Settings:

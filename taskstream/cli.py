@@ -452,6 +452,10 @@ from taskstream.notify import notify  # noqa: E402
 
 main.add_command(notify)
 
+from taskstream.simulate import simulate  # noqa: E402
+
+main.add_command(simulate)
+
 
 # -------------------------------------------------------------------- pools
 

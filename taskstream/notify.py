@@ -232,10 +232,13 @@ class Notifier:
                     break
         finally:
             self._commit(force=True)
+            # Counted before close: leaving the group forgets the waiting messages
+            # (they are not committed; the next run delivers them).
+            summary = self.counters.line(self._waiting())
             self.consumer.close()
             self._dead_letters.flush(10)
             self.store.close()
-            log.info("notifier stopped: %s", self.counters.line(self._waiting()))
+            log.info("notifier stopped: %s", summary)
 
     def _idle_for(self, now: float) -> float:
         return 0.0 if self._waiting() else now - self.last_activity

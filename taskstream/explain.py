@@ -161,7 +161,7 @@ def _rewards(rewards: Sequence[Record], causes: Mapping[str, InputEvent]) -> Ite
         because = "an event not in the log" if cause is None else _short(cause)
         pool = "" if doc["pool_id"] is None else f" from pool {doc['pool_id']}"
         yield (
-            f"  {format_utc(doc['at'])} {doc['type']} {doc['amount_cents']}c "
+            f"  {doc['at']} {doc['type']} {doc['amount_cents']}c "
             f"{doc['template_id']}{pool} ({doc['reason']}), caused by {because}"
         )
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -36,6 +38,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from faust.types import TP
 from faust.web import Request, Response, View
 
@@ -79,9 +82,27 @@ class BadRequest(Exception):
 
 # ------------------------------------------------------------------ views
 
+Handler = Callable[..., Awaitable[Response]]
+
+
+def _json_errors(handler: Handler) -> Handler:
+    """A failure inside a view answers 500 with a JSON error (and is logged
+    with its traceback here), never aiohttp's plain-text page."""
+
+    @functools.wraps(handler)
+    async def guarded(view: View, request: Request, **match: Any) -> Response:
+        try:
+            return await handler(view, request, **match)
+        except Exception:
+            log.exception("render API: %s %s failed", request.method, request.url.path)
+            return _error(500, "internal error; the worker's log has the details")
+
+    return guarded
+
 
 @app.page("/users/{user_id}/tasks", name="render_tasks")
 class TasksView(View):
+    @_json_errors
     async def get(self, request: Request, **match: Any) -> Response:
         req = cast(web.Request, request)
         user_id = str(match["user_id"])
@@ -100,6 +121,7 @@ class TasksView(View):
 
 @app.page("/users/{user_id}/claims", name="claims")
 class ClaimsView(View):
+    @_json_errors
     async def post(self, request: Request, **match: Any) -> Response:
         req = cast(web.Request, request)
         user_id = str(match["user_id"])
@@ -130,6 +152,7 @@ class ClaimsView(View):
 
 @app.page("/users/{user_id}/claims/{claim_id}", name="claim")
 class ClaimView(View):
+    @_json_errors
     async def get(self, request: Request, **match: Any) -> Response:
         req = cast(web.Request, request)
         user_id, claim_id = str(match["user_id"]), str(match["claim_id"])
@@ -371,7 +394,7 @@ async def _find_rejection(
     """The reason of the claim_rejected caused by `claim_id`, read from the
     task-events partition from `since_ms` on, until `deadline` (loop time)."""
     loop = asyncio.get_running_loop()
-    tp = TP(settings.topic(TASK_EVENTS), partition)
+    tp = TopicPartition(settings.topic(TASK_EVENTS), partition)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap.split(","), enable_auto_commit=False
     )

@@ -214,6 +214,16 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def web_port(self) -> int:
+        """The port of this worker's faust web server (render API, metrics)."""
+        return int(self.env["TASKSTREAM_WEB_PORT"])
+
+    @property
+    def web_url(self) -> str:
+        """The URL this worker advertises to the group (faust's canonical_url)."""
+        return f"http://{self.env.get('TASKSTREAM_WEB_HOST', '127.0.0.1')}:{self.web_port}"
+
 
 class TopicReader:
     """Reads a topic from the beginning, keeping every message it has seen."""

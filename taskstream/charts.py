@@ -116,9 +116,14 @@ def _steps(
 
 def _pool_panel(axes: Axes, pool: PoolSeries, end: int | None) -> None:
     unit = "items" if pool.unit == "items" else "cents"
-    axes.set_title(f"pool {pool.pool_id}: {pool.total:,} {unit}", loc="left", fontsize=10)
+    title = f"pool {pool.pool_id}: {pool.total:,} {unit}"
+    if pool.dry_at is not None:  # in the title, where no data point can hide it
+        title += f"; runs dry {format_utc(pool.dry_at)} (dashed line)"
+    axes.set_title(title, loc="left", fontsize=10)
     axes.set_ylabel(f"remaining ({unit})")
     axes.set_ylim(0, max(pool.total, 1) * 1.08)
+    if pool.dry_at is not None:
+        axes.axvline(to_datetime(pool.dry_at), color=DRY_COLOUR, linestyle="--")  # type: ignore[arg-type]
     if not pool.points:
         axes.axhline(pool.total, color="grey")
         axes.text(0.5, 0.5, "never drawn on", transform=axes.transAxes, ha="center")
@@ -126,18 +131,6 @@ def _pool_panel(axes: Axes, pool: PoolSeries, end: int | None) -> None:
     times, issued = _steps(pool.points, 0, end)
     remaining = [pool.total - units for units in issued]
     axes.step(times, remaining, where="post")  # type: ignore[arg-type]
-    if pool.dry_at is not None:
-        dry = to_datetime(pool.dry_at)
-        axes.axvline(dry, color=DRY_COLOUR, linestyle="--")  # type: ignore[arg-type]
-        axes.annotate(
-            f"runs dry {format_utc(pool.dry_at)}",
-            xy=(dry, pool.total),  # type: ignore[arg-type]
-            color=DRY_COLOUR,
-            fontsize=9,
-            xytext=(-4, -12),
-            horizontalalignment="right",
-            textcoords="offset points",
-        )
 
 
 def _payout_panel(axes: Axes, payouts: Sequence[PayoutSeries], end: int | None) -> None:

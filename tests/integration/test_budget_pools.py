@@ -13,19 +13,23 @@ At the end, from the topics and from `taskstream pools status`:
 - no budget is stranded: exactly the pool's total is issued (demand exceeds it
   after the last refund), every user's reward was decided once;
 - conservation: issued + master + buckets + in flight == total, nothing in
-  flight, and the status's issued equals the reward topic's.
+  flight, and the status's issued equals the reward topic's;
+- `taskstream audit` agrees: replaying the inputs with the decisions the
+  workers recorded gives every output found, and the pool reconciles.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from support.workers import Deployment, TopicReader, WorkerProcess
+from support.workers import TASKSTREAM, Deployment, TopicReader, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +204,20 @@ def test_a_hot_pool_drains_exactly_under_crashes(pools: Pools) -> None:
     # The master refused a few; once it announced the pool dry, the buckets
     # refused the rest themselves (no round trip per reward).
     assert 1 <= sheet["denials"] < len(rejected)
+
+    # --- the audit: the inputs replayed with the decisions the workers
+    # recorded give every output found, and the pool reconciles
+    report_path = pools.deployment.root / "audit.json"
+    done = subprocess.run(
+        [TASKSTREAM, "audit", "--no-progress", "--json", str(report_path)],
+        env={**os.environ, **pools.deployment.env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = orjson.loads(report_path.read_bytes())
+    (audited,) = report["pools"]
+    assert audited["issued"] == POOL_TOTAL
+    assert audited["rejected"] == len(rejected)
+    assert audited["problems"] == []

@@ -471,7 +471,11 @@ def simulate(
     """Price proposed templates and pools on a recorded log (file or Kafka).
 
     Reports per template eligible users, claims, completions, payout and
-    lottery cost per draw, and per pool the event at which it runs dry.
+    lottery cost per draw, and per pool the event at which it runs dry. A
+    log without claims for a proposed template: --claim-all (or --claim ID)
+    makes every user seen claim it, at their first event or at --claims-at.
+    See docs/simulate.md.
+
     Exit codes: 0 done, 1 failed (message on stderr), 2 bad usage.
     """
     if (events_path is None) == (not from_kafka):

@@ -175,7 +175,7 @@ Lane = tuple[str, int]  # (topic, partition)
 class Notifier:
     settings: Settings
     group: str
-    data_dir: Path
+    store: Rdict  # the de-dup store: effect key -> DeliveryRecord
     target: Target
     stop: threading.Event = field(default_factory=threading.Event)
     counters: Counters = field(default_factory=Counters)
@@ -194,7 +194,6 @@ class Notifier:
         # The idle clock starts once partitions are assigned; a restart may wait
         # up to a session timeout for its killed predecessor to leave the group.
         self.last_activity = time.monotonic() + self.settings.session_timeout
-        self.store = _open_store(self.data_dir)
         self.synced = WriteOptions()
         self.synced.sync = True  # the record must outlive a crash of the machine too
         self.consumer = Consumer(
@@ -254,9 +253,11 @@ class Notifier:
         for message in self.consumer.consume(num_messages=FETCH_BATCH, timeout=timeout):
             error = message.error()
             if error is not None:
-                if error.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                    continue
-                raise KafkaException(error)
+                if error.fatal():
+                    raise KafkaException(error)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("notifier: consumer: %s", error)  # librdkafka recovers
+                continue
             lane = (message.topic() or self.topic, message.partition() or 0)
             self.lanes.setdefault(lane, deque()).append(Pending(message))
             self.last_activity = time.monotonic()
@@ -480,10 +481,11 @@ def notify(
     target: Target = StdoutTarget() if webhook is None else WebhookTarget(webhook, timeout)
     group = group or f"{settings.app_id}-notifier"
     try:
-        notifier = Notifier(settings, group, data_dir, target)
+        store = _open_store(data_dir)
     except Exception as exc:  # rocksdict raises a bare Exception for a locked store
         _fail(f"cannot open the de-dup store in {data_dir} ({exc}); is another notifier using it?")
         return
+    notifier = Notifier(settings, group, store, target)
     _stop_on_signals(notifier.stop)
     log.info(
         "notifier: group %s, topic %s, data dir %s, target %s",

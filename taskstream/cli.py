@@ -448,6 +448,14 @@ from taskstream.replay import replay  # noqa: E402
 
 main.add_command(replay)
 
+from taskstream.audit import audit  # noqa: E402
+
+main.add_command(audit)
+
+from taskstream.explain import explain  # noqa: E402
+
+main.add_command(explain)
+
 from taskstream.notify import notify  # noqa: E402
 
 main.add_command(notify)

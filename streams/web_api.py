@@ -376,16 +376,18 @@ async def _outcome(
     if task_id is not None:
         return _reply(200, claim_body(claim_id, task_id, None))
     last = None if user is None else user.last_claim
-    if user is not None and (last is None or last[1] != claim_id):
-        # Neither a task nor the last claim judged: the engine took it for a
-        # redelivery (same id judged before, or older than the last claim).
-        return _reply(200, claim_body(claim_id, None, None))
-    if last is not None:  # a retry's original judgement may be older than this request
+    judged_last = last is not None and last[1] == claim_id
+    if last is not None and judged_last:  # a retry: its first judgement may be older
         since_ms = min(since_ms, last[0] // 1000 - _CLOCK_MARGIN_MS)
     reason = await _find_rejection(partition, claim_id, since_ms, deadline)
-    if reason is None:  # processed; its output is still on the way to the broker
+    if reason is not None:
+        return _reply(200, claim_body(claim_id, None, reason))
+    if user is None or judged_last:  # rejected; the output is still on its way to the broker
         return _pending(user_id, claim_id, offset, since_ms)
-    return _reply(200, claim_body(claim_id, None, reason))
+    # No task, no rejection, and the user's last judged claim is another one:
+    # the engine took it for a redelivery (its id judged before, or older
+    # than a claim already processed) and emitted nothing.
+    return _reply(200, claim_body(claim_id, None, None))
 
 
 async def _find_rejection(

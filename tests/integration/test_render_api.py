@@ -339,6 +339,10 @@ def test_claim_round_trip_through_the_other_worker(api: Api) -> None:
     assert again.body["task_id"] is None
     retry = post({"template_id": CLEAR, "user_tags": ["lapsed"], "request_id": "r-1"})
     assert (retry.status, retry.body) == (200, first.body)
+    # A retried rejection: the engine ignores the duplicate; the answer is the
+    # first judgement, read from the task-events topic.
+    retry = post({"template_id": CLEAR, "user_tags": ["lapsed"], "request_id": "r-2"})
+    assert (retry.status, retry.body) == (200, again.body)
 
     stranger = "api-stranger"  # no state at all: the rejection is read from task-events
     unknown = call(
@@ -373,3 +377,16 @@ def test_a_claim_produced_upstream_is_answered_by_its_poll_url(api: Api) -> None
         assert answer.headers["Location"] == path
     assert answer.body["outcome"] == "claimed", answer.body
     assert answer.body["task_id"].startswith("task-")
+
+    # A claim older than one already processed: the engine takes it for a
+    # redelivery and says nothing; the poll says so.
+    late_id = "upstream-claim-0"
+    api.deployment.produce(
+        [_event("task_claim", user, at - 60, event_id=late_id, template_id=CLEAR, user_tags=[])]
+    )
+    _, offset = api.deployment.positions[late_id]
+    path = f"/users/{user}/claims/{late_id}?offset={offset}&since_ms={(at - 61) * 1000}"
+    deadline = time.monotonic() + 30
+    while (answer := call(api.a, path, token=token_for(user))).status == 202:
+        assert time.monotonic() < deadline, answer.body
+    assert (answer.status, answer.body["outcome"], answer.body["task_id"]) == (200, "ignored", None)

@@ -80,6 +80,7 @@ def worker(loglevel: str) -> None:
     """
     from faust.worker import Worker
 
+    _settings()  # bad settings (e.g. an unreadable secret file): exit 2 with why
     import streams.agents  # registers the agents on the app
     import streams.allocator_agent  # the pools' master allocator
     import streams.metrics  # /metrics, /health and /ready on the web port

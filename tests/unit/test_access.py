@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from app.access import (
     sign_token,
     verify_token,
 )
+from streams.config import Settings
 
 SECRET = b"test secret"
 NOW = 1_800_000_000
@@ -124,3 +127,19 @@ def test_check_access_decides_401_403_or_allowed() -> None:
         401,
         "invalid service key",
     )
+
+
+def test_secrets_come_from_the_environment_or_a_file_and_stay_out_of_repr(
+    tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    settings = Settings.from_env(
+        {"TASKSTREAM_API_SECRET_FILE": str(secret_file), "TASKSTREAM_SERVICE_KEY": "svc-key"}
+    )
+    assert (settings.api_secret, settings.service_key) == ("from-a-file", "svc-key")
+    assert "from-a-file" not in repr(settings)
+    assert "svc-key" not in repr(settings)
+    assert Settings.from_env({}).api_secret == ""  # unset: the API answers 503
+    with pytest.raises(ValueError, match="TASKSTREAM_API_SECRET_FILE: cannot read"):
+        Settings.from_env({"TASKSTREAM_API_SECRET_FILE": str(tmp_path / "missing")})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("core", "broker", "stream", "buckets")
+BENCHMARKS = ("core", "broker", "stream", "buckets", "audit")
 
 
 def main(argv: list[str]) -> int:

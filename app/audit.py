@@ -47,6 +47,7 @@ from schemas.records import (
     RewardGranted,
     RewardRejected,
     RewardRevoked,
+    Tick,
 )
 
 # Output topics (short names, as in streams.config).
@@ -208,20 +209,43 @@ def replay_inputs(
         replayer = expected.replayers.get(message.partition)
         if replayer is None:
             replayer = expected.replayers[message.partition] = Replayer(catalog, budget)
-        try:
-            touched = replayer.apply(event)
-        except Exception as exc:  # as the processor does: a dead letter, never a stop
-            source = f"{message.role}/{message.partition}@{message.offset}"
-            letter = dead_letter_for(message.value or b"", source, f"engine error: {exc!r}")
-            expected.outputs.append((DEAD_LETTERS, letter))
-            continue
-        for user_id, outcome in touched:
+        for user_id, outcome in _apply(replayer, message, event, expected):
             for output in outcome.events:
                 topic = REWARDS if output.TYPE in _REWARD_TYPES else TASK_EVENTS
                 expected.outputs.append((topic, output))
             if on_applied is not None:
                 on_applied(Applied(message, event, user_id, outcome))
     return expected
+
+
+def _apply(
+    replayer: Replayer, message: InputMessage, event: InputEvent, expected: Expected
+) -> list[tuple[str, Outcome]]:
+    """Apply one event as the processor does: a tick user by user, and an
+    engine failure (a bug, or a catalog the core cannot handle) becomes a
+    dead letter for that user's part, never a stop."""
+    if not isinstance(event, Tick):
+        try:
+            return replayer.apply(event)
+        except Exception as exc:
+            _engine_error(message, exc, expected)
+            return []
+    touched: list[tuple[str, Outcome]] = []
+    for user_id in replayer.due_users(event.at):
+        try:
+            outcome = replayer.tick_user(user_id, event)
+        except Exception as exc:
+            _engine_error(message, exc, expected)
+            continue
+        if outcome is not None:
+            touched.append((user_id, outcome))
+    return touched
+
+
+def _engine_error(message: InputMessage, exc: Exception, expected: Expected) -> None:
+    source = f"{message.role}/{message.partition}@{message.offset}"
+    letter = dead_letter_for(message.value or b"", source, f"engine error: {exc!r}")
+    expected.outputs.append((DEAD_LETTERS, letter))
 
 
 # --------------------------------------------------------------- compare
@@ -339,6 +363,23 @@ def reconcile(
     return audits
 
 
+def _unjustified_refusals(
+    refusals: Sequence[tuple[int, int]], denied: Mapping[int, list[int]], closed: bool
+) -> list[int]:
+    """The partitions of refusals no master answer explains. A bucket refuses
+    a reward only after its master refused it a refill of at most that
+    reward's cost (asked, or unasked when the master announces the pool dry:
+    its units are the floor from which rewards are refused), or after the
+    pool was closed."""
+    if closed:
+        return []
+    return [
+        partition
+        for partition, units in refusals
+        if not any(floor <= units for floor in denied.get(partition, ()))
+    ]
+
+
 def _pool_audit(
     pool: Pool,
     rewards: Sequence[Record],
@@ -351,15 +392,17 @@ def _pool_audit(
     paid_by_partition: dict[int, int] = {}
     burn_down: list[tuple[int, int]] = []
     dry_at: int | None = None
+    refusals: list[tuple[int, int]] = []  # (partition, units) of each rejected reward
     for record in rewards:
         if getattr(record, "pool_id", None) != pid:
             continue
         assert isinstance(record, RewardGranted | RewardRevoked | RewardRejected)
+        units = units_of(pools, pid, record.amount_cents)
         if isinstance(record, RewardRejected):
             rejected += 1
             dry_at = record.at if dry_at is None else dry_at
+            refusals.append((partition_of_user(record.user_id), units))
             continue
-        units = units_of(pools, pid, record.amount_cents)
         sign = 1 if isinstance(record, RewardGranted) else -1
         if sign > 0:
             granted += 1
@@ -372,6 +415,7 @@ def _pool_audit(
         burn_down.append((record.at, issued))
     to_buckets = from_buckets = requests = denials = recalls = 0
     received_by_partition: dict[int, int] = {}
+    denied_by_partition: dict[int, list[int]] = {}
     commands: list[str] = []
     for message in messages:
         if getattr(message, "pool_id", None) != pid:
@@ -390,6 +434,7 @@ def _pool_audit(
             requests += 1
         elif isinstance(message, RefillDenied):
             denials += 1
+            denied_by_partition.setdefault(message.partition, []).append(message.units)
         elif isinstance(message, BucketRecalled):
             recalls += 1
         elif isinstance(message, PoolCommand):
@@ -409,10 +454,12 @@ def _pool_audit(
             problems.append(
                 f"partition {partition} paid {paid} but its bucket received only {held} net"
             )
-    if rejected and not denials and "close" not in commands:
+    unjustified = _unjustified_refusals(refusals, denied_by_partition, "close" in commands)
+    if unjustified:
         problems.append(
-            f"{rejected} reward(s) refused for budget, but the master never refused "
-            "a refill nor was the pool closed"
+            f"{len(unjustified)} reward(s) refused for budget in partition(s) "
+            f"{sorted(set(unjustified))} although the master never refused that partition "
+            "a refill of at most their cost (nor was the pool closed)"
         )
     return PoolAudit(
         pid, pool.unit, pool.total, granted, revoked, rejected, issued, revoked_units,

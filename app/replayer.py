@@ -46,15 +46,27 @@ class Replayer:
 
     def _tick(self, tick: Tick) -> list[tuple[str, Outcome]]:
         touched = []
-        for user_id in self.deadlines.pop_due(tick.at):
-            state = self.states.get(user_id)
-            if state is None or state.next_deadline is None or state.next_deadline > tick.at:
-                continue  # a stale index entry: that deadline moved or went away
-            outcome = self._decide(state, tick)
-            if outcome.state is not state:
-                self._store(user_id, state, outcome.state)
-            touched.append((user_id, outcome))
+        for user_id in self.due_users(tick.at):
+            outcome = self.tick_user(user_id, tick)
+            if outcome is not None:
+                touched.append((user_id, outcome))
         return touched
+
+    def due_users(self, at: int) -> list[str]:
+        """The users whose deadline index entry is <= at (taken out of the index)."""
+        return self.deadlines.pop_due(at)
+
+    def tick_user(self, user_id: str, tick: Tick) -> Outcome | None:
+        """Apply a tick to one user `due_users` named; None for a stale entry
+        (that deadline moved or went away). The audit calls this per user, as
+        the processor does, so an engine error costs that user only."""
+        state = self.states.get(user_id)
+        if state is None or state.next_deadline is None or state.next_deadline > tick.at:
+            return None
+        outcome = self._decide(state, tick)
+        if outcome.state is not state:
+            self._store(user_id, state, outcome.state)
+        return outcome
 
     def _decide(self, state: UserState | None, event: InputEvent) -> Outcome:
         return handle(state, event, self.catalog, self.budget)

@@ -90,7 +90,7 @@ REWARDS = Counter(
 )
 REWARD_CENTS = Counter(
     "taskstream_reward_amount_cents",
-    "Sum of the rewards' amount_cents (items for an items pool) by outcome, template and pool.",
+    "Sum of the rewards' amount_cents (also for items pools) by outcome, template and pool.",
     ["outcome", "template_id", "pool_id"],
     registry=REGISTRY,
 )

@@ -42,7 +42,7 @@ from aiokafka.structs import TopicPartition
 from faust.types import TP
 from faust.web import Request, Response, View
 
-from app.access import MAX_USER_ID_LENGTH, check_access
+from app.access import MAX_USER_ID_LENGTH, check_access, service_key_matches
 from app.render import render
 from app.render_json import (
     claim_body,
@@ -74,6 +74,10 @@ _FORWARDED_RESPONSE_HEADERS = (SERVED_BY_HEADER, "Location", "Retry-After", "WWW
 # Output timestamps come from this host's clock, like the claim's `at`: look a
 # little earlier than the claim for its rejection, in case the clock stepped.
 _CLOCK_MARGIN_MS = 1_000
+# Scans of task-events for a claim's rejection (each a short-lived consumer):
+# at most this many at once per worker, so polling cannot swamp it.
+MAX_CONCURRENT_SCANS = 4
+_scans: asyncio.Semaphore | None = None
 
 
 class BadRequest(Exception):
@@ -135,6 +139,14 @@ class ClaimsView(View):
         refused = await _gate(req, user_id, body)
         if refused is not None:
             return refused
+        if user_tags and not _from_service(req):
+            # Eligibility rules read the tags: a user's own token cannot vouch
+            # for them (anyone could claim a "lapsed users only" task).
+            return _error(
+                403,
+                "user_tags may only be sent by a service (X-Service-Key); "
+                "a user token claims with no tags",
+            )
         claim_id = claim_event_id(user_id, request_id, uuid.uuid4().hex)
         before = await _read_user(user_id)
         task_id = claimed_task_id(before, claim_id)
@@ -212,6 +224,10 @@ def _claim_request(body: bytes) -> tuple[str, tuple[str, ...], str | None]:
     ):
         raise BadRequest(f"'request_id' must be a string of 1 to {MAX_TEXT} characters")
     return template_id, tuple(tags), request_id
+
+
+def _from_service(req: web.Request) -> bool:
+    return service_key_matches(req.headers.get("X-Service-Key") or "", settings.service_key)
 
 
 def _int_param(req: web.Request, name: str) -> int:
@@ -379,7 +395,7 @@ async def _outcome(
     judged_last = last is not None and last[1] == claim_id
     if last is not None and judged_last:  # a retry: its first judgement may be older
         since_ms = min(since_ms, last[0] // 1000 - _CLOCK_MARGIN_MS)
-    reason = await _find_rejection(partition, claim_id, since_ms, deadline)
+    reason = await _find_rejection(partition, user_id, claim_id, since_ms, deadline)
     if reason is not None:
         return _reply(200, claim_body(claim_id, None, reason))
     if user is None or judged_last:  # rejected; the output is still on its way to the broker
@@ -391,10 +407,21 @@ async def _outcome(
 
 
 async def _find_rejection(
-    partition: int, claim_id: str, since_ms: int, deadline: float
+    partition: int, user_id: str, claim_id: str, since_ms: int, deadline: float
 ) -> str | None:
-    """The reason of the claim_rejected caused by `claim_id`, read from the
-    task-events partition from `since_ms` on, until `deadline` (loop time)."""
+    """The reason of `user_id`'s claim_rejected caused by `claim_id`, read
+    from the task-events partition from `since_ms` on, until `deadline`
+    (loop time); at most MAX_CONCURRENT_SCANS scans at once."""
+    global _scans
+    if _scans is None:  # created in the running loop
+        _scans = asyncio.Semaphore(MAX_CONCURRENT_SCANS)
+    async with _scans:
+        return await _scan_for_rejection(partition, user_id, claim_id, since_ms, deadline)
+
+
+async def _scan_for_rejection(
+    partition: int, user_id: str, claim_id: str, since_ms: int, deadline: float
+) -> str | None:
     loop = asyncio.get_running_loop()
     tp = TopicPartition(settings.topic(TASK_EVENTS), partition)
     consumer = AIOKafkaConsumer(
@@ -417,7 +444,7 @@ async def _find_rejection(
                 positioned = True
             batch = await consumer.getmany(tp, timeout_ms=200)
             for message in batch.get(tp, []):
-                reason = _rejection_reason(message.value, claim_id)
+                reason = _rejection_reason(message.value, user_id, claim_id)
                 if reason is not None:
                     return reason
             if loop.time() >= deadline:
@@ -427,14 +454,16 @@ async def _find_rejection(
         await consumer.stop()
 
 
-def _rejection_reason(value: bytes | None, claim_id: str) -> str | None:
+def _rejection_reason(value: bytes | None, user_id: str, claim_id: str) -> str | None:
     try:
         doc = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return None
     if not isinstance(doc, dict) or doc.get("type") != "claim_rejected":
         return None
-    return str(doc.get("reason")) if doc.get("caused_by") == claim_id else None
+    if doc.get("caused_by") != claim_id or doc.get("user_id") != user_id:
+        return None  # another claim, or another user's (ids are not secrets)
+    return str(doc.get("reason"))
 
 
 # -------------------------------------------------------------- answers

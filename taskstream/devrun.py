@@ -5,13 +5,16 @@
 2. The topics (created if missing).
 3. The sample campaign: samples/templates.json and pools.json published to
    the templates topic, then samples/events.jsonl produced to the inputs.
-4. One `taskstream worker` in the foreground. Ctrl-C stops it cleanly; a
+4. A development secret for the render API (kept in .data/dev-api-secret)
+   unless TASKSTREAM_API_SECRET(_FILE) is set, so tokens can be minted.
+5. One `taskstream worker` in the foreground. Ctrl-C stops it cleanly; a
    broker this run started is stopped too (TASKSTREAM_KEEP_BROKER=1 keeps it).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +29,20 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 def say(message: str) -> None:
     print(f"[make run] {message}", file=sys.stderr, flush=True)
+
+
+def dev_api_secret(folder: Path) -> Path | None:
+    """Point the render API at a development secret file, created once, unless
+    a secret is configured; the file's path (None when one was configured)."""
+    if os.environ.get("TASKSTREAM_API_SECRET") or os.environ.get("TASKSTREAM_API_SECRET_FILE"):
+        return None
+    path = folder / "dev-api-secret"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    os.environ["TASKSTREAM_API_SECRET_FILE"] = str(path)
+    return path
 
 
 def main() -> int:
@@ -68,6 +85,13 @@ def main() -> int:
     )
     if produced.returncode not in (0, 1):  # 1: some sample lines are deliberately unroutable
         return produced.returncode
+    secret = dev_api_secret(Path(".data"))
+    web = f"http://127.0.0.1:{settings.web_port}"
+    token = (
+        f"TASKSTREAM_API_SECRET_FILE={secret} .venv/bin/taskstream token u_alice"
+        if secret is not None
+        else ".venv/bin/taskstream token u_alice"
+    )
     say(
         "the worker starts now; in a second terminal:\n"
         "    .venv/bin/taskstream tail task-events --from-beginning\n"
@@ -75,7 +99,13 @@ def main() -> int:
         "    .venv/bin/taskstream tail dead-letters --from-beginning\n"
         "    .venv/bin/taskstream tick            # time passes: due tasks expire\n"
         f"    .venv/bin/taskstream replay --templates {SAMPLES / 'templates.json'} "
-        f"--pools {SAMPLES / 'pools.json'} --events {SAMPLES / 'events.jsonl'} --out -"
+        f"--pools {SAMPLES / 'pools.json'} --events {SAMPLES / 'events.jsonl'} --out -\n"
+        "    .venv/bin/taskstream audit --report audit.html   # the log replayed vs the outputs\n"
+        "    .venv/bin/taskstream explain u_alice              # why a reward came, or not\n"
+        "    .venv/bin/taskstream pools status\n"
+        f"    curl {web}/ready ; curl {web}/metrics\n"
+        f'    curl -H "Authorization: Bearer $({token})" \\\n'
+        f'         "{web}/users/u_alice/tasks?scene=home"'
     )
     worker = subprocess.Popen([command, "worker"])
     try:

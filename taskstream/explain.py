@@ -71,7 +71,7 @@ def explain_user(
         for m in messages
         if m.topic in INPUT_TOPICS and (m.key == key or m.topic == "ticks")
     ]
-    outputs = _user_outputs(user_id, messages)
+    outputs = _user_outputs(user_id, messages, prefix)
     rewards = [record for topic, record in outputs if topic == REWARDS]
     budget = RecordedBudget(catalog.pools.values(), decisions_from(rewards, catalog))
     applied: list[Applied] = []
@@ -100,8 +100,15 @@ def explain_user(
     return lines, comparison
 
 
-def _user_outputs(user_id: str, messages: Sequence[LogMessage]) -> list[tuple[str, Record]]:
+def _user_outputs(
+    user_id: str, messages: Sequence[LogMessage], prefix: str
+) -> list[tuple[str, Record]]:
+    """The user's outputs: task events and rewards naming them, and the dead
+    letters of their input messages (not a notifier's, nor a budget topic's)."""
     key = user_id.encode()
+    input_sources = tuple(
+        start for role in INPUT_TOPICS for start in (f"{prefix}{role}/", f"{role}/")
+    )
     outputs: list[tuple[str, Record]] = []
     for m in messages:
         if m.topic not in (TASK_EVENTS, REWARDS, DEAD_LETTERS):
@@ -111,7 +118,9 @@ def _user_outputs(user_id: str, messages: Sequence[LogMessage]) -> list[tuple[st
         except SchemaError:
             continue
         if getattr(record, "user_id", None) == user_id or (
-            m.topic == DEAD_LETTERS and m.key == key
+            m.topic == DEAD_LETTERS
+            and m.key == key
+            and str(getattr(record, "source", "")).startswith(input_sources)
         ):
             outputs.append((m.topic, record))
     return outputs

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
@@ -116,7 +117,12 @@ class WebhookTarget:
         self._opener = urllib.request.build_opener(_NoRedirects())
 
     def describe(self) -> str:
-        return f"webhook {self.url}"
+        # Logged and written into dead letters: never the URL's credentials
+        # (user:password@) or query (often ?token=...).
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return f"webhook {urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, '', ''))}"
 
     def deliver(self, key: str, payload: bytes) -> Attempt:
         request = urllib.request.Request(

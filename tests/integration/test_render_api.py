@@ -318,8 +318,14 @@ def test_claim_round_trip_through_the_other_worker(api: Api) -> None:
     token = token_for(user)
     claims = f"/users/{user}/claims"
 
-    def post(doc: dict[str, Any]) -> Answer:
-        return call(entry, claims, token=token, method="POST", body=orjson.dumps(doc))
+    def post(doc: dict[str, Any]) -> Answer:  # the back end vouches for the user's tags
+        return call(entry, claims, service_key=SERVICE_KEY, method="POST", body=orjson.dumps(doc))
+
+    # A user's own token cannot vouch for tags (eligibility reads them).
+    self_tagged = orjson.dumps({"template_id": CLEAR, "user_tags": ["lapsed"]})
+    vouched = call(entry, claims, token=token, method="POST", body=self_tagged)
+    assert vouched.status == 403, vouched.body
+    assert "user_tags" in vouched.body["error"]
 
     first = post({"template_id": CLEAR, "user_tags": ["lapsed"], "request_id": "r-1"})
     assert first.status == 200, first.body

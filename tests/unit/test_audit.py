@@ -37,6 +37,7 @@ from schemas.records import (
     BucketGranted,
     InputEvent,
     Record,
+    RefillDenied,
     RewardGranted,
     Tick,
 )
@@ -286,3 +287,28 @@ def test_a_reward_without_a_recorded_decision_is_decided_by_what_is_left() -> No
     budget.credit("cash", 60)
     assert budget.try_debit("cash", 100, "r3")
     assert budget.undecided == ["r1", "r2", "r3"]
+
+
+def test_reconcile_ties_each_refusal_to_a_denial_of_its_own_partition() -> None:
+    """A refusal is justified only by a master's refusal (asked, or the dry
+    announcement) sent to that partition: one sent elsewhere, or later in
+    another partition, does not excuse it."""
+    catalog = _catalog(3_000, 500, 1)
+    partitions = 4
+    outputs, budget = _bucketed_run(catalog, _log(11, events=800), partitions)
+    rewards = [r for r in outputs if r.TYPE in _REWARD_TYPES]
+
+    def part(user: str) -> int:
+        return partition_for(user.encode(), partitions)
+
+    refused = next(r for r in rewards if r.TYPE == "reward_rejected" and r.pool_id == "cash")
+    victim = part(refused.user_id)  # type: ignore[attr-defined]
+    without = [
+        m
+        for m in budget
+        if not (isinstance(m, RefillDenied) and m.pool_id == "cash" and m.partition == victim)
+    ]
+    assert len(without) < len(budget)
+    assert any(isinstance(m, RefillDenied) and m.pool_id == "cash" for m in without)
+    cash = next(a for a in reconcile(catalog.pools, rewards, without, part) if a.pool_id == "cash")
+    assert any(f"[{victim}]" in p for p in cash.problems), cash.problems

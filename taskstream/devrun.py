@@ -18,17 +18,64 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from streams.config import Settings
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.config import STATE_TABLE, Settings
 from taskstream import broker
-from taskstream.kafka_io import ensure_topics
+from taskstream.kafka_io import admin, changelog_topic, client_config, ensure_topics
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def say(message: str) -> None:
     print(f"[make run] {message}", file=sys.stderr, flush=True)
+
+
+def set_aside_stale_tables(settings: Settings) -> Path | None:
+    """Local tables that belong to another Kafka cluster (the broker was wiped
+    or replaced since) make faust stop with a ConsistencyError. Recognise
+    them (the cluster id this folder was used with, kept in it; for a folder
+    from before that, an empty state changelog) and move them aside, never
+    delete them: the worker rebuilds its tables from the changelogs."""
+    data = settings.data_dir
+    cluster = _cluster_id(settings)
+    marker = data / "kafka-cluster-id"
+    stale = False
+    if data.is_dir() and any(data.iterdir()):
+        if marker.exists():
+            stale = marker.read_text().strip() != cluster
+        else:
+            stale = _changelog_empty(settings)
+    aside = None
+    if stale:
+        aside = data.with_name(f"{data.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}")
+        data.rename(aside)
+        say(f"{data} held tables of another Kafka cluster: moved to {aside}")
+    data.mkdir(parents=True, exist_ok=True)
+    marker.write_text(cluster + "\n")
+    return aside
+
+
+def _cluster_id(settings: Settings) -> str:
+    return str(admin(settings).list_topics(timeout=10).cluster_id)
+
+
+def _changelog_empty(settings: Settings) -> bool:
+    topic = changelog_topic(settings, STATE_TABLE)
+    consumer = Consumer(client_config(settings, **{"group.id": "taskstream-devrun-probe"}))
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return True
+        return all(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] == 0
+            for p in metadata.partitions
+        )
+    finally:
+        consumer.close()
 
 
 def dev_api_secret(folder: Path) -> Path | None:
@@ -66,6 +113,7 @@ def main() -> int:
         return 1
     created = ensure_topics(settings)
     say(f"topics: {'created ' + ', '.join(created) if created else 'all present'}")
+    set_aside_stale_tables(settings)
     command = str(Path(sys.executable).with_name("taskstream"))
     subprocess.run(
         [

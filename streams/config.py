@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.kafka_security import KafkaSecurity
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 
 
@@ -28,6 +30,11 @@ class Settings:
                                unset: the API answers 503 (docs/api.md)
     TASKSTREAM_SERVICE_KEY     key of back-end callers, X-Service-Key header (or
                                TASKSTREAM_SERVICE_KEY_FILE); unset: no service access
+    TASKSTREAM_API_RATE        render API requests/s this worker works on; the excess
+                               gets a fallback answer (default 400; docs/api.md)
+    TASKSTREAM_API_BURST       requests above the rate taken at once (default 100)
+    TASKSTREAM_API_CONCURRENCY render API requests in flight at most (default 32)
+    TASKSTREAM_API_CACHE       answers kept for fallbacks, per worker (default 10000)
     TASKSTREAM_STORE           table store URL (default rocksdb://; memory:// for tests)
     TASKSTREAM_SESSION_TIMEOUT seconds before a silent worker's partitions move (default 30)
     TASKSTREAM_PROGRESS_SECONDS how often the worker logs its progress line (default 10)
@@ -36,6 +43,20 @@ class Settings:
     TASKSTREAM_BATCH_WINDOW    seconds a batch waits to fill up (default 0.02)
     TASKSTREAM_MAX_PENDING     events one partition may hold back for event-time
                                order before it releases them anyway (default 20000)
+
+    Connecting to a secured cluster (docs/security.md; every client uses them):
+    KAFKA_SECURITY_PROTOCOL    PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL
+    KAFKA_SASL_MECHANISM       PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)
+    KAFKA_SASL_USERNAME        the SASL user
+    KAFKA_SASL_PASSWORD        its password (or KAFKA_SASL_PASSWORD_FILE: read from
+                               that file); never logged
+    KAFKA_SSL_CA_FILE          PEM CA bundle the brokers' certificates are checked
+                               against (default: the system's CAs)
+    KAFKA_SSL_CERT_FILE        client certificate (PEM) for brokers that ask for one,
+    KAFKA_SSL_KEY_FILE         and its private key (PEM); KAFKA_SSL_KEY_PASSWORD
+                               (or _FILE) if the key is encrypted
+    KAFKA_SSL_CHECK_HOSTNAME   check the broker's host name in its certificate
+                               (default true; false only for test setups)
     """
 
     bootstrap: str = DEFAULT_BOOTSTRAP
@@ -49,6 +70,10 @@ class Settings:
     # Secrets: never in repr (settings may be logged).
     api_secret: str = field(default="", repr=False)
     service_key: str = field(default="", repr=False)
+    api_rate: int = 400
+    api_burst: int = 100
+    api_concurrency: int = 32
+    api_cache: int = 10_000
     store: str = "rocksdb://"
     session_timeout: int = 30
     progress_seconds: int = 10
@@ -56,6 +81,8 @@ class Settings:
     batch_max: int = 2000
     batch_window: float = 0.02
     max_pending: int = 20_000
+    # TLS and SASL of every Kafka client; its secrets are kept out of repr.
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +99,10 @@ class Settings:
             web_host=env.get("TASKSTREAM_WEB_HOST") or cls.web_host,
             api_secret=_secret(env, "TASKSTREAM_API_SECRET"),
             service_key=_secret(env, "TASKSTREAM_SERVICE_KEY"),
+            api_rate=_positive_int(env, "TASKSTREAM_API_RATE", cls.api_rate),
+            api_burst=_positive_int(env, "TASKSTREAM_API_BURST", cls.api_burst),
+            api_concurrency=_positive_int(env, "TASKSTREAM_API_CONCURRENCY", cls.api_concurrency),
+            api_cache=_positive_int(env, "TASKSTREAM_API_CACHE", cls.api_cache),
             store=env.get("TASKSTREAM_STORE", cls.store),
             session_timeout=_positive_int(env, "TASKSTREAM_SESSION_TIMEOUT", cls.session_timeout),
             progress_seconds=_positive_int(
@@ -81,6 +112,7 @@ class Settings:
             batch_max=_positive_int(env, "TASKSTREAM_BATCH_MAX", cls.batch_max),
             batch_window=_positive_float(env, "TASKSTREAM_BATCH_WINDOW", cls.batch_window),
             max_pending=_positive_int(env, "TASKSTREAM_MAX_PENDING", cls.max_pending),
+            kafka_security=KafkaSecurity.from_env(env),
         )
 
     def topic(self, name: str) -> str:

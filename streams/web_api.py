@@ -20,6 +20,15 @@ input) and answered from what the processor recorded: the partition record
 says when the claim's offset was processed, the user's state whether it
 created a task; a rejection's reason is read from the claim_rejected in the
 task-events topic.
+
+Load shedding (docs/api.md "Load shedding"): each worker admits at most
+TASKSTREAM_API_RATE requests/s (bursts of TASKSTREAM_API_BURST) and
+TASKSTREAM_API_CONCURRENCY in flight, checked right after the credentials
+and before any table read or forwarding (streams/shedding.py, O(1)). The
+excess is answered 200 with X-Taskstream-Fallback: the last answer this
+worker gave for that user, scene and tags (cached), else an empty,
+`degraded` one (static); a claim is still produced but answered 202 with
+its poll URL at once (deferred), and a poll 202 without looking.
 """
 
 from __future__ import annotations
@@ -54,10 +63,12 @@ from app.render_json import (
 from app.state import UserState
 from schemas.codec import encode
 from schemas.records import TaskClaim
+from streams import metrics
 from streams.app import app, catalog_feed, settings, state
 from streams.config import CLAIMS, TASK_EVENTS
 from streams.partition_state import PartitionRecord, decode_partition, decode_user, partition_key
 from streams.partition_state import user_key as state_user_key
+from streams.shedding import Admission, AnswerCache, mark_fallback
 from taskstream.partitioner import partition_for
 
 log = logging.getLogger("taskstream.api")
@@ -69,8 +80,15 @@ MAX_TAGS = 64
 MAX_TEXT = 256
 ROUTED_HEADER = "X-Taskstream-Routed"
 SERVED_BY_HEADER = "X-Served-By"
+FALLBACK_HEADER = "X-Taskstream-Fallback"  # cached | static | deferred
 _FORWARDED_REQUEST_HEADERS = ("Authorization", "X-Service-Key", "Content-Type")
-_FORWARDED_RESPONSE_HEADERS = (SERVED_BY_HEADER, "Location", "Retry-After", "WWW-Authenticate")
+_FORWARDED_RESPONSE_HEADERS = (
+    SERVED_BY_HEADER,
+    FALLBACK_HEADER,
+    "Location",
+    "Retry-After",
+    "WWW-Authenticate",
+)
 # Output timestamps come from this host's clock, like the claim's `at`: look a
 # little earlier than the claim for its rejection, in case the clock stepped.
 _CLOCK_MARGIN_MS = 1_000
@@ -78,6 +96,11 @@ _CLOCK_MARGIN_MS = 1_000
 # at most this many at once per worker, so polling cannot swamp it.
 MAX_CONCURRENT_SCANS = 4
 _scans: asyncio.Semaphore | None = None
+# This worker's load limit and the answers its fallbacks come from (memory
+# only: a restarted worker answers `static` until it has served again).
+_admission = Admission(settings.api_rate, settings.api_burst, settings.api_concurrency)
+_answers = AnswerCache(settings.api_cache)
+CacheKey = tuple[str, str, tuple[str, ...] | None]  # user id, scene, tags
 
 
 class BadRequest(Exception):
@@ -114,13 +137,30 @@ class TasksView(View):
             scene, tags = _render_query(req)
         except BadRequest as exc:
             return _error(400, str(exc))
-        refused = await _gate(req, user_id, None)
+        refused = _check_caller(req, user_id)
         if refused is not None:
             return refused
-        at = _now_micros()
-        user = _known_templates_only(await _read_user(user_id))
-        views = render(user, catalog_feed.catalog, scene, at, tags)
-        return _reply(200, tasks_body(user_id, scene, at, views))
+        key: CacheKey = (user_id, scene, tags)
+        if not _admit():
+            return _tasks_fallback(key)
+        try:
+            routed = await _route(req, user_id, None)
+            if routed is not None:
+                metrics.API_REQUESTS.labels("tasks", "forwarded").inc()
+                relayed = cast(web.Response, routed).body  # bytes: see _forward
+                fresh = routed.status == 200 and FALLBACK_HEADER not in routed.headers
+                if fresh and isinstance(relayed, bytes):
+                    _answers.put(key, relayed)  # this worker's fallback for the user
+                return routed
+            at = _now_micros()
+            user = _known_templates_only(await _read_user(user_id))
+            views = render(user, catalog_feed.catalog, scene, at, tags)
+            body = orjson.dumps(tasks_body(user_id, scene, at, views))
+            _answers.put(key, body)
+            metrics.API_REQUESTS.labels("tasks", "served").inc()
+            return _reply_bytes(200, body)
+        finally:
+            _release()
 
 
 @app.page("/users/{user_id}/claims", name="claims")
@@ -136,7 +176,7 @@ class ClaimsView(View):
             template_id, user_tags, request_id = _claim_request(body)
         except BadRequest as exc:
             return _error(400, str(exc))
-        refused = await _gate(req, user_id, body)
+        refused = _check_caller(req, user_id)
         if refused is not None:
             return refused
         if user_tags and not _from_service(req):
@@ -148,18 +188,28 @@ class ClaimsView(View):
                 "a user token claims with no tags",
             )
         claim_id = claim_event_id(user_id, request_id, uuid.uuid4().hex)
-        before = await _read_user(user_id)
-        task_id = claimed_task_id(before, claim_id)
-        if task_id is not None:  # a retry of a claim that created a task
-            return _reply(200, claim_body(claim_id, task_id, None))
-        at = _now_micros()
-        claim = TaskClaim(claim_id, user_id, template_id, at, user_tags)
-        partition = _partition(user_id)
-        sent = await app.producer.send_and_wait(
-            settings.topic(CLAIMS), user_id.encode(), encode(claim), partition, None, None
-        )
-        since_ms = at // 1000 - _CLOCK_MARGIN_MS
-        return await _outcome(user_id, claim_id, sent.offset, since_ms, CLAIM_WAIT_SECONDS)
+        if not _admit():
+            # Over the limit: no table read, no wait, no forwarding; the claim
+            # is still produced (any worker may) and judged by the processor.
+            # A retry of a claim that created a task is produced again, and
+            # the engine ignores it; the poll URL then answers `claimed`.
+            offset, since_ms = await _produce_claim(claim_id, user_id, template_id, user_tags)
+            metrics.API_REQUESTS.labels("claims", "deferred").inc()
+            return _pending(user_id, claim_id, offset, since_ms, {FALLBACK_HEADER: "deferred"})
+        try:
+            routed = await _route(req, user_id, body)
+            if routed is not None:
+                metrics.API_REQUESTS.labels("claims", "forwarded").inc()
+                return routed
+            metrics.API_REQUESTS.labels("claims", "served").inc()
+            before = await _read_user(user_id)
+            task_id = claimed_task_id(before, claim_id)
+            if task_id is not None:  # a retry of a claim that created a task
+                return _reply(200, claim_body(claim_id, task_id, None))
+            offset, since_ms = await _produce_claim(claim_id, user_id, template_id, user_tags)
+            return await _outcome(user_id, claim_id, offset, since_ms, CLAIM_WAIT_SECONDS)
+        finally:
+            _release()
 
 
 @app.page("/users/{user_id}/claims/{claim_id}", name="claim")
@@ -173,10 +223,21 @@ class ClaimView(View):
             since_ms = _int_param(req, "since_ms")
         except BadRequest as exc:
             return _error(400, str(exc))
-        refused = await _gate(req, user_id, None)
+        refused = _check_caller(req, user_id)
         if refused is not None:
             return refused
-        return await _outcome(user_id, claim_id, offset, since_ms, POLL_WAIT_SECONDS)
+        if not _admit():  # over the limit: still pending, as far as this answer goes
+            metrics.API_REQUESTS.labels("claim_poll", "deferred").inc()
+            return _pending(user_id, claim_id, offset, since_ms, {FALLBACK_HEADER: "deferred"})
+        try:
+            routed = await _route(req, user_id, None)
+            if routed is not None:
+                metrics.API_REQUESTS.labels("claim_poll", "forwarded").inc()
+                return routed
+            metrics.API_REQUESTS.labels("claim_poll", "served").inc()
+            return await _outcome(user_id, claim_id, offset, since_ms, POLL_WAIT_SECONDS)
+        finally:
+            _release()
 
 
 # ----------------------------------------------------------- input checks
@@ -252,9 +313,8 @@ async def _read_body(req: web.Request) -> bytes | None:
 # ------------------------------------------------- credentials and routing
 
 
-async def _gate(req: web.Request, user_id: str, body: bytes | None) -> Response | None:
-    """None when this worker should answer the request itself; otherwise the
-    answer: refused (config, credentials, user id), or the owner's answer."""
+def _check_caller(req: web.Request, user_id: str) -> Response | None:
+    """None when the API is on and the caller may act for `user_id`; else the refusal."""
     if not settings.api_secret:
         return _error(
             503,
@@ -274,6 +334,12 @@ async def _gate(req: web.Request, user_id: str, body: bytes | None) -> Response 
     if denied is not None:
         headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
         return _error(denied.status, denied.message, headers)
+    return None
+
+
+async def _route(req: web.Request, user_id: str, body: bytes | None) -> Response | None:
+    """None when this worker owns the user and can answer; otherwise the
+    owner's answer (forwarded), or 503 while the owner is not known or ready."""
     partition = _partition(user_id)
     owner = _owner_url(partition)
     if owner is None:
@@ -336,6 +402,47 @@ async def _forward(req: web.Request, owner: str, body: bytes | None) -> Response
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("forwarding %s %s to %s failed: %r", req.method, req.rel_url.path, owner, exc)
         return _error(502, f"the worker owning this user ({owner}) did not answer")
+
+
+# ---------------------------------------------------------- load shedding
+
+
+def _admit() -> bool:
+    """Whether this worker takes the request on (then `_release` once answered)."""
+    if not _admission.enter(time.monotonic_ns() // 1000):
+        return False
+    metrics.API_IN_FLIGHT.inc()
+    return True
+
+
+def _release() -> None:
+    _admission.leave()
+    metrics.API_IN_FLIGHT.dec()
+
+
+def _tasks_fallback(key: CacheKey) -> Response:
+    """The answer over the limit: the last one served for this user, scene
+    and tags, else no tasks and no offers; both say `degraded`."""
+    cached = _answers.get(key)
+    if cached is not None:
+        metrics.API_REQUESTS.labels("tasks", "cached").inc()
+        return _reply_bytes(200, mark_fallback(cached, "cached"), {FALLBACK_HEADER: "cached"})
+    user_id, scene, _ = key
+    doc = {**tasks_body(user_id, scene, _now_micros(), ()), "degraded": True, "fallback": "static"}
+    metrics.API_REQUESTS.labels("tasks", "static").inc()
+    return _reply(200, doc, {FALLBACK_HEADER: "static"})
+
+
+async def _produce_claim(
+    claim_id: str, user_id: str, template_id: str, user_tags: tuple[str, ...]
+) -> tuple[int, int]:
+    """Produce the claim (`at` = this worker's clock); (its offset, since_ms for the poll)."""
+    at = _now_micros()
+    claim = TaskClaim(claim_id, user_id, template_id, at, user_tags)
+    sent = await app.producer.send_and_wait(
+        settings.topic(CLAIMS), user_id.encode(), encode(claim), _partition(user_id), None, None
+    )
+    return sent.offset, at // 1000 - _CLOCK_MARGIN_MS
 
 
 # ------------------------------------------------------------- the owner
@@ -474,8 +581,12 @@ def _now_micros() -> int:
 
 
 def _reply(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return _reply_bytes(status, orjson.dumps(doc), headers)
+
+
+def _reply_bytes(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
     response = web.Response(
-        body=orjson.dumps(doc),
+        body=body,
         status=status,
         content_type="application/json",
         headers={SERVED_BY_HEADER: _me(), **(headers or {})},
@@ -491,7 +602,13 @@ def _unavailable(message: str) -> Response:
     return _error(503, message, {"Retry-After": "1"})
 
 
-def _pending(user_id: str, claim_id: str, offset: int, since_ms: int) -> Response:
+def _pending(
+    user_id: str,
+    claim_id: str,
+    offset: int,
+    since_ms: int,
+    headers: dict[str, str] | None = None,
+) -> Response:
     path = f"/users/{quote(user_id, safe='')}/claims/{quote(claim_id, safe='')}"
     location = f"{path}?offset={offset}&since_ms={since_ms}"
-    return _reply(202, pending_body(claim_id), {"Location": location})
+    return _reply(202, pending_body(claim_id), {"Location": location, **(headers or {})})

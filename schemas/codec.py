@@ -19,8 +19,9 @@ from typing import Any, cast
 
 import orjson
 
+from schemas import limits
 from schemas.errors import SchemaError
-from schemas.fields import KINDS, Kind, _type_name
+from schemas.fields import INPUT_KINDS, KINDS, Kind, _type_name
 from schemas.records import INPUT_RECORDS, RECORDS_BY_TYPE, InputEvent, Record
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -46,7 +47,12 @@ def register_upcaster(event_type: str, from_v: int) -> Callable[[Upcaster], Upca
 FieldCheck = tuple[str, Callable[[object], Any], object]  # name, check, fast-path tag
 _STR_ID = object()
 _NONNEG_INT = object()
+_INPUT_ID = object()  # an input's id: also within limits.MAX_ID_CHARS, printable
+_INPUT_CENTS = object()  # an input's amount: 0 ..= limits.MAX_AMOUNT_CENTS
 _FAST = {Kind.ID: _STR_ID, Kind.CENTS: _NONNEG_INT, Kind.COUNT: _NONNEG_INT}
+_INPUT_FAST = {Kind.ID: _INPUT_ID, Kind.CENTS: _INPUT_CENTS}
+_MAX_ID = limits.MAX_ID_CHARS
+_MAX_CENTS = limits.MAX_AMOUNT_CENTS
 FieldOut = tuple[str, Callable[[Any], Any] | None]
 
 
@@ -56,7 +62,10 @@ def _kind_of(f: dataclasses.Field[Any]) -> Kind:
 
 def _specs(cls: type[Record]) -> tuple[tuple[FieldCheck, ...], tuple[FieldOut, ...]]:
     fields = dataclasses.fields(cast(Any, cls))
-    checks = tuple((f.name, KINDS[_kind_of(f)].check, _FAST.get(_kind_of(f))) for f in fields)
+    # Inputs come from outside and are held to the explicit limits (docs/limits.md).
+    is_input = cls in INPUT_RECORDS
+    kinds, fast = (INPUT_KINDS, _INPUT_FAST) if is_input else (KINDS, _FAST)
+    checks = tuple((f.name, kinds[_kind_of(f)].check, fast.get(_kind_of(f))) for f in fields)
     outs = tuple((f.name, KINDS[_kind_of(f)].to_wire) for f in fields)
     return checks, outs
 
@@ -87,7 +96,10 @@ def decode(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> Record:
 
 
 def decode_input(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> InputEvent:
-    """Decode one input event (task_claim, order_paid, order_refunded, tick)."""
+    """Decode one input event (task_claim, order_paid, order_refunded, tick),
+    held to the limits of `schemas.limits`: a message over the size limit is
+    refused before it is parsed."""
+    limits.check_message_size(raw)
     doc = parse_json_object(raw)
     event_type = doc.get("type")
     if event_type not in _INPUT_TYPES and event_type in RECORDS_BY_TYPE:
@@ -119,6 +131,14 @@ def from_wire(doc: dict[str, Any], upcasters: UpcasterRegistry = UPCASTERS) -> R
         # decoding is most of the cost of a replay.
         if fast is _STR_ID:
             if type(value) is str and value:
+                values.append(value)
+                continue
+        elif fast is _INPUT_ID:
+            if type(value) is str and 0 < len(value) <= _MAX_ID and value.isprintable():
+                values.append(value)
+                continue
+        elif fast is _INPUT_CENTS:
+            if type(value) is int and 0 <= value <= _MAX_CENTS:
                 values.append(value)
                 continue
         elif fast is _NONNEG_INT and type(value) is int and value >= 0:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from schemas import limits
 from schemas.errors import SchemaError
 from schemas.timestamps import format_utc, parse_utc
 
@@ -110,4 +111,59 @@ KINDS: dict[Kind, KindSpec] = {
     Kind.COUNT: KindSpec(_check_count, None, {"type": "integer", "minimum": 0}),
     Kind.TIME: KindSpec(parse_utc, format_utc, {"type": "string", "pattern": RFC3339_UTC_PATTERN}),
     Kind.TAGS: KindSpec(_check_tags, _tags_to_wire, {"type": "array", "items": {"type": "string"}}),
+}
+
+
+# ------------------------------------------------------------ input limits
+#
+# Input events (what upstream systems send) are held to the explicit limits
+# of `schemas.limits` (docs/limits.md) on top of their kinds' checks. Outputs
+# and budget messages are written by this program and keep the plain kinds.
+
+
+def _check_input_id(value: object) -> str:
+    return limits.check_id_text(_check_id(value))
+
+
+def _check_input_cents(value: object) -> int:
+    return limits.check_amount(_check_cents(value))
+
+
+def _check_input_time(value: object) -> int:
+    return limits.check_event_time(parse_utc(value), value)  # type: ignore[arg-type]
+
+
+def _check_input_tags(value: object) -> tuple[str, ...]:
+    if type(value) is list:
+        limits.check_tag_count(len(value))
+    tags = _check_tags(value)
+    for index, tag in enumerate(tags):
+        try:
+            _check_input_id(tag)
+        except SchemaError as exc:
+            raise SchemaError(f"item {index}: {exc}") from None
+    return tags
+
+
+_ID_LIMITS = {"minLength": 1, "maxLength": limits.MAX_ID_CHARS}
+INPUT_KINDS: dict[Kind, KindSpec] = {
+    **KINDS,
+    Kind.ID: KindSpec(_check_input_id, None, {"type": "string", **_ID_LIMITS}),
+    Kind.CENTS: KindSpec(
+        _check_input_cents,
+        None,
+        {"type": "integer", "minimum": 0, "maximum": limits.MAX_AMOUNT_CENTS},
+    ),
+    Kind.TIME: KindSpec(
+        _check_input_time, format_utc, {"type": "string", "pattern": RFC3339_UTC_PATTERN}
+    ),
+    Kind.TAGS: KindSpec(
+        _check_input_tags,
+        _tags_to_wire,
+        {
+            "type": "array",
+            "items": {"type": "string", **_ID_LIMITS},
+            "maxItems": limits.MAX_TAGS,
+        },
+    ),
 }

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 import orjson
 
-from schemas.fields import KINDS, Kind
-from schemas.records import ALL_RECORDS, Record
+from schemas.fields import INPUT_KINDS, KINDS, Kind
+from schemas.records import ALL_RECORDS, INPUT_RECORDS, Record
 
 JSON_DIR = Path(__file__).with_name("json")
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -27,8 +27,9 @@ def schema_for(cls: type[Record]) -> dict[str, Any]:
         "type": {"const": cls.TYPE},
         "v": {"const": cls.V},
     }
+    kinds = INPUT_KINDS if cls in INPUT_RECORDS else KINDS  # inputs: docs/limits.md
     for f in fields:
-        properties[f.name] = dict(KINDS[cast(Kind, f.metadata["kind"])].json_schema)
+        properties[f.name] = dict(kinds[cast(Kind, f.metadata["kind"])].json_schema)
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": f"taskstream/schemas/{cls.TYPE}.json",

@@ -55,6 +55,7 @@ from app.engine import Outcome, handle
 from app.state import UserState
 from schemas.codec import decode, decode_input, encode
 from schemas.errors import SchemaError
+from schemas.limits import check_message_size
 from schemas.records import (
     REWARD_RECORDS,
     TO_BUCKET_RECORDS,
@@ -152,8 +153,9 @@ def decode_message(role: str, key: bytes | None, value: bytes | None) -> InputEv
     if type(event) is not Tick:
         user_id: str = event.user_id  # type: ignore[union-attr]
         if key != user_id.encode():
+            shown = key if key is None or len(key) <= 300 else key[:300] + b"..."
             raise SchemaError(
-                f"message key {key!r} is not the event's user_id {user_id!r} "
+                f"message key {shown!r} is not the event's user_id {user_id!r} "
                 "(inputs must be keyed by user_id so each user lives in one partition)"
             )
     return event
@@ -306,6 +308,7 @@ class _Batch:
         try:
             if message.value is None:
                 raise SchemaError("empty message (no value)")
+            check_message_size(message.value)  # the inputs' limit (docs/limits.md)
             record = decode(message.value)
             if record.TYPE not in _TO_BUCKET_TYPES:
                 raise SchemaError(f"a {record.TYPE} event does not belong on the {BUDGET} topic")

@@ -170,10 +170,16 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
     if isinstance(instance, str):
         if len(instance) < schema.get("minLength", 0):
             errors.append(f"{path}: too short")
+        if len(instance) > schema.get("maxLength", len(instance)):
+            errors.append(f"{path}: too long")
         if "pattern" in schema and not re.search(schema["pattern"], instance):
             errors.append(f"{path}: does not match pattern")
     if isinstance(instance, int) and "minimum" in schema and instance < schema["minimum"]:
         errors.append(f"{path}: below minimum")
+    if isinstance(instance, int) and "maximum" in schema and instance > schema["maximum"]:
+        errors.append(f"{path}: above maximum")
+    if isinstance(instance, list) and len(instance) > schema.get("maxItems", len(instance)):
+        errors.append(f"{path}: too many items")
     if isinstance(instance, list) and "items" in schema:
         for i, item in enumerate(instance):
             errors += validate(item, schema["items"], f"{path}[{i}]")
@@ -190,6 +196,7 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
 KNOWN_KEYWORDS = {
     "$schema", "$id", "title", "description", "type", "required", "properties",
     "additionalProperties", "const", "minLength", "minimum", "pattern", "items",
+    "maxLength", "maximum", "maxItems",
 }  # fmt: skip
 
 

@@ -58,6 +58,8 @@ app = faust.App(
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=max(1, settings.session_timeout // 5),
     autodiscover=False,
+    # TLS / SASL (streams.kafka_security): faust passes them to every aiokafka client.
+    **settings.kafka_security.faust_settings(),
 )
 
 
@@ -118,4 +120,7 @@ allocator_table = app.Table(
     extra_topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
 )
 
-catalog_feed = CatalogFeed({"bootstrap.servers": settings.bootstrap}, settings.topic(TEMPLATES))
+catalog_feed = CatalogFeed(
+    {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()},
+    settings.topic(TEMPLATES),
+)

@@ -532,7 +532,9 @@ async def _scan_for_rejection(
     loop = asyncio.get_running_loop()
     tp = TopicPartition(settings.topic(TASK_EVENTS), partition)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap.split(","), enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap.split(","),
+        enable_auto_commit=False,
+        **settings.kafka_security.aiokafka_config(),
     )
     await consumer.start()
     try:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,18 @@ class BrokerSpec:
     home: Path = field(default=Path())
     controller_port: int = 0
     heap: str = "512m"
+    # Opt-in security listeners beside PLAINTEXT (0: none), for testing TLS and
+    # SASL clients (docs/security.md). Inter-broker and controller traffic
+    # stays on the PLAINTEXT listeners, on 127.0.0.1.
+    sasl_port: int = 0  # SASL_PLAINTEXT
+    ssl_port: int = 0  # SSL
+    sasl_ssl_port: int = 0  # SASL_SSL
+    # (user, password): accepted by PLAIN and, created at format time, by
+    # SCRAM-SHA-256 and SCRAM-SHA-512.
+    sasl_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # PKCS12 keystore with the broker's key and certificate chain (SSL listeners).
+    ssl_keystore: Path | None = None
+    ssl_keystore_password: str = field(default="", repr=False)
 
     @classmethod
     def create(
@@ -161,15 +174,66 @@ def fetch_jars(version: str, *, quiet: bool = True) -> Path:
 # ------------------------------------------------------------------- config
 
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def security_listeners(spec: BrokerSpec) -> list[tuple[str, int]]:
+    """(listener name, port) of the opt-in security listeners; the name is the protocol."""
+    wanted = (("SASL_PLAINTEXT", spec.sasl_port), ("SSL", spec.ssl_port))
+    return [(name, port) for name, port in (*wanted, ("SASL_SSL", spec.sasl_ssl_port)) if port]
+
+
+def security_properties(spec: BrokerSpec) -> str:
+    """server.properties lines of the security listeners: SASL logins, TLS keystore."""
+    names = [name for name, _ in security_listeners(spec)]
+    lines = []
+    if any(name.startswith("SASL_") for name in names):
+        if not spec.sasl_users:
+            raise BrokerError("a SASL listener needs at least one user (sasl_users)")
+        lines.append(f"sasl.enabled.mechanisms={','.join(SASL_MECHANISMS)}")
+        plain_users = " ".join(f'user_{user}="{password}"' for user, password in spec.sasl_users)
+        for name in (n for n in names if n.startswith("SASL_")):
+            prefix = f"listener.name.{name.lower()}"
+            lines.append(
+                f"{prefix}.plain.sasl.jaas.config="
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            )
+            for mechanism in SASL_MECHANISMS[1:]:
+                lines.append(
+                    f"{prefix}.{mechanism.lower()}.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+    if any(name.endswith("SSL") for name in names):
+        if spec.ssl_keystore is None:
+            raise BrokerError("an SSL listener needs a keystore (ssl_keystore)")
+        lines += [
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={spec.ssl_keystore}",
+            f"ssl.keystore.password={spec.ssl_keystore_password}",
+            f"ssl.key.password={spec.ssl_keystore_password}",
+            "ssl.client.auth=none",
+        ]
+    return "".join(line + "\n" for line in lines)
+
+
 def server_properties(spec: BrokerSpec) -> str:
     """A single-node KRaft broker+controller on 127.0.0.1, tuned for fast tests."""
+    extra = security_listeners(spec)
+    listeners = ",".join(f"{name}://127.0.0.1:{port}" for name, port in extra)
+    advertised = f"PLAINTEXT://127.0.0.1:{spec.port}" + "".join(
+        f",{name}://127.0.0.1:{port}" for name, port in extra
+    )
+    protocol_map = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" + "".join(
+        f",{name}:{name}" for name, _ in extra
+    )
     return f"""\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{spec.controller_port}
-listeners=PLAINTEXT://127.0.0.1:{spec.port},CONTROLLER://127.0.0.1:{spec.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{spec.port}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:{spec.port},CONTROLLER://127.0.0.1:{spec.controller_port}\
+{"," + listeners if listeners else ""}
+advertised.listeners={advertised}
+listener.security.protocol.map={protocol_map}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs={spec.data_dir}
@@ -185,7 +249,7 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.retention.hours=168
-"""
+{security_properties(spec)}"""
 
 
 LOG4J2 = """\
@@ -262,30 +326,51 @@ def prepare(spec: BrokerSpec, java: str) -> None:
         "-c",
         str(spec.config),
         "--ignore-formatted",
+        *scram_format_args(spec),
     )
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise BrokerError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
 
 
+def scram_format_args(spec: BrokerSpec) -> list[str]:
+    """`kafka-storage format` arguments creating the SCRAM users (KRaft keeps
+    SCRAM credentials in its metadata log, so they exist from the first start)."""
+    if not any(name.startswith("SASL_") for name, _ in security_listeners(spec)):
+        return []
+    return [
+        arg
+        for user, password in spec.sasl_users
+        for mechanism in SASL_MECHANISMS[1:]
+        for arg in ("--add-scram", f"{mechanism}=[name={user},password={password}]")
+    ]
+
+
 # ------------------------------------------------------------------ probing
 
 
-def metadata_ok(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when a broker at `bootstrap` answers a metadata request."""
+def metadata_ok(
+    bootstrap: str, timeout: float = 2.0, *, config: Mapping[str, Any] | None = None
+) -> bool:
+    """True when a broker at `bootstrap` answers a metadata request.
+
+    `config`: more client properties, e.g. TLS/SASL (KafkaSecurity.confluent_config).
+    """
     from confluent_kafka.admin import AdminClient
 
-    config: dict[str, Any] = {
+    probe: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "socket.connection.setup.timeout.ms": int(timeout * 1000),
         # A probe of a broker that is not up yet is expected to fail: quietly.
         "log_level": 0,
         "logger": _silent_logger(),
+        **(config or {}),
     }
-    admin = AdminClient(config)
+    admin = AdminClient(probe)
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:
+        admin.poll(0)  # serves error_cb, if the caller gave one: why it failed
         return False
     return bool(metadata.brokers)
 

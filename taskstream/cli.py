@@ -28,14 +28,12 @@ def _settings() -> Settings:
 
 def _connected_settings() -> Settings:
     """Settings whose brokers answer; otherwise exit 1 with what to do."""
-    from taskstream.broker import metadata_ok
+    from taskstream.kafka_io import connection_problem
 
     settings = _settings()
-    if not metadata_ok(settings.bootstrap, timeout=5.0):
-        _fail(
-            f"no Kafka broker answers at {settings.bootstrap}: start the local one with "
-            "`make kafka-up` (or `make run`), or set KAFKA_BOOTSTRAP to your cluster"
-        )
+    problem = connection_problem(settings, timeout=5.0)
+    if problem is not None:
+        _fail(problem)
     return settings
 
 
@@ -96,7 +94,8 @@ def worker(loglevel: str) -> None:
         click.echo(f"created {', '.join(created)}", err=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     click.echo(
-        f"worker {settings.app_id}: brokers {settings.bootstrap}, "
+        f"worker {settings.app_id}: brokers {settings.bootstrap} "
+        f"({settings.kafka_security.describe()}), "
         f"{settings.partitions} partitions, tables in {settings.data_dir}",
         err=True,
     )

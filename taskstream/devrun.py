@@ -25,7 +25,13 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streams.config import STATE_TABLE, Settings
 from taskstream import broker
-from taskstream.kafka_io import admin, changelog_topic, client_config, ensure_topics
+from taskstream.kafka_io import (
+    admin,
+    broker_answers,
+    changelog_topic,
+    client_config,
+    ensure_topics,
+)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -107,7 +113,7 @@ def main() -> int:
         if not started.started:
             spec = None  # not ours to stop
     settings = Settings.from_env()
-    if not broker.metadata_ok(settings.bootstrap, timeout=10.0):
+    if not broker_answers(settings, timeout=10.0):
         where = settings.bootstrap
         say(f"no Kafka broker answers at {where} (KAFKA_BOOTSTRAP): unset it to start one")
         return 1

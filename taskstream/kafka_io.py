@@ -30,7 +30,57 @@ RDKAFKA_LOGGER = logging.getLogger("rdkafka")
 
 
 def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.bootstrap, "logger": RDKAFKA_LOGGER, **extra}
+    """The confluent-kafka config of every client: brokers, TLS/SASL, our logger."""
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "logger": RDKAFKA_LOGGER,
+        **settings.kafka_security.confluent_config(),
+        **extra,
+    }
+
+
+def broker_answers(settings: Settings, timeout: float = 5.0) -> bool:
+    """True when the brokers answer a metadata request over the configured security."""
+    from taskstream.broker import metadata_ok
+
+    return metadata_ok(
+        settings.bootstrap, timeout, config=settings.kafka_security.confluent_config()
+    )
+
+
+def connection_problem(settings: Settings, timeout: float = 5.0) -> str | None:
+    """None when the brokers answer a metadata request; else what went wrong and
+    what to do, e.g. a refused login (the password is never in it)."""
+    from taskstream.broker import metadata_ok
+
+    errors: list[KafkaError] = []
+    config = {**settings.kafka_security.confluent_config(), "error_cb": errors.append}
+    if metadata_ok(settings.bootstrap, timeout, config=config):
+        return None
+    security = settings.kafka_security
+    refused = [e for e in errors if e.code() in _SECURITY_ERRORS]
+    if refused:
+        return (
+            f"Kafka at {settings.bootstrap} refused the connection "
+            f"({security.describe()}): {refused[-1].str()}"
+        )
+    where = f"{settings.bootstrap} over {security.protocol}"
+    return (
+        f"no Kafka broker answers at {where}: start the local one with "
+        "`make kafka-up` (or `make run`), or set KAFKA_BOOTSTRAP to your cluster"
+    )
+
+
+# librdkafka's codes for a failed login or TLS handshake.
+_SECURITY_ERRORS = frozenset(
+    {
+        KafkaError._AUTHENTICATION,
+        KafkaError._SSL,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.ILLEGAL_SASL_STATE,
+        KafkaError.UNSUPPORTED_SASL_MECHANISM,
+    }
+)
 
 
 def admin(settings: Settings) -> AdminClient:

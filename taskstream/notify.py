@@ -511,13 +511,13 @@ def notify(
 
 
 def _settings_or_exit() -> Settings:
-    from taskstream.broker import metadata_ok
+    from taskstream.kafka_io import broker_answers
 
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if not metadata_ok(settings.bootstrap, timeout=5.0):
+    if not broker_answers(settings, timeout=5.0):
         _fail(
             f"no Kafka broker answers at {settings.bootstrap}: start the local one with "
             "`make kafka-up`, or set KAFKA_BOOTSTRAP to your cluster"

@@ -145,14 +145,14 @@ def _invalid(stats: SourceStats, where: str, reason: str) -> None:
 def _read_kafka(progress: bool) -> Callable[[], list[tuple[str, int, int, bytes | None]]]:
     def read() -> list[tuple[str, int, int, bytes | None]]:
         from streams.config import INPUT_TOPICS, Settings
-        from taskstream.broker import metadata_ok
+        from taskstream.kafka_io import broker_answers
         from taskstream.log_reader import TopicMissing, read_topics
 
         try:
             settings = Settings.from_env()
         except ValueError as exc:
             raise SimulateFailed(str(exc)) from None
-        if not metadata_ok(settings.bootstrap, timeout=5.0):
+        if not broker_answers(settings, timeout=5.0):
             raise SimulateFailed(
                 f"no Kafka broker answers at {settings.bootstrap}: start it with "
                 "`make kafka-up`, or set KAFKA_BOOTSTRAP to your cluster"

@@ -93,7 +93,11 @@ def verify_token(token: str, secret: bytes, now: int) -> str:
 
 def service_key_matches(given: str, expected: str) -> bool:
     """Constant-time comparison of a presented service key with the configured one."""
-    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+    # surrogatepass: a header's undecodable bytes arrive as lone surrogates
+    # (aiohttp decodes with surrogateescape), which plain encode() raises on.
+    return bool(expected) and hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import orjson
 
 from schemas import limits
 from schemas.errors import SchemaError
-from schemas.fields import INPUT_KINDS, KINDS, Kind, _type_name
+from schemas.fields import INPUT_KINDS, KINDS, Kind, KindSpec, _type_name
 from schemas.records import INPUT_RECORDS, RECORDS_BY_TYPE, InputEvent, Record
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -60,21 +60,27 @@ def _kind_of(f: dataclasses.Field[Any]) -> Kind:
     return cast(Kind, f.metadata["kind"])
 
 
-def _specs(cls: type[Record]) -> tuple[tuple[FieldCheck, ...], tuple[FieldOut, ...]]:
+def _checks(
+    cls: type[Record], kinds: Mapping[Kind, KindSpec], fast: Mapping[Kind, object]
+) -> tuple[FieldCheck, ...]:
     fields = dataclasses.fields(cast(Any, cls))
-    # Inputs come from outside and are held to the explicit limits (docs/limits.md).
-    is_input = cls in INPUT_RECORDS
-    kinds, fast = (INPUT_KINDS, _INPUT_FAST) if is_input else (KINDS, _FAST)
-    checks = tuple((f.name, kinds[_kind_of(f)].check, fast.get(_kind_of(f))) for f in fields)
-    outs = tuple((f.name, KINDS[_kind_of(f)].to_wire) for f in fields)
-    return checks, outs
+    return tuple((f.name, kinds[_kind_of(f)].check, fast.get(_kind_of(f))) for f in fields)
+
+
+def _outs(cls: type[Record]) -> tuple[FieldOut, ...]:
+    return tuple((f.name, KINDS[_kind_of(f)].to_wire) for f in dataclasses.fields(cast(Any, cls)))
 
 
 # Computed once at import: the hot path only loops over these tuples.
 _CHECKS: dict[str, tuple[FieldCheck, ...]] = {}
 _OUTS: dict[type[Record], tuple[FieldOut, ...]] = {}
 for _cls in RECORDS_BY_TYPE.values():
-    _CHECKS[_cls.TYPE], _OUTS[_cls] = _specs(_cls)
+    _CHECKS[_cls.TYPE], _OUTS[_cls] = _checks(_cls, KINDS, _FAST), _outs(_cls)
+# `decode_input` (what upstream systems send) also holds the input events to
+# the explicit limits (docs/limits.md); `decode` reads any record as the
+# contract's kinds describe it (outputs, budget messages, or an input on the
+# wrong topic, which its reader refuses for that reason).
+_INPUT_CHECKS = {cls.TYPE: _checks(cls, INPUT_KINDS, _INPUT_FAST) for cls in INPUT_RECORDS}
 _INPUT_TYPES = frozenset(cls.TYPE for cls in INPUT_RECORDS)
 _MISSING = object()
 
@@ -104,11 +110,17 @@ def decode_input(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> I
     event_type = doc.get("type")
     if event_type not in _INPUT_TYPES and event_type in RECORDS_BY_TYPE:
         raise SchemaError(f"type: {event_type!r} is an output event, not an input")
-    return cast(InputEvent, from_wire(doc, upcasters))
+    return cast(InputEvent, _from_wire(doc, upcasters, _INPUT_CHECKS))
 
 
 def from_wire(doc: dict[str, Any], upcasters: UpcasterRegistry = UPCASTERS) -> Record:
     """Validate an already-parsed JSON object into its record."""
+    return _from_wire(doc, upcasters, _CHECKS)
+
+
+def _from_wire(
+    doc: dict[str, Any], upcasters: UpcasterRegistry, checks: Mapping[str, tuple[FieldCheck, ...]]
+) -> Record:
     event_type = doc.get("type", _MISSING)
     if event_type is _MISSING:
         raise SchemaError("type: missing field")
@@ -125,7 +137,7 @@ def from_wire(doc: dict[str, Any], upcasters: UpcasterRegistry = UPCASTERS) -> R
     if version != cls.V:
         doc = _upcast(doc, event_type, version, cls.V, upcasters)
     values: list[Any] = []
-    for name, check, fast in _CHECKS[event_type]:
+    for name, check, fast in checks[event_type]:
         value = doc.get(name, _MISSING)
         # Inline the commonest checks (non-empty string ids, non-negative ints):
         # decoding is most of the cost of a replay.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("core", "broker", "stream", "buckets", "audit")
+BENCHMARKS = ("core", "broker", "stream", "buckets", "audit", "api_spike")
 
 
 def main(argv: list[str]) -> int:

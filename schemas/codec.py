@@ -108,7 +108,8 @@ def decode_input(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> I
     limits.check_message_size(raw)
     doc = parse_json_object(raw)
     event_type = doc.get("type")
-    if event_type not in _INPUT_TYPES and event_type in RECORDS_BY_TYPE:
+    # `type(...) is str` first: a list or an object is unhashable (found by the fuzz).
+    if type(event_type) is str and event_type not in _INPUT_TYPES and event_type in RECORDS_BY_TYPE:
         raise SchemaError(f"type: {event_type!r} is an output event, not an input")
     return cast(InputEvent, _from_wire(doc, upcasters, _INPUT_CHECKS))
 

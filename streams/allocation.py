@@ -36,6 +36,7 @@ from app.catalog import Pool
 from app.dead_letters import dead_letter_for
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
+from schemas.limits import check_message_size
 from schemas.records import TO_MASTER_RECORDS, PoolCommand, ToMaster
 from streams.partition_state import Output
 from streams.processor import (
@@ -242,6 +243,7 @@ class _Step:
     def _decode(self, message: InMessage) -> ToMaster:
         if message.value is None:
             raise SchemaError("empty message (no value)")
+        check_message_size(message.value)  # the inputs' limit (docs/limits.md)
         record = decode(message.value)
         if record.TYPE not in _TO_MASTER_TYPES:
             raise SchemaError(

@@ -370,7 +370,6 @@ def metadata_ok(
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:
-        admin.poll(0)  # serves error_cb, if the caller gave one: why it failed
         return False
     return bool(metadata.brokers)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,24 +52,49 @@ def broker_answers(settings: Settings, timeout: float = 5.0) -> bool:
 def connection_problem(settings: Settings, timeout: float = 5.0) -> str | None:
     """None when the brokers answer a metadata request; else what went wrong and
     what to do, e.g. a refused login (the password is never in it)."""
-    from taskstream.broker import metadata_ok
-
-    errors: list[KafkaError] = []
-    config = {**settings.kafka_security.confluent_config(), "error_cb": errors.append}
-    if metadata_ok(settings.bootstrap, timeout, config=config):
+    refused = _security_error(settings, timeout)
+    if refused is None:
         return None
     security = settings.kafka_security
-    refused = [e for e in errors if e.code() in _SECURITY_ERRORS]
     if refused:
         return (
             f"Kafka at {settings.bootstrap} refused the connection "
-            f"({security.describe()}): {refused[-1].str()}"
+            f"({security.describe()}): {refused}"
         )
     where = f"{settings.bootstrap} over {security.protocol}"
     return (
         f"no Kafka broker answers at {where}: start the local one with "
         "`make kafka-up` (or `make run`), or set KAFKA_BOOTSTRAP to your cluster"
     )
+
+
+def _security_error(settings: Settings, timeout: float) -> str | None:
+    """None when a metadata request succeeds; else librdkafka's reason for a refused
+    login or TLS handshake (as soon as it happens), or "" when nothing answered."""
+    errors: list[KafkaError] = []
+    probe = AdminClient(
+        client_config(
+            settings,
+            **{
+                "socket.connection.setup.timeout.ms": int(timeout * 1000),
+                "error_cb": errors.append,
+                "log_level": 0,  # the reason is reported once, by the caller
+            },
+        )
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if probe.list_topics(timeout=0.5).brokers:
+                return None
+        except KafkaException:
+            pass
+        probe.poll(0)  # serves error_cb
+        refused = [error for error in errors if error.code() in _SECURITY_ERRORS]
+        if refused:
+            return str(refused[-1].str())
+        if time.monotonic() >= deadline:
+            return ""
 
 
 # librdkafka's codes for a failed login or TLS handshake.

@@ -5,11 +5,13 @@ including lone surrogates, which a server decoding raw header bytes with
 `surrogateescape` hands over, huge values, forged, tampered, expired or other
 users' tokens), `check_access` answers with a `Denied` or None and grants
 only to a valid unexpired token for the path's user or the right service key.
-Fixed seed, bounded examples: deterministic in `make test`.
+Fixed seed, bounded examples: deterministic in `make test`
+(TASKSTREAM_FUZZ_EXAMPLES raises the count, as `make chaos` does).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +24,7 @@ SECRET = b"fuzz-secret-\x00\xff"
 SERVICE_KEY = "svc-key-\u00e9"
 PATH_USER = "u42"
 FUZZ = settings(
-    max_examples=400,
+    max_examples=int(os.environ.get("TASKSTREAM_FUZZ_EXAMPLES", "400")),
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

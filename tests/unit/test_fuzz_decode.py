@@ -7,12 +7,14 @@ keys, wrong topic or key, ...) and arbitrary bytes and JSON are fed to
 good log, to `process_batch`: nothing but SchemaError is ever raised, every
 bad message is exactly one dead letter with a reason, and the good events
 give replay's outputs. Fixed seeds and bounded example counts keep it
-deterministic in `make test`.
+deterministic in `make test`; TASKSTREAM_FUZZ_EXAMPLES=20000 (what `make
+chaos` runs) raises the count of examples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import unicodedata
 from pathlib import Path
@@ -53,8 +55,9 @@ from streams.processor import BUDGET_REQUESTS as REQUESTS_ROLE
 from taskstream.replay import replay_lines
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+EXAMPLES = int(os.environ.get("TASKSTREAM_FUZZ_EXAMPLES", "500"))
 FUZZ = settings(
-    max_examples=500,
+    max_examples=EXAMPLES,
     derandomize=True,  # a fixed seed: the same examples on every run
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -344,7 +347,7 @@ def test_the_good_log_exercises_rewards() -> None:
     assert {"task_claimed", "task_completed", "reward_granted"} <= kinds
 
 
-@settings(max_examples=12, derandomize=True, deadline=None)
+@settings(max_examples=max(12, EXAMPLES // 1000), derandomize=True, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     hostile_every=st.integers(1, 4),

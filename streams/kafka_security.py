@@ -96,7 +96,8 @@ class KafkaSecurity:
         if self.sasl_mechanism not in MECHANISMS:
             raise ValueError(
                 f"KAFKA_SECURITY_PROTOCOL={self.protocol} needs KAFKA_SASL_MECHANISM, one of "
-                f"{', '.join(MECHANISMS)}, got {self.sasl_mechanism or 'nothing'!r}"
+                f"{', '.join(MECHANISMS)}; got "
+                + (repr(self.sasl_mechanism) if self.sasl_mechanism else "none")
             )
         if not self.sasl_username:
             raise ValueError(

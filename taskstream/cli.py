@@ -52,7 +52,8 @@ def main() -> None:
 
     Configuration comes from the environment: KAFKA_BOOTSTRAP (brokers),
     TASKSTREAM_TOPIC_PREFIX, TASKSTREAM_PARTITIONS, TASKSTREAM_DATA_DIR,
-    TASKSTREAM_APP_ID, TASKSTREAM_WEB_PORT.
+    TASKSTREAM_APP_ID, TASKSTREAM_WEB_PORT; TLS and SASL with
+    KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_* (docs/security.md).
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

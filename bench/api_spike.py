@@ -97,7 +97,10 @@ def widen_templates(dep: Deployment) -> None:
     path = dep.root / f"{dep.name}-templates.json"
     path.write_bytes(orjson.dumps(docs))
     subprocess.run(
-        [TASKSTREAM, "templates", "publish", "--templates", str(path)],
+        [
+            *(TASKSTREAM, "templates", "publish", "--templates", str(path)),
+            *("--pools", str(dep.root / f"{dep.name}-pools.json")),  # written by Deployment
+        ],
         env=dep.env,
         check=True,
         capture_output=True,

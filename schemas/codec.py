@@ -23,6 +23,7 @@ from schemas import limits
 from schemas.errors import SchemaError
 from schemas.fields import INPUT_KINDS, KINDS, Kind, KindSpec, _type_name
 from schemas.records import INPUT_RECORDS, RECORDS_BY_TYPE, InputEvent, Record
+from schemas.timestamps import parse_utc
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 # (type, from_v) -> function producing the same event at v = from_v + 1.
@@ -50,9 +51,12 @@ _NONNEG_INT = object()
 _INPUT_ID = object()  # an input's id: also within limits.MAX_ID_CHARS, printable
 _INPUT_CENTS = object()  # an input's amount: 0 ..= limits.MAX_AMOUNT_CENTS
 _FAST = {Kind.ID: _STR_ID, Kind.CENTS: _NONNEG_INT, Kind.COUNT: _NONNEG_INT}
-_INPUT_FAST = {Kind.ID: _INPUT_ID, Kind.CENTS: _INPUT_CENTS}
+_INPUT_TIME = object()  # an input's event time: within limits.MIN/MAX_EVENT_TIME
+_INPUT_FAST = {Kind.ID: _INPUT_ID, Kind.CENTS: _INPUT_CENTS, Kind.TIME: _INPUT_TIME}
 _MAX_ID = limits.MAX_ID_CHARS
+_MAX_BYTES = limits.MAX_MESSAGE_BYTES
 _MAX_CENTS = limits.MAX_AMOUNT_CENTS
+_MIN_AT, _MAX_AT = limits.MIN_EVENT_TIME, limits.MAX_EVENT_TIME
 FieldOut = tuple[str, Callable[[Any], Any] | None]
 
 
@@ -105,7 +109,8 @@ def decode_input(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> I
     """Decode one input event (task_claim, order_paid, order_refunded, tick),
     held to the limits of `schemas.limits`: a message over the size limit is
     refused before it is parsed."""
-    limits.check_message_size(raw)
+    if type(raw) is not bytes or len(raw) > _MAX_BYTES:  # the size check, inlined for bytes
+        limits.check_message_size(raw)
     doc = parse_json_object(raw)
     event_type = doc.get("type")
     # `type(...) is str` first: a list or an object is unhashable (found by the fuzz).
@@ -142,12 +147,21 @@ def _from_wire(
         value = doc.get(name, _MISSING)
         # Inline the commonest checks (non-empty string ids, non-negative ints):
         # decoding is most of the cost of a replay.
-        if fast is _STR_ID:
-            if type(value) is str and value:
+        if fast is _INPUT_ID:
+            if type(value) is str and 0 < len(value) <= _MAX_ID and value.isprintable():
                 values.append(value)
                 continue
-        elif fast is _INPUT_ID:
-            if type(value) is str and 0 < len(value) <= _MAX_ID and value.isprintable():
+        elif fast is _INPUT_TIME:
+            if type(value) is str:
+                try:
+                    micros = parse_utc(value)
+                except SchemaError as exc:
+                    raise SchemaError(f"{event_type}.{name}: {exc}") from None
+                if _MIN_AT <= micros < _MAX_AT:
+                    values.append(micros)
+                    continue
+        elif fast is _STR_ID:
+            if type(value) is str and value:
                 values.append(value)
                 continue
         elif fast is _INPUT_CENTS:

@@ -2,8 +2,8 @@
 
 One `taskstream worker` (real broker, RocksDB) holds USERS users, each with a
 clear box and a dark box claimed now. Three phases of --seconds each, with
-the same steady input (orders at --events-rate, each phase to its own users
-so every order advances a task):
+the same steady input at --events-rate (90 % orders, each phase to its own
+users so every order advances a task; 5 % claims, 5 % refunds):
 
 - **baseline**: no requests;
 - **spike, limited**: aiohttp clients (--clients processes) offer --offered
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -42,7 +44,7 @@ import orjson
 
 from app.access import sign_token
 from bench.stream import SAMPLES, TASKSTREAM, Deployment, bench_broker
-from schemas.records import OrderPaid, TaskClaim
+from schemas.records import InputEvent, OrderPaid, OrderRefunded, TaskClaim
 from taskstream import broker
 
 SECRET = "api-spike-secret"
@@ -118,11 +120,22 @@ def claims(users: int) -> Iterator[TaskClaim]:
             yield TaskClaim(f"claim-{template}-{n}", user(n), template, at, ("lapsed",))
 
 
-def orders(phase: str, first_user: int, users: int, count: int) -> Iterator[OrderPaid]:
+def events(phase: str, first_user: int, users: int, count: int) -> Iterator[InputEvent]:
+    """Mostly orders of the phase's users (each advances their clear box),
+    with a claim (5 %) and a refund (5 %) among them: every input topic
+    moves, as in production (an idle input holds the event-time merge back
+    until the consumer has seen its high watermark again)."""
     for n in range(count):
-        who = first_user + n % users
         at = time.time_ns() // 1000  # made when sent: the engine sees them in time order
-        yield OrderPaid(f"{phase}-o{n}", f"{phase}-ord{n}", user(who), 2_000, "app", at)
+        if n % 20 == 0:
+            yield TaskClaim(f"{phase}-c{n}", f"{phase}-new{n}", CLEAR, at, ("lapsed",))
+        elif n % 20 == 1 and n > 20:  # refunds the order sent 19 events before
+            who = user(first_user + (n - 19) % users)
+            yield OrderRefunded(f"{phase}-r{n}", f"{phase}-ref{n}", f"{phase}-ord{n - 19}", who,
+                                2_000, at)  # fmt: skip
+        else:
+            who = user(first_user + n % users)
+            yield OrderPaid(f"{phase}-o{n}", f"{phase}-ord{n}", who, 2_000, "app", at)
 
 
 # ------------------------------------------------------------- the client
@@ -131,6 +144,7 @@ def orders(phase: str, first_user: int, users: int, count: int) -> Iterator[Orde
 @dataclass
 class Tally:
     offered: int = 0
+    cpu_seconds: float = 0.0  # the client processes' own CPU time
     latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -181,7 +195,7 @@ async def _fire(url: str, users: int, rate: float, seconds: float, seed: int) ->
 
 def _client(url: str, users: int, rate: float, seconds: float, seed: int, out: Any) -> None:
     tally = asyncio.run(_fire(url, users, rate, seconds, seed))
-    out.put((tally.offered, tally.latencies, tally.errors))
+    out.put((tally.offered, tally.latencies, tally.errors, time.process_time()))
 
 
 def spike(url: str, users: int, rate: float, seconds: float, clients: int) -> tuple[Tally, float]:
@@ -197,8 +211,9 @@ def spike(url: str, users: int, rate: float, seconds: float, clients: int) -> tu
         proc.start()
     merged = Tally()
     for _ in procs:
-        offered, latencies, errors = out.get()
+        offered, latencies, errors, cpu = out.get()
         merged.offered += offered
+        merged.cpu_seconds += cpu
         for kind in KINDS:
             merged.latencies[kind] += latencies[kind]
         for key, n in errors.items():
@@ -215,7 +230,7 @@ def backlog_sampler(dep: Deployment, stop: threading.Event, peaks: list[int]) ->
     while not stop.is_set():
         committed, end = dep.input_counts()
         peaks.append(max(0, end - committed))
-        stop.wait(0.5)
+        stop.wait(2.0)  # each sample is a few offset requests: keep it light
 
 
 def processing_lag(dep: Deployment, stamps: dict[str, int]) -> list[int]:
@@ -226,6 +241,12 @@ def processing_lag(dep: Deployment, stamps: dict[str, int]) -> list[int]:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Phase:
     name: str
@@ -234,6 +255,7 @@ class Phase:
     wall: float
     lags: list[int]
     backlog: int
+    worker_cpu: float  # the worker's CPU seconds during the phase
 
 
 def run_phase(
@@ -243,6 +265,8 @@ def run_phase(
     url: str | None,
     args: argparse.Namespace,
 ) -> Phase:
+    worker = dep.workers[-1].pid
+    cpu_before = cpu_seconds(worker)
     count = int(args.events_rate * args.seconds)
     stamps: dict[str, int] = {}
     stop, peaks = threading.Event(), [0]
@@ -250,7 +274,7 @@ def run_phase(
 
     def produce() -> None:
         phase_users = args.users // 3
-        stamps.update(dep.produce(orders(name, first_user, phase_users, count), args.events_rate))
+        stamps.update(dep.produce(events(name, first_user, phase_users, count), args.events_rate))
 
     producer = threading.Thread(target=produce)
     sampler.start()
@@ -262,9 +286,10 @@ def run_phase(
     dep.wait_consumed(300)
     stop.set()
     sampler.join()
+    worker_cpu = cpu_seconds(worker) - cpu_before
     lags = processing_lag(dep, stamps)
     say(f"{name}: {len(lags)} order outputs, backlog peak {max(peaks)}")
-    return Phase(name, args.seconds, tally, wall, lags, max(peaks))
+    return Phase(name, args.seconds, tally, wall, lags, max(peaks), worker_cpu)
 
 
 # ------------------------------------------------------------------ report
@@ -284,6 +309,10 @@ def rows(phase: Phase) -> list[str]:
     )
     out = [f"| {phase.name} | processing lag (order -> output) | {lag} |"]
     tally = phase.tally
+    cpu = f"worker {phase.worker_cpu:.1f} s"
+    if tally is not None:
+        cpu += f", clients {tally.cpu_seconds:.1f} s"
+    out.append(f"| {phase.name} | CPU time until every order was processed | {cpu} |")
     if tally is None:
         return out
     errors = sum(tally.errors.values())

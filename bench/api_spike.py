@@ -256,6 +256,7 @@ class Phase:
     lags: list[int]
     backlog: int
     worker_cpu: float  # the worker's CPU seconds during the phase
+    load: float  # the machine's 1-minute load average at the phase's end
 
 
 def run_phase(
@@ -289,7 +290,8 @@ def run_phase(
     worker_cpu = cpu_seconds(worker) - cpu_before
     lags = processing_lag(dep, stamps)
     say(f"{name}: {len(lags)} order outputs, backlog peak {max(peaks)}")
-    return Phase(name, args.seconds, tally, wall, lags, max(peaks), worker_cpu)
+    load = os.getloadavg()[0]
+    return Phase(name, args.seconds, tally, wall, lags, max(peaks), worker_cpu, load)
 
 
 # ------------------------------------------------------------------ report
@@ -312,7 +314,10 @@ def rows(phase: Phase) -> list[str]:
     cpu = f"worker {phase.worker_cpu:.1f} s"
     if tally is not None:
         cpu += f", clients {tally.cpu_seconds:.1f} s"
-    out.append(f"| {phase.name} | CPU time until every order was processed | {cpu} |")
+    out.append(
+        f"| {phase.name} | CPU time until every order was processed | {cpu}; "
+        f"load average {phase.load:.1f} (2 cores) |"
+    )
     if tally is None:
         return out
     errors = sum(tally.errors.values())

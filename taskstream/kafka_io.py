@@ -192,7 +192,9 @@ def route(settings: Settings, line: bytes) -> Routed:
         raise UnroutableEvent(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise UnroutableEvent("not a JSON object")
-    short = INPUT_TOPIC_BY_TYPE.get(doc.get("type"))  # type: ignore[arg-type]
+    kind = doc.get("type")
+    # A list or object as "type" is unhashable: check before the lookup.
+    short = INPUT_TOPIC_BY_TYPE.get(kind) if isinstance(kind, str) else None
     if short is None:
         raise UnroutableEvent(f"unknown event type {doc.get('type')!r}")
     if short == TICKS:

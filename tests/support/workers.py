@@ -228,7 +228,7 @@ class WorkerProcess:
 class TopicReader:
     """Reads a topic from the beginning, keeping every message it has seen."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, quiet: bool = False) -> None:
         self.topic = topic
         self.messages: list[dict[str, object]] = []
         self._consumer = Consumer(
@@ -237,6 +237,9 @@ class TopicReader:
                 "group.id": f"reader-{uuid.uuid4().hex}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
+                # quiet: no librdkafka lines on stderr (a broker restart on
+                # purpose would print dozens of "connection refused").
+                **({"log_level": 0} if quiet else {}),
             }
         )
         self._consumer.subscribe([topic])

@@ -226,6 +226,12 @@ def test_a_claim_over_the_limit_is_deferred_and_its_poll_url_answers_later(
 
 
 def test_metrics_count_the_answers_by_kind(shedding: Shedding) -> None:
+    # A burst of its own, so this test does not depend on the others having run.
+    users = [SEEN] * 20 + [f"{NEVER}-metrics{n}" for n in range(20)]  # at most BURST in full
+    paths = [f"/users/{who}/tasks?scene=home" for who in users]
+    replies, _ = _burst(shedding.worker.web_url, paths, waves=1)
+    assert {r.fallback for _, r in replies} >= {"cached", "static"}
+
     async def scrape() -> str:
         url = f"{shedding.worker.web_url}/metrics"
         async with aiohttp.ClientSession() as session, session.get(url) as answer:

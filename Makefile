@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 KAFKA_PORT ?= 19092
 export KAFKA_PORT
 
-.PHONY: setup run test test-unit test-integration lint bench kafka-up kafka-down kafka-status clean
+.PHONY: setup run test test-unit test-integration lint bench chaos soak kafka-up kafka-down kafka-status clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,18 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The fault suite (docs/chaos.md): a long run with worker SIGKILLs, a SIGSTOP
+# past the session timeout, a broker restart and a lost RocksDB folder, then
+# the fuzz at 20,000 examples. Minutes; not part of `make test`.
+chaos: setup
+	$(BIN)/python -m chaos
+	TASKSTREAM_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/unit/test_fuzz_decode.py \
+		tests/unit/test_access_fuzz.py tests/integration/test_fuzz_worker.py
+
+# A sustained live load at 80% of one worker's capacity for 10 minutes.
+soak: setup
+	$(BIN)/python -m bench soak
 
 kafka-up: setup
 	$(BIN)/taskstream kafka up

@@ -1,0 +1,439 @@
+"""The fault suite: a long run on a real broker while faults hit it at random moments.
+
+    python -m chaos [--events 200000] [--workers 3] [--faults kill,stop,broker,wipe,kill] [--seed N]
+
+A generated log (bench.loggen.mixed_log: duplicates, refunds before their
+order, malformed lines, ticks) is produced to a deployment on a broker this
+suite starts; `taskstream replay` gives the expected answer. Workers (real
+`taskstream worker` processes, RocksDB) process it while faults are
+injected as the outputs pass random fractions of the expected total:
+
+- kill:   SIGKILL a random worker (no shutdown hooks), restart it;
+- stop:   SIGSTOP a random worker past the session timeout, then SIGCONT
+          (its partitions move away and back; it must notice and recover);
+- broker: restart the broker (SIGTERM, then up again on the same data);
+- wipe:   SIGKILL a random worker, delete its RocksDB folder, restart it.
+
+A worker that exits on its own is restarted too (counted as a crash). At
+the end: the de-duplicated outputs equal replay's, no id carries two
+contents, every malformed line is a dead letter, the group's lag is zero
+on every input partition, every pool balances (`pools status`) and
+`taskstream audit` agrees. Prints a summary table; exit 0 only when all
+of that holds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.loggen import LogShape, ample_sample_pools, mixed_log
+from taskstream import broker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.workers import TASKSTREAM, Deployment, TopicReader, WorkerProcess
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+OUTPUTS = ("task-events", "rewards")
+FAULTS = ("kill", "stop", "broker", "wipe")
+
+
+@dataclass
+class Fault:
+    kind: str
+    at_fraction: float  # of the expected outputs seen when it was injected
+    target: str = ""
+    injected_at: float = 0.0  # monotonic
+    recovered_after: float | None = None  # seconds until outputs grew again
+
+
+@dataclass
+class Report:
+    events: int = 0
+    messages: int = 0
+    expected_outputs: int = 0
+    found_outputs: int = 0
+    missing: int = 0
+    extra: int = 0
+    different: int = 0
+    two_contents: int = 0
+    duplicate_copies: int = 0
+    duplicated_effects: int = 0  # a reward id granted by two distinct events
+    dead_expected: int = 0
+    dead_found: int = 0
+    lag_behind: dict[str, Any] = field(default_factory=dict)
+    pools_balanced: bool = False
+    audit_exit: int | None = None
+    worker_crashes: int = 0
+    seconds: float = 0.0
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.missing == self.extra == self.different == self.two_contents == 0
+            and self.duplicated_effects == 0
+            and self.dead_found == self.dead_expected
+            and not self.lag_behind
+            and self.pools_balanced
+            and self.audit_exit == 0
+            and all(f.recovered_after is not None for f in self.faults)
+        )
+
+    def table(self) -> str:
+        rows = [
+            ("events (input lines)", f"{self.events:,}"),
+            ("Kafka messages produced", f"{self.messages:,}"),
+            ("faults injected", ", ".join(f"{k} {n}" for k, n in self.fault_counts().items())),
+            ("worker crashes (restarted)", str(self.worker_crashes)),
+            ("outputs expected (replay)", f"{self.expected_outputs:,}"),
+            ("outputs found (distinct ids)", f"{self.found_outputs:,}"),
+            ("lost (missing)", str(self.missing)),
+            ("extra / different from replay", f"{self.extra} / {self.different}"),
+            ("ids with two contents", str(self.two_contents)),
+            ("duplicated effects (a reward paid twice)", str(self.duplicated_effects)),
+            ("duplicate copies (same id, same bytes)", f"{self.duplicate_copies:,}"),
+            ("dead letters expected / found", f"{self.dead_expected} / {self.dead_found}"),
+            ("consumer lag at the end", "0" if not self.lag_behind else str(self.lag_behind)),
+            ("pools balanced (pools status)", str(self.pools_balanced)),
+            ("taskstream audit exit", str(self.audit_exit)),
+            ("wall time", f"{self.seconds:.0f} s"),
+        ]
+        lines = ["| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        lines += ["", "| fault | at outputs | target | recovered after |", "|---|---|---|---|"]
+        for f in self.faults:
+            rec = "NOT RECOVERED" if f.recovered_after is None else f"{f.recovered_after:.1f} s"
+            lines.append(f"| {f.kind} | {f.at_fraction:.0%} | {f.target} | {rec} |")
+        verdict = "PASS" if self.ok else "FAIL"
+        return "\n".join(lines) + f"\n\nchaos {verdict}"
+
+    def fault_counts(self) -> dict[str, int]:
+        return dict(Counter(f.kind for f in self.faults))
+
+
+def say(message: str) -> None:
+    print(f"[chaos] {message}", file=sys.stderr, flush=True)
+
+
+class Chaos:
+    def __init__(
+        self,
+        bootstrap: str,
+        spec: broker.BrokerSpec | None,
+        root: Path,
+        shape: LogShape,
+        workers: int,
+        faults: list[str],
+        seed: int,
+        batch_max: int,
+    ) -> None:
+        self.spec = spec
+        self.batch_max = batch_max
+        self.root = root
+        self.rng = random.Random(seed)
+        self.report = Report()
+        self.deployment = Deployment(bootstrap, root, partitions=8)
+        self.lines = mixed_log(shape)
+        self.expected, self.dead_expected = self._replay()
+        self.fault_plan = self._plan(faults)
+        self.labels = [chr(ord("a") + n) for n in range(workers)]
+        self.workers: dict[str, WorkerProcess] = {}
+        self.to_resume: list[tuple[float, WorkerProcess]] = []  # (when, stopped worker)
+        self.readers = {
+            t: TopicReader(bootstrap, self.deployment.settings.topic(t), quiet=True)
+            for t in (*OUTPUTS, "dead-letters")
+        }
+
+    # ---------------------------------------------------------------- setup
+
+    def _replay(self) -> tuple[dict[str, bytes], int]:
+        log = self.root / "events.jsonl"
+        log.write_bytes(b"".join(line.value + b"\n" for line in self.lines))
+        pools = self.root / "pools.json"
+        pools.write_bytes(orjson.dumps(ample_sample_pools()))
+        out = self.root / "replay.jsonl"
+        subprocess.run(
+            [
+                *(TASKSTREAM, "replay", "--templates", str(SAMPLES / "templates.json")),
+                *("--pools", str(pools), "--events", str(log), "--out", str(out)),
+                "--no-progress",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        expected: dict[str, bytes] = {}
+        for raw in out.read_bytes().splitlines():
+            doc = orjson.loads(raw)
+            if doc["type"] != "dead_letter":
+                expected[doc["event_id"]] = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        # One dead letter per malformed message sent (not replay's count: a
+        # line of random bytes may hold newlines, which split it in the file).
+        return expected, sum(1 for line in self.lines if line.malformed)
+
+    def _plan(self, faults: list[str]) -> list[Fault]:
+        """Each fault at a random fraction of the outputs, spread over the run."""
+        slots = len(faults)
+        plan = []
+        for n, kind in enumerate(self.rng.sample(faults, len(faults))):
+            low, high = 0.05 + 0.85 * n / slots, 0.05 + 0.85 * (n + 1) / slots
+            plan.append(Fault(kind, round(self.rng.uniform(low, high - 0.03), 3)))
+        return plan
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, timeout: float) -> Report:
+        began = time.monotonic()
+        report = self.report
+        report.events = len(self.lines)
+        report.expected_outputs = len(self.expected)
+        report.dead_expected = self.dead_expected
+        report.faults = self.fault_plan
+        deployment = self.deployment
+        deployment.create_topics()
+        deployment.publish_templates(SAMPLES / "templates.json", self.root / "pools.json")
+        report.messages = deployment.produce(self.lines)
+        say(f"produced {report.messages:,} messages ({report.events:,} lines)")
+        for label in self.labels:
+            self._start(label)
+        deployment.open_pools("cash", "small_budget", "grand_prizes")
+        pending = list(self.fault_plan)
+        deadline = began + timeout
+        last_seen, waiting_recovery = 0, []  # faults whose recovery is not seen yet
+        while time.monotonic() < deadline:
+            seen = self._seen()
+            # Recovered: outputs grow again, or (late in the run) everything
+            # is out and the group has consumed every input again.
+            if waiting_recovery and (
+                seen > last_seen or (self._complete() and not self._lag_behind(wait=0))
+            ):
+                for fault in waiting_recovery:
+                    fault.recovered_after = time.monotonic() - fault.injected_at
+                waiting_recovery = []
+            last_seen = max(last_seen, seen)
+            self._resume_due()
+            self._restart_exited()
+            if pending and seen >= pending[0].at_fraction * len(self.expected):
+                fault = pending.pop(0)
+                self._inject(fault)
+                waiting_recovery.append(fault)
+                last_seen = self._seen()
+            if not pending and not waiting_recovery and not self.to_resume and self._complete():
+                break
+            time.sleep(0.3)
+        self._finish(began)
+        return report
+
+    def _seen(self) -> int:
+        for reader in self.readers.values():
+            reader.poll(0.2)
+        return len({m["event_id"] for t in OUTPUTS for m in self.readers[t].messages})
+
+    def _complete(self) -> bool:
+        got = {m["event_id"] for t in OUTPUTS for m in self.readers[t].messages}
+        dead = {m["event_id"] for m in self.readers["dead-letters"].messages}
+        return got >= set(self.expected) and len(dead) >= self.dead_expected
+
+    # --------------------------------------------------------------- faults
+
+    def _start(self, label: str, *, wipe: bool = False) -> None:
+        worker = self.workers.get(label) or self.deployment.worker(
+            label, TASKSTREAM_BATCH_MAX=str(self.batch_max)
+        )
+        if wipe:
+            worker.wipe_state()
+        self.workers[label] = worker.start()
+
+    def _resume_due(self) -> None:
+        now = time.monotonic()
+        for item in [item for item in self.to_resume if item[0] <= now]:
+            self.to_resume.remove(item)
+            if item[1].proc is not None:
+                item[1].proc.send_signal(signal.SIGCONT)
+
+    def _restart_exited(self) -> None:
+        for label, worker in self.workers.items():
+            if not worker.running():
+                self.report.worker_crashes += 1
+                say(f"worker {label} exited on its own; restarting\n{worker.log_tail(15)}")
+                self._start(label)
+
+    def _inject(self, fault: Fault) -> None:
+        fault.injected_at = time.monotonic()
+        fault.at_fraction = self._seen() / len(self.expected)
+        label = self.rng.choice(self.labels)
+        worker = self.workers[label]
+        if fault.kind in ("kill", "wipe"):
+            fault.target = f"worker {label}"
+            self.to_resume = [item for item in self.to_resume if item[1] is not worker]
+            worker.kill()
+            self._start(label, wipe=fault.kind == "wipe")
+        elif fault.kind == "stop":
+            if any(item[1] is worker for item in self.to_resume):
+                label = (
+                    next(x for x in self.labels if x != label) if len(self.labels) > 1 else label
+                )
+                worker = self.workers[label]
+            fault.target = f"worker {label}"
+            assert worker.proc is not None
+            worker.proc.send_signal(signal.SIGSTOP)
+            # Resumed past the session timeout, while the run goes on.
+            paused = int(self.deployment.env["TASKSTREAM_SESSION_TIMEOUT"]) + 4
+            self.to_resume.append((time.monotonic() + paused, worker))
+        elif fault.kind == "broker":
+            fault.target = "the broker"
+            if self.spec is None:
+                raise SystemExit("a broker restart needs the broker this suite started")
+            broker.down(self.spec)
+            broker.up(self.spec, die_with_parent=True)
+        else:
+            raise ValueError(f"unknown fault {fault.kind!r}")
+        say(f"{fault.kind} ({fault.target}) at {fault.at_fraction:.0%} of the outputs")
+
+    # --------------------------------------------------------------- verify
+
+    def _finish(self, began: float) -> None:
+        report = self.report
+        for _when, stopped in self.to_resume:  # never leave a worker stopped
+            if stopped.proc is not None:
+                stopped.proc.send_signal(signal.SIGCONT)
+        self.to_resume = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not self._complete():
+            self._restart_exited()
+            self._seen()
+        time.sleep(2.0)  # a late re-send after a crash must agree as well
+        self._seen()
+        contents: dict[str, bytes] = {}
+        copies = Counter[str]()
+        for topic in OUTPUTS:
+            for message in self.readers[topic].messages:
+                body = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+                event_id = str(message["event_id"])
+                copies[event_id] += 1
+                if contents.setdefault(event_id, body) != body:
+                    report.two_contents += 1
+        report.found_outputs = len(contents)
+        report.duplicate_copies = sum(n - 1 for n in copies.values())
+        report.missing = len(set(self.expected) - set(contents))
+        report.extra = len(set(contents) - set(self.expected))
+        report.different = sum(
+            1 for i, body in contents.items() if i in self.expected and body != self.expected[i]
+        )
+        granted = Counter(
+            orjson.loads(body)["reward_id"]
+            for body in contents.values()
+            if orjson.loads(body)["type"] == "reward_granted"
+        )
+        revoked = Counter(
+            orjson.loads(body)["reward_id"]
+            for body in contents.values()
+            if orjson.loads(body)["type"] == "reward_revoked"
+        )
+        report.duplicated_effects = sum(1 for r, n in granted.items() if n > 1) + sum(
+            1 for r, n in revoked.items() if n > 1
+        )
+        report.dead_found = len({m["event_id"] for m in self.readers["dead-letters"].messages})
+        report.lag_behind = self._lag_behind()
+        report.pools_balanced = self._pools_balanced()
+        report.audit_exit = self._audit()
+        report.seconds = time.monotonic() - began
+
+    def _lag_behind(self, wait: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + wait
+        while True:
+            behind: dict[str, Any] = {}
+            for topic in ("claims", "orders", "refunds", "ticks"):
+                lag = self.deployment.group_lag(topic)
+                late = {p: (c, e) for p, (c, e) in lag.items() if c < e}
+                if late:
+                    behind[topic] = late
+            if not behind or time.monotonic() > deadline:
+                return behind
+            time.sleep(1.0)
+
+    def _pools_balanced(self) -> bool:
+        deadline = time.monotonic() + 60
+        while True:
+            code, sheets = self.deployment.pools_status()
+            settled = all(
+                s["balanced"] and s["grants_in_flight"] == s["returns_in_flight"] == 0
+                for s in sheets.values()
+            )
+            if (code == 0 and settled and sheets) or time.monotonic() > deadline:
+                return code == 0 and settled and bool(sheets)
+            time.sleep(1.0)
+
+    def _audit(self) -> int:
+        done = subprocess.run(
+            [TASKSTREAM, "audit", "--no-progress", "--json", str(self.root / "audit.json")],
+            env={**os.environ, **self.deployment.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            say(f"audit exit {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+        return done.returncode
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            if worker.proc is not None and worker.running():
+                worker.proc.send_signal(signal.SIGCONT)  # a stopped worker cannot stop
+            worker.stop()
+        for reader in self.readers.values():
+            reader.close()
+
+
+def run_suite(
+    *,
+    events: int,
+    users: int,
+    workers: int,
+    faults: list[str],
+    seed: int,
+    timeout: float,
+    batch_max: int = 50,
+    bootstrap: str | None = None,
+) -> Report:
+    """Start a broker (unless `bootstrap` is given), run, verify, clean up."""
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        raise ValueError(f"unknown fault(s) {unknown}; known: {FAULTS}")
+    root = Path(tempfile.mkdtemp(prefix="taskstream-chaos-"))
+    spec = None
+    if bootstrap is None:
+        spec = broker.BrokerSpec.create(port=broker.free_port(), home=root / "broker")
+        bootstrap = broker.up(spec, die_with_parent=True).bootstrap
+    shape = LogShape(
+        events=events,
+        users=users,
+        task_user_every=4,
+        task_order_share=0.5,
+        claim_share=0.03,
+        refund_share=0.06,
+        tick_every=max(500, events // 200),
+        seconds_per_event=110.0 * 20_000 / max(events, 1),
+        seed=seed,
+    )
+    chaos = Chaos(bootstrap, spec, root, shape, workers, faults, seed, batch_max)
+    try:
+        return chaos.run(timeout)
+    finally:
+        chaos.close()
+        if spec is not None:
+            broker.down(spec)
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)

@@ -91,6 +91,22 @@ class AuditResult:
         )
 
 
+def connected_settings(tool: str) -> Settings:
+    """The settings (bad ones: exit 2 with the reason) of brokers that answer
+    (else exit 1 with what is wrong: no broker, refused login, TLS...)."""
+    from taskstream.kafka_io import connection_problem
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    problem = connection_problem(settings, timeout=5.0)
+    if problem is not None:
+        click.echo(f"taskstream {tool}: {problem}", err=True)
+        sys.exit(EXIT_FAILED)
+    return settings
+
+
 def read_snapshot(settings: Settings, catalog: Catalog | None, *, progress: bool) -> LogSnapshot:
     topics = [*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS]
     if catalog is None:
@@ -279,7 +295,7 @@ def audit(
         raise click.UsageError("--pools needs --templates")
     if report_path is not None and report_path.suffix not in (".md", ".html"):
         raise click.UsageError("--report must end in .md or .html")
-    settings = Settings.from_env()
+    settings = connected_settings("audit")
     try:
         catalog = None if templates_path is None else load_catalog(templates_path, pools_path)
         snapshot = read_snapshot(settings, catalog, progress=progress)

@@ -48,9 +48,14 @@ from schemas.codec import decode, to_wire
 from schemas.errors import SchemaError
 from schemas.records import InputEvent, Record
 from schemas.timestamps import format_utc
-from streams.config import INPUT_TOPICS, TEMPLATES, Settings
+from streams.config import INPUT_TOPICS, TEMPLATES
 from streams.processor import decode_message
-from taskstream.audit import EXIT_DISAGREES, EXIT_FAILED, catalog_from_topic
+from taskstream.audit import (
+    EXIT_DISAGREES,
+    EXIT_FAILED,
+    catalog_from_topic,
+    connected_settings,
+)
 from taskstream.catalog_files import load_catalog
 from taskstream.log_reader import LogMessage, TopicMissing, partition_count, read_topics
 from taskstream.partitioner import partition_for
@@ -219,7 +224,7 @@ def explain(
         raise click.UsageError("--pools needs --templates")
     if not user_id.strip():
         raise click.UsageError("USER_ID must not be empty")
-    settings = Settings.from_env()
+    settings = connected_settings("explain")
     try:
         catalog = None if templates_path is None else load_catalog(templates_path, pools_path)
         if catalog is None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.kafka_security import KafkaSecurity
+from streams.kafka_security import KafkaSecurity, read_secret
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 
@@ -97,8 +97,8 @@ class Settings:
             data_dir=Path(env.get("TASKSTREAM_DATA_DIR", f".data/{app_id}")),
             web_port=_positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port),
             web_host=env.get("TASKSTREAM_WEB_HOST") or cls.web_host,
-            api_secret=_secret(env, "TASKSTREAM_API_SECRET"),
-            service_key=_secret(env, "TASKSTREAM_SERVICE_KEY"),
+            api_secret=read_secret(env, "TASKSTREAM_API_SECRET"),
+            service_key=read_secret(env, "TASKSTREAM_SERVICE_KEY"),
             api_rate=_positive_int(env, "TASKSTREAM_API_RATE", cls.api_rate),
             api_burst=_positive_int(env, "TASKSTREAM_API_BURST", cls.api_burst),
             api_concurrency=_positive_int(env, "TASKSTREAM_API_CONCURRENCY", cls.api_concurrency),
@@ -118,20 +118,6 @@ class Settings:
     def topic(self, name: str) -> str:
         """The full name of one of our topics."""
         return f"{self.topic_prefix}{name}"
-
-
-def _secret(env: Mapping[str, str], name: str) -> str:
-    """NAME's value, else the content of the file NAME_FILE names (stripped), else ""."""
-    value = env.get(name)
-    if value:
-        return value
-    path = env.get(f"{name}_FILE")
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{name}_FILE: cannot read {path}: {exc}") from None
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

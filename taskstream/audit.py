@@ -22,13 +22,12 @@ bad templates); 2 bad usage.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from app.audit import (
     DEAD_LETTERS,
@@ -52,7 +51,12 @@ from streams.catalog_feed import CatalogDocs
 from streams.config import BUDGET_TOPICS, INPUT_TOPICS, TEMPLATES, Settings
 from streams.processor import decode_message
 from taskstream.catalog_files import load_catalog
-from taskstream.log_reader import LogMessage, TopicMissing, partition_count, read_topics
+from taskstream.log_reader import (
+    LogMessage,
+    TopicMissing,
+    partition_count,
+    read_topics_with_progress,
+)
 from taskstream.partitioner import partition_for
 
 EXIT_FAILED = 1
@@ -107,17 +111,40 @@ def connected_settings(tool: str) -> Settings:
     return settings
 
 
+def catalog_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--templates/--pools: the catalog from files instead of the templates
+    topic (what the workers hold); see `file_catalog`."""
+    command = click.option(
+        "--pools",
+        "pools_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="With --templates: budget pools (JSON list).",
+    )(command)
+    return click.option(
+        "--templates",
+        "templates_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Task templates (JSON list) instead of the templates topic.",
+    )(command)
+
+
+def check_catalog_options(templates_path: Path | None, pools_path: Path | None) -> None:
+    if pools_path is not None and templates_path is None:
+        raise click.UsageError("--pools needs --templates")
+
+
+def file_catalog(templates_path: Path | None, pools_path: Path | None) -> Catalog | None:
+    """The catalog of --templates/--pools; None: read the templates topic."""
+    return None if templates_path is None else load_catalog(templates_path, pools_path)
+
+
 def read_snapshot(settings: Settings, catalog: Catalog | None, *, progress: bool) -> LogSnapshot:
     topics = [*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS]
     if catalog is None:
         topics.append(TEMPLATES)
-    with tqdm(desc="reading", unit="msg", file=sys.stderr, disable=not progress or None) as bar:
-        messages = read_topics(
-            settings,
-            topics,
-            on_total=lambda n: setattr(bar, "total", n),
-            on_message=bar.update,
-        )
+    messages = read_topics_with_progress(settings, topics, progress=progress)
     by_topic: dict[str, list[LogMessage]] = {}
     for message in messages:
         by_topic.setdefault(message.topic, []).append(message)
@@ -238,20 +265,7 @@ def check_tables(settings: Settings, result: AuditResult) -> None:
 
 
 @click.command("audit")
-@click.option(
-    "--templates",
-    "templates_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Task templates (JSON list) instead of the templates topic.",
-)
-@click.option(
-    "--pools",
-    "pools_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="With --templates: budget pools (JSON list).",
-)
+@catalog_options
 @click.option(
     "--report",
     "report_path",
@@ -291,13 +305,12 @@ def audit(
     """Replay the inputs from Kafka and compare with every output the workers wrote."""
     from taskstream import audit_report
 
-    if pools_path is not None and templates_path is None:
-        raise click.UsageError("--pools needs --templates")
+    check_catalog_options(templates_path, pools_path)
     if report_path is not None and report_path.suffix not in (".md", ".html"):
         raise click.UsageError("--report must end in .md or .html")
     settings = connected_settings("audit")
     try:
-        catalog = None if templates_path is None else load_catalog(templates_path, pools_path)
+        catalog = file_catalog(templates_path, pools_path)
         snapshot = read_snapshot(settings, catalog, progress=progress)
     except (CatalogError, TopicMissing, TimeoutError, OSError) as exc:
         click.echo(f"taskstream audit: {exc}", err=True)

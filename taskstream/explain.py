@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from app.audit import (
     DEAD_LETTERS,
@@ -54,10 +53,18 @@ from taskstream.audit import (
     EXIT_DISAGREES,
     EXIT_FAILED,
     catalog_from_topic,
+    catalog_options,
+    check_catalog_options,
     connected_settings,
+    file_catalog,
 )
-from taskstream.catalog_files import load_catalog
-from taskstream.log_reader import LogMessage, TopicMissing, partition_count, read_topics
+from taskstream.log_reader import (
+    LogMessage,
+    TopicMissing,
+    partition_count,
+    read_topics,
+    read_topics_with_progress,
+)
 from taskstream.partitioner import partition_for
 from taskstream.replay import explain_event
 
@@ -201,44 +208,28 @@ def _differences(comparison: Comparison) -> Iterator[str]:
 
 @click.command("explain")
 @click.argument("user_id")
-@click.option(
-    "--templates",
-    "templates_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Task templates (JSON list) instead of the templates topic.",
-)
-@click.option(
-    "--pools",
-    "pools_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="With --templates: budget pools (JSON list).",
-)
+@catalog_options
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def explain(
     user_id: str, templates_path: Path | None, pools_path: Path | None, progress: bool
 ) -> None:
     """Explain what a user's events did, from Kafka: why a reward came or not."""
-    if pools_path is not None and templates_path is None:
-        raise click.UsageError("--pools needs --templates")
+    check_catalog_options(templates_path, pools_path)
     if not user_id.strip():
         raise click.UsageError("USER_ID must not be empty")
     settings = connected_settings("explain")
     try:
-        catalog = None if templates_path is None else load_catalog(templates_path, pools_path)
+        catalog = file_catalog(templates_path, pools_path)
         if catalog is None:
             catalog = catalog_from_topic(read_topics(settings, [TEMPLATES]))
         partitions = partition_count(settings, INPUT_TOPICS[0])
         partition = partition_for(user_id.encode(), partitions)
-        with tqdm(desc="reading", unit="msg", file=sys.stderr, disable=not progress or None) as bar:
-            messages = read_topics(
-                settings,
-                [*INPUT_TOPICS, TASK_EVENTS, REWARDS, DEAD_LETTERS],
-                partitions=[partition],
-                on_total=lambda n: setattr(bar, "total", n),
-                on_message=bar.update,
-            )
+        messages = read_topics_with_progress(
+            settings,
+            [*INPUT_TOPICS, TASK_EVENTS, REWARDS, DEAD_LETTERS],
+            progress=progress,
+            partitions=[partition],
+        )
     except (CatalogError, TopicMissing, TimeoutError, OSError) as exc:
         click.echo(f"taskstream explain: {exc}", err=True)
         sys.exit(EXIT_FAILED)

@@ -11,12 +11,14 @@ partition in offset order; nothing is decoded here.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
+from tqdm import tqdm
 
 from streams.config import Settings
 from taskstream.kafka_io import client_config
@@ -123,6 +125,24 @@ def read_topics(
         consumer.close()
     out.sort(key=lambda m: (m.topic, m.partition, m.offset))
     return out
+
+
+def read_topics_with_progress(
+    settings: Settings,
+    short_topics: Iterable[str],
+    *,
+    progress: bool,
+    partitions: Iterable[int] | None = None,
+) -> list[LogMessage]:
+    """`read_topics` with a progress bar on stderr (shown only on a terminal)."""
+    with tqdm(desc="reading", unit="msg", file=sys.stderr, disable=not progress or None) as bar:
+        return read_topics(
+            settings,
+            short_topics,
+            partitions=partitions,
+            on_total=lambda n: setattr(bar, "total", n),
+            on_message=bar.update,
+        )
 
 
 def _consumer(settings: Settings) -> Consumer:

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -387,15 +388,58 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+# Ports handed out by this process, so two calls never return the same one
+# before the first is bound by the broker or worker it was meant for.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for clients' source ports (Linux; IANA's elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, consecutive: int = 1) -> list[int]:
+    """``count`` distinct ports free now, each starting ``consecutive`` free ports.
+
+    Chosen below the kernel's ephemeral range: a port the OS hands out to bind
+    port 0 is also where it picks source ports for outgoing connections, so a
+    Kafka client connecting meanwhile could take it (or the controller port
+    next to it) before the broker binds it. That made a CI run fail with
+    "Address already in use" on the controller port.
+    """
+    low, _ = _ephemeral_range()
+    ceiling = max(low, 12000)
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    for _ in range(2000):
+        start = rng.randrange(10000, ceiling - consecutive)
+        block = range(start, start + consecutive)
+        if any(port in _handed_out for port in block):
+            continue
+        if all(_bindable(port) and not port_open(port) for port in block):
+            _handed_out.update(block)
+            chosen.append(start)
+            if len(chosen) == count:
+                return chosen
+    raise BrokerError(f"no {count} free port(s) found below {ceiling}")
+
+
 def free_port() -> int:
     """A TCP port that is free now, with the next one free too (for the controller)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 65000 and not port_open(port + 1):
-            return port
-    raise BrokerError("no free port pair found")
+    return free_ports(1, consecutive=2)[0]
 
 
 def read_pid(spec: BrokerSpec) -> int | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -95,25 +94,13 @@ def make_certificates(folder: Path, name: str = "ca") -> tuple[Path, Path]:
     return folder / f"{name}.pem", folder / "broker.p12"
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free now (held open together, so they are distinct)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]:
     root = tmp_path_factory.mktemp("secured")
     ca_file, keystore = make_certificates(root / "tls")
     password_file = root / "sasl-password"
     password_file.write_text(PASSWORD + "\n")
-    sasl_port, ssl_port, sasl_ssl_port = _free_ports(3)
+    sasl_port, ssl_port, sasl_ssl_port = broker.free_ports(3)
     spec = dataclasses.replace(
         broker.BrokerSpec.create(port=broker.free_port(), home=root / "broker"),
         sasl_port=sasl_port,

@@ -84,3 +84,35 @@ def test_cluster_id_never_looks_like_an_option() -> None:
     # One base64url id in 64 starts with "-", which kafka-storage's argument
     # parser takes for an option: the broker then fails to format.
     assert not any(broker.kraft_cluster_id().startswith("-") for _ in range(2000))
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    low, _ = broker._ephemeral_range()
+    ports = broker.free_ports(5, consecutive=2)
+    blocks = {p for port in ports for p in (port, port + 1)}
+    assert len(blocks) == 10, ports  # no two blocks overlap
+    assert all(port + 1 < max(low, 12000) for port in ports), ports
+    assert all(broker._bindable(p) for p in blocks)
+
+
+def test_free_ports_never_hands_out_a_port_twice() -> None:
+    seen = [port for _ in range(50) for port in broker.free_ports(2)]
+    assert len(seen) == len(set(seen))
+
+
+def test_free_ports_skips_a_port_someone_listens_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = int(listener.getsockname()[1])
+        proposals = iter([taken, taken, 11000 + taken % 1000])
+
+        class Scripted:
+            def randrange(self, start: int, stop: int) -> int:
+                return next(proposals)
+
+        monkeypatch.setattr(broker.random, "SystemRandom", Scripted)
+        monkeypatch.setattr(broker, "_ephemeral_range", lambda: (65000, 65535))
+        assert broker.free_ports(1) == [11000 + taken % 1000]

@@ -39,11 +39,12 @@ app = faust.App(
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication,
     datadir=str(settings.data_dir),
-    web_port=settings.web_port,
-    # Bound here and advertised to the group as http://<host>:<port>
-    # (canonical_url): the render API routes a user's request to its owner.
+    web_port=settings.web_port,  # /metrics, /health, /ready
     web_host=settings.web_host,
     web_bind=settings.web_host,
+    # Advertised to the group: the URL of this worker's render API process
+    # (streams.api_routing), where the others forward a user's requests.
+    canonical_url=f"http://{settings.web_host}:{settings.api_port}",
     # Every input is keyed by user id; read a fresh group from the beginning.
     consumer_auto_offset_reset="earliest",
     # The changelog and outputs must be on disk at the broker before an

@@ -22,12 +22,17 @@ class Settings:
     TASKSTREAM_PARTITIONS      partitions of the input topics (default 8)
     TASKSTREAM_REPLICATION     replication factor of created topics (default 1)
     TASKSTREAM_DATA_DIR        where RocksDB tables live (default .data/<app id>)
-    TASKSTREAM_WEB_PORT        faust's web server port (default 6066)
+    TASKSTREAM_WEB_PORT        faust's web server port: /metrics, /health, /ready (default 6066)
     TASKSTREAM_WEB_HOST        address the web server binds and advertises to the
                                other workers for routing (default 127.0.0.1)
+    TASKSTREAM_API_PORT        port of the render API process the worker starts beside
+                               it; advertised to the other workers for routing
+                               (default TASKSTREAM_WEB_PORT + 1; docs/api.md)
+    TASKSTREAM_API_NICE        CPU niceness of that process, so event processing wins
+                               the CPU under a request spike (default 10, 0-19)
     TASKSTREAM_API_SECRET      HMAC secret of the render API's user tokens (or
                                TASKSTREAM_API_SECRET_FILE: read from that file);
-                               unset: the API answers 503 (docs/api.md)
+                               unset: no API process (`taskstream api` answers 503)
     TASKSTREAM_SERVICE_KEY     key of back-end callers, X-Service-Key header (or
                                TASKSTREAM_SERVICE_KEY_FILE); unset: no service access
     TASKSTREAM_API_RATE        render API requests/s this worker works on; the excess
@@ -70,6 +75,8 @@ class Settings:
     # Secrets: never in repr (settings may be logged).
     api_secret: str = field(default="", repr=False)
     service_key: str = field(default="", repr=False)
+    api_port: int = 6067
+    api_nice: int = 10
     api_rate: int = 400
     api_burst: int = 100
     api_concurrency: int = 32
@@ -88,6 +95,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         app_id = env.get("TASKSTREAM_APP_ID", cls.app_id)
+        web_port = _positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port)
         return cls(
             bootstrap=env.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP),
             app_id=app_id,
@@ -95,8 +103,10 @@ class Settings:
             partitions=_positive_int(env, "TASKSTREAM_PARTITIONS", cls.partitions),
             replication=_positive_int(env, "TASKSTREAM_REPLICATION", cls.replication),
             data_dir=Path(env.get("TASKSTREAM_DATA_DIR", f".data/{app_id}")),
-            web_port=_positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port),
+            web_port=web_port,
             web_host=env.get("TASKSTREAM_WEB_HOST") or cls.web_host,
+            api_port=_positive_int(env, "TASKSTREAM_API_PORT", web_port + 1),
+            api_nice=_niceness(env),
             api_secret=read_secret(env, "TASKSTREAM_API_SECRET"),
             service_key=read_secret(env, "TASKSTREAM_SERVICE_KEY"),
             api_rate=_positive_int(env, "TASKSTREAM_API_RATE", cls.api_rate),
@@ -118,6 +128,15 @@ class Settings:
     def topic(self, name: str) -> str:
         """The full name of one of our topics."""
         return f"{self.topic_prefix}{name}"
+
+
+def _niceness(env: Mapping[str, str]) -> int:
+    raw = env.get("TASKSTREAM_API_NICE", "")
+    if raw == "":
+        return Settings.api_nice
+    if not raw.isdigit() or int(raw) > 19:
+        raise ValueError(f"TASKSTREAM_API_NICE must be an integer from 0 to 19, got {raw!r}")
+    return int(raw)
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

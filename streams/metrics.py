@@ -28,7 +28,6 @@ from faust.web import Request, Response, View
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     disable_created_metrics,
 )
@@ -126,20 +125,6 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
-API_REQUESTS = Counter(
-    "taskstream_api_requests",
-    "Render API requests this worker answered, by route (tasks, claims, claim_poll) and "
-    "answer: served (in full), forwarded (to the owner), cached / static (fallbacks "
-    "under load), deferred (a claim accepted, its outcome left to the poll URL).",
-    ["route", "answer"],
-    registry=REGISTRY,
-)
-API_IN_FLIGHT = Gauge(
-    "taskstream_api_in_flight",
-    "Render API requests admitted by the load limit and not answered yet.",
-    registry=REGISTRY,
-)
-
 _SENT_TYPES = frozenset({"refill_requested", "bucket_returned"})
 PROCESSOR, ALLOCATOR = "processor", "allocator"
 

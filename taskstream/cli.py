@@ -9,6 +9,7 @@ Exit codes: 0 success, 1 the job failed (message on stderr), 2 bad usage.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def main() -> None:
 
     Configuration comes from the environment: KAFKA_BOOTSTRAP (brokers),
     TASKSTREAM_TOPIC_PREFIX, TASKSTREAM_PARTITIONS, TASKSTREAM_DATA_DIR,
-    TASKSTREAM_APP_ID, TASKSTREAM_WEB_PORT; TLS and SASL with
+    TASKSTREAM_APP_ID, TASKSTREAM_WEB_PORT, TASKSTREAM_API_PORT; TLS and SASL with
     KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_* (docs/security.md).
     """
     logging.basicConfig(
@@ -84,7 +85,8 @@ def worker(loglevel: str) -> None:
     import streams.allocator_agent  # the pools' master allocator
     import streams.metrics  # /metrics, /health and /ready on the web port
     import streams.progress  # noqa: F401  (the periodic progress line)
-    from streams import web_api  # noqa: F401  (the render API on the web server)
+    from streams import api_worker  # the routing file of the render API process
+    from streams.api_routing import ApiSidecar
     from streams.app import app, settings
     from taskstream.kafka_io import ensure_topics
 
@@ -93,14 +95,64 @@ def worker(loglevel: str) -> None:
     created = ensure_topics(settings)
     if created:
         click.echo(f"created {', '.join(created)}", err=True)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    api_worker.reset()  # no stale routing from a previous run reaches the API process
     click.echo(
         f"worker {settings.app_id}: brokers {settings.bootstrap} "
         f"({settings.kafka_security.describe()}), "
         f"{settings.partitions} partitions, tables in {settings.data_dir}",
         err=True,
     )
-    Worker(app, loglevel=loglevel).execute_from_commandline()
+    sidecar = None
+    if settings.api_secret:
+        sidecar = ApiSidecar(os.environ)
+        sidecar.start()
+    else:
+        click.echo("render API off (no TASKSTREAM_API_SECRET)", err=True)
+    try:
+        Worker(app, loglevel=loglevel).execute_from_commandline()
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+
+
+@main.command()
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def api(loglevel: str) -> None:
+    """Serve the render API for the worker whose TASKSTREAM_DATA_DIR this is.
+
+    `taskstream worker` starts this itself when TASKSTREAM_API_SECRET is set
+    (and restarts it if it dies); run it by hand only to serve the worker's
+    tables from a separate container sharing the data volume. It listens on
+    TASKSTREAM_WEB_HOST:TASKSTREAM_API_PORT, reads the worker's state
+    read-only, and lowers its own CPU priority by TASKSTREAM_API_NICE so the
+    worker wins the CPU under a request spike (docs/api.md).
+    """
+    import asyncio
+    import signal
+
+    from streams.render_api import serve
+
+    settings = _settings()
+    logging.getLogger().setLevel(loglevel.upper())
+    if settings.api_nice:
+        os.nice(settings.api_nice)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:  # the port is taken, the broker does not answer...
+        _fail(f"render API: {exc}")
 
 
 # -------------------------------------------------------------------- kafka

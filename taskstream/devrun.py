@@ -154,6 +154,7 @@ def main() -> int:
             return produced.returncode
     secret = dev_api_secret(Path(".data"))
     web = f"http://127.0.0.1:{settings.web_port}"
+    api = f"http://127.0.0.1:{settings.api_port}"  # the worker's render API process
     token = (
         f"TASKSTREAM_API_SECRET_FILE={secret} .venv/bin/taskstream token u_alice"
         if secret is not None
@@ -172,7 +173,7 @@ def main() -> int:
         "    .venv/bin/taskstream pools status\n"
         f"    curl {web}/ready ; curl {web}/metrics\n"
         f'    curl -H "Authorization: Bearer $({token})" \\\n'
-        f'         "{web}/users/u_alice/tasks?scene=home"'
+        f'         "{api}/users/u_alice/tasks?scene=home"'
     )
     worker = subprocess.Popen([command, "worker"])
     try:

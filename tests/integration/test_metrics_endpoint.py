@@ -109,7 +109,7 @@ def _wait(what: str, done: object, worker: WorkerProcess, timeout: float = 90) -
 
 
 def _distinct(reader: TopicReader) -> list[dict[str, object]]:
-    reader.poll(0.5)
+    reader.read_to_end()
     by_id = {str(m["event_id"]): m for m in reader.messages}
     return list(by_id.values())
 

@@ -69,7 +69,7 @@ def call(
     method: str = "GET",
     body: bytes | None = None,
 ) -> Answer:
-    request = urllib.request.Request(f"{worker.web_url}{path}", data=body, method=method)
+    request = urllib.request.Request(f"{worker.api_url}{path}", data=body, method=method)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     if service_key is not None:
@@ -105,7 +105,7 @@ class Api:
         """Who answers for the user (asked with the service key)."""
         answer = call(self.a, f"/users/{user}/tasks?scene=home", service_key=SERVICE_KEY)
         assert answer.status == 200, answer.body
-        return self.a if answer.served_by == self.a.web_url else self.b
+        return self.a if answer.served_by == self.a.api_url else self.b
 
     def logs(self) -> str:
         return "\n".join(f"--- {w.label} ---\n{w.log_tail(30)}" for w in self.workers)
@@ -231,7 +231,7 @@ def test_a_user_is_served_by_the_owner_of_their_partition_whichever_worker_is_as
     for user, owner in owners.items():
         by_partition.setdefault(partition_for(user.encode(), PARTITIONS), set()).add(owner)
     assert all(len(o) == 1 for o in by_partition.values())
-    assert set.union(*by_partition.values()) == {api.a.web_url, api.b.web_url}
+    assert set.union(*by_partition.values()) == {api.a.api_url, api.b.api_url}
 
 
 def test_scenes_and_offers(api: Api) -> None:
@@ -329,7 +329,7 @@ def test_claim_round_trip_through_the_other_worker(api: Api) -> None:
 
     first = post({"template_id": CLEAR, "user_tags": ["lapsed"], "request_id": "r-1"})
     assert first.status == 200, first.body
-    assert first.served_by == owner.web_url
+    assert first.served_by == owner.api_url
     assert first.body["outcome"] == "claimed"
     assert first.body["reason"] is None
     task_id = first.body["task_id"]

@@ -86,7 +86,7 @@ async def _request(
 def _get(worker: WorkerProcess, path: str) -> Reply:
     async def once() -> Reply:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            return await _request(session, f"{worker.web_url}{path}")
+            return await _request(session, f"{worker.api_url}{path}")
 
     return asyncio.run(once())
 
@@ -160,7 +160,7 @@ def test_a_burst_far_above_the_limit_gets_200s_and_fallbacks_and_events_keep_flo
 
     producer = threading.Thread(target=produce_during_the_burst)
     producer.start()
-    replies, seconds = _burst(worker.web_url, paths, waves=8)
+    replies, seconds = _burst(worker.api_url, paths, waves=8)
     producer.join()
 
     assert [r.status for _, r in replies] == [200] * len(replies)
@@ -203,8 +203,8 @@ def test_a_claim_over_the_limit_is_deferred_and_its_poll_url_answers_later(
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for attempt in range(1, 6):  # the same claim each time (request_id)
-                await asyncio.gather(*(_request(session, worker.web_url + p) for p in filler))
-                url = f"{worker.web_url}/users/{user}/claims"
+                await asyncio.gather(*(_request(session, worker.api_url + p) for p in filler))
+                url = f"{worker.api_url}/users/{user}/claims"
                 reply = await _request(session, url, "POST", body)
                 if reply.fallback == "deferred":
                     return reply, attempt
@@ -229,11 +229,11 @@ def test_metrics_count_the_answers_by_kind(shedding: Shedding) -> None:
     # A burst of its own, so this test does not depend on the others having run.
     users = [SEEN] * 20 + [f"{NEVER}-metrics{n}" for n in range(20)]  # at most BURST in full
     paths = [f"/users/{who}/tasks?scene=home" for who in users]
-    replies, _ = _burst(shedding.worker.web_url, paths, waves=1)
+    replies, _ = _burst(shedding.worker.api_url, paths, waves=1)
     assert {r.fallback for _, r in replies} >= {"cached", "static"}
 
     async def scrape() -> str:
-        url = f"{shedding.worker.web_url}/metrics"
+        url = f"{shedding.worker.api_url}/metrics"
         async with aiohttp.ClientSession() as session, session.get(url) as answer:
             return await answer.text()
 

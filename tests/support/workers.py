@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from bench.loggen import Line
 from streams.config import Settings
@@ -221,8 +221,13 @@ class WorkerProcess:
 
     @property
     def web_url(self) -> str:
-        """The URL this worker advertises to the group (faust's canonical_url)."""
+        """The worker's own web server: /metrics, /health, /ready."""
         return f"http://{self.env.get('TASKSTREAM_WEB_HOST', '127.0.0.1')}:{self.web_port}"
+
+    @property
+    def api_url(self) -> str:
+        """Its render API process, the URL it advertises to the group (canonical_url)."""
+        return f"http://{self.env.get('TASKSTREAM_WEB_HOST', '127.0.0.1')}:{self.web_port + 1}"
 
 
 class TopicReader:
@@ -231,6 +236,7 @@ class TopicReader:
     def __init__(self, bootstrap: str, topic: str, *, quiet: bool = False) -> None:
         self.topic = topic
         self.messages: list[dict[str, object]] = []
+        self._next: dict[int, int] = {}  # partition -> offset after the last message read
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -259,7 +265,23 @@ class TopicReader:
                         continue
                     raise RuntimeError(message.error())
                 self.messages.append(orjson.loads(message.value()))
+                self._next[message.partition()] = message.offset() + 1
         return len(self.messages) - before
+
+    def read_to_end(self, timeout: float = 60.0) -> None:
+        """Read until every partition's end offset as of now (a fixed time
+        would stop early on a loaded machine, before the assignment even)."""
+        metadata = self._consumer.list_topics(self.topic, timeout=10)
+        partitions = metadata.topics[self.topic].partitions
+        ends = {
+            p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            for p in partitions
+        }
+        deadline = time.monotonic() + timeout
+        while any(self._next.get(p, low) < high for p, (low, high) in ends.items()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.topic} not read to {ends} in {timeout}s")
+            self.poll(0.2)
 
     def wait_until(
         self,

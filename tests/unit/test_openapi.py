@@ -3,7 +3,6 @@ app.render_json builds match its schemas (field names, types, no extras)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -31,27 +30,17 @@ def _described() -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def registered() -> set[tuple[str, str]]:
-    """(method, path) of every route the render API module registers on the app."""
-    saved = os.environ.get("TASKSTREAM_STORE")
-    os.environ["TASKSTREAM_STORE"] = "memory://"  # no RocksDB for an import
-    try:
-        import streams.web_api
-        from streams.app import app
-    finally:
-        if saved is None:
-            del os.environ["TASKSTREAM_STORE"]
-        else:
-            os.environ["TASKSTREAM_STORE"] = saved
-    ours = {
-        path
-        for path, view in app.web.views.items()
-        if type(view).__module__ == streams.web_api.__name__
-    }
-    routes = app.web.web_app.router.routes()  # type: ignore[attr-defined]
+    """(method, path) of every route of the render API (streams.render_api.API_ROUTES)."""
+    from aiohttp import web
+
+    from streams.render_api import API_ROUTES
+
+    application = web.Application()
+    application.add_routes(API_ROUTES)
     return {
         (route.method, route.resource.canonical)
-        for route in routes
-        if route.resource.canonical in ours and route.method != "HEAD"  # HEAD: aiohttp's own
+        for route in application.router.routes()
+        if route.resource is not None and route.method != "HEAD"  # HEAD: aiohttp's own
     }
 
 

@@ -1,0 +1,145 @@
+"""What the render API process knows of its worker: the routing file and the tables.
+
+`RoutingView` follows the worker's routing file (streams.api_routing),
+re-reading it when its modification time changes (checked at most every
+`recheck` seconds). `SecondaryTables` reads the worker's RocksDB state
+databases as RocksDB *secondary instances*: read-only opens of the live
+database that see the worker's writes after `try_catch_up_with_primary`
+(which reads its MANIFEST and write-ahead log: ~1 ms, so it runs at most
+every `max_staleness` seconds per partition, or on demand for a claim).
+Only partitions the routing file lists as active here are opened; all are
+closed and reopened when the group generation changes, so a database that
+moved away (or was rebuilt by recovery) is never read from an old handle.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rocksdict import AccessType, Options, Rdict
+
+log = logging.getLogger("taskstream.api")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One snapshot of the routing file."""
+
+    worker: str = ""
+    generation: int = 0
+    ready: bool = False
+    owners: dict[int, str] = field(default_factory=dict)
+    active: dict[int, Path] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Routing:
+        doc: Any = orjson.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("the routing file is not a JSON object")
+        return cls(
+            worker=str(doc.get("worker", "")),
+            generation=int(doc.get("generation", 0)),
+            ready=bool(doc.get("ready", False)),
+            owners={int(p): str(url) for p, url in dict(doc.get("owners", {})).items()},
+            active={int(p): Path(path) for p, path in dict(doc.get("active", {})).items()},
+        )
+
+
+class RoutingView:
+    """The latest routing snapshot the worker wrote."""
+
+    def __init__(self, path: Path, recheck: float = 0.1, clock: Clock = time.monotonic) -> None:
+        self.path = path
+        self._recheck = recheck
+        self._clock = clock
+        self._checked_at: float | None = None
+        self._mtime: int | None = None
+        self._routing = Routing()
+
+    def current(self) -> Routing:
+        now = self._clock()
+        if self._checked_at is not None and now - self._checked_at < self._recheck:
+            return self._routing
+        self._checked_at = now
+        try:
+            mtime = self.path.stat().st_mtime_ns
+            if mtime != self._mtime:
+                self._routing = Routing.parse(self.path.read_bytes())
+                self._mtime = mtime
+        except FileNotFoundError:
+            self._routing, self._mtime = Routing(), None
+        except (OSError, ValueError, TypeError) as exc:
+            # Written atomically, so this is a foreign file: keep the last good one.
+            log.warning("routing file %s unreadable: %s", self.path, exc)
+        return self._routing
+
+
+class SecondaryTables:
+    """Read-only views of the worker's per-partition state databases."""
+
+    def __init__(
+        self,
+        scratch: Path,
+        max_staleness: float = 0.1,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        # A secondary instance keeps its own info log here (nothing else).
+        self._scratch = scratch
+        shutil.rmtree(scratch, ignore_errors=True)
+        self._max_staleness = max_staleness
+        self._clock = clock
+        self._generation: int | None = None
+        self._open: dict[int, tuple[Path, Rdict]] = {}
+        self._caught_up_at: dict[int, float] = {}
+
+    def get(
+        self, routing: Routing, partition: int, key: bytes, fresh: bool = False
+    ) -> bytes | None:
+        """The value of `key` in an active partition of this worker (None: absent).
+
+        `fresh`: catch up with the worker first even if it did recently.
+        Raises KeyError when the partition is not active here."""
+        db = self._db(routing, partition)
+        now = self._clock()
+        last = self._caught_up_at.get(partition)
+        if fresh or last is None or now - last >= self._max_staleness:
+            db.try_catch_up_with_primary()
+            self._caught_up_at[partition] = now
+        value = db.get(key)
+        return None if value is None else bytes(value)
+
+    def close(self) -> None:
+        for _, db in self._open.values():
+            db.close()
+        self._open.clear()
+        self._caught_up_at.clear()
+
+    def _db(self, routing: Routing, partition: int) -> Rdict:
+        if routing.generation != self._generation:
+            self.close()  # a rebalance: partitions may have moved or been rebuilt
+            self._generation = routing.generation
+        path = routing.active.get(partition)
+        if path is None:
+            raise KeyError(partition)
+        opened = self._open.get(partition)
+        if opened is not None and opened[0] == path:
+            return opened[1]
+        if opened is not None:
+            opened[1].close()
+        options = Options(raw_mode=True)  # the worker's keys and values are raw bytes
+        options.set_max_open_files(-1)  # RocksDB's advice for secondary instances
+        secondary = self._scratch / f"{path.name}-{partition}"
+        secondary.mkdir(parents=True, exist_ok=True)
+        db = Rdict(str(path), options, access_type=AccessType.secondary(str(secondary)))
+        self._open[partition] = (path, db)
+        self._caught_up_at[partition] = self._clock()  # opening reads the latest state
+        return db

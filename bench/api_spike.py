@@ -78,7 +78,7 @@ def start_worker(dep: Deployment, label: str, extra: dict[str, str]) -> tuple[An
         [TASKSTREAM, "worker", "--loglevel", "warning"], env=env, stdout=log, stderr=log
     )
     dep.workers.append(proc)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port + 1}"  # the worker's render API process (web port + 1)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -193,17 +193,22 @@ async def _fire(url: str, users: int, rate: float, seconds: float, seed: int) ->
     return tally
 
 
-def _client(url: str, users: int, rate: float, seconds: float, seed: int, out: Any) -> None:
+def _client(
+    url: str, users: int, rate: float, seconds: float, seed: int, nice: int, out: Any
+) -> None:
+    os.nice(nice)  # > 0: stand in for clients on other machines (idle CPU only)
     tally = asyncio.run(_fire(url, users, rate, seconds, seed))
     out.put((tally.offered, tally.latencies, tally.errors, time.process_time()))
 
 
-def spike(url: str, users: int, rate: float, seconds: float, clients: int) -> tuple[Tally, float]:
+def spike(
+    url: str, users: int, rate: float, seconds: float, clients: int, nice: int
+) -> tuple[Tally, float]:
     """Every client process's tally merged, and the wall time until the last answer."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_client, args=(url, users, rate / clients, seconds, seed, out))
+        ctx.Process(target=_client, args=(url, users, rate / clients, seconds, seed, nice, out))
         for seed in range(clients)
     ]
     began = time.monotonic()
@@ -241,10 +246,24 @@ def processing_lag(dep: Deployment, stamps: dict[str, int]) -> list[int]:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process so far (/proc/PID/stat)."""
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process so far (/proc/PID/stat); 0 without one."""
+    if pid is None:
+        return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def api_process(worker: int) -> int | None:
+    """The pid of the worker's render API process (its child), if running."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == worker:
+            return int(stat.parent.name)
+    return None
 
 
 @dataclass
@@ -256,6 +275,7 @@ class Phase:
     lags: list[int]
     backlog: int
     worker_cpu: float  # the worker's CPU seconds during the phase
+    api_cpu: float  # its render API process's
     load: float  # the machine's 1-minute load average at the phase's end
 
 
@@ -267,7 +287,9 @@ def run_phase(
     args: argparse.Namespace,
 ) -> Phase:
     worker = dep.workers[-1].pid
+    api = api_process(worker)
     cpu_before = cpu_seconds(worker)
+    api_before = cpu_seconds(api)
     count = int(args.events_rate * args.seconds)
     stamps: dict[str, int] = {}
     stop, peaks = threading.Event(), [0]
@@ -282,16 +304,19 @@ def run_phase(
     producer.start()
     tally, wall = None, args.seconds
     if url is not None:
-        tally, wall = spike(url, args.users, args.offered, args.seconds, args.clients)
+        tally, wall = spike(
+            url, args.users, args.offered, args.seconds, args.clients, args.client_nice
+        )
     producer.join()
     dep.wait_consumed(300)
     stop.set()
     sampler.join()
     worker_cpu = cpu_seconds(worker) - cpu_before
+    api_cpu = cpu_seconds(api) - api_before
     lags = processing_lag(dep, stamps)
     say(f"{name}: {len(lags)} order outputs, backlog peak {max(peaks)}")
     load = os.getloadavg()[0]
-    return Phase(name, args.seconds, tally, wall, lags, max(peaks), worker_cpu, load)
+    return Phase(name, args.seconds, tally, wall, lags, max(peaks), worker_cpu, api_cpu, load)
 
 
 # ------------------------------------------------------------------ report
@@ -311,7 +336,7 @@ def rows(phase: Phase) -> list[str]:
     )
     out = [f"| {phase.name} | processing lag (order -> output) | {lag} |"]
     tally = phase.tally
-    cpu = f"worker {phase.worker_cpu:.1f} s"
+    cpu = f"worker {phase.worker_cpu:.1f} s, its API process {phase.api_cpu:.1f} s"
     if tally is not None:
         cpu += f", clients {tally.cpu_seconds:.1f} s"
     out.append(
@@ -344,6 +369,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--offered", type=float, default=5_000.0, help="requests/s offered")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--skip-unlimited", action="store_true")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="niceness of the client processes: 19 makes them stand in for clients on "
+        "other machines (they get the CPU the worker, broker and API leave idle)",
+    )
     args, _ = parser.parse_known_args(argv)
     third = args.users // 3
     report: list[str] = []
@@ -370,7 +402,8 @@ def main(argv: list[str]) -> int:
             dep.stop()
     print(
         f"{args.users:,} users, orders at {args.events_rate:,.0f}/s, "
-        f"{args.offered:,.0f} requests/s offered by {args.clients} client process(es), "
+        f"{args.offered:,.0f} requests/s offered by {args.clients} client process(es) "
+        f"at nice {args.client_nice}, "
         f"{args.seconds:.0f} s per phase\n"
     )
     print("| phase | measurement | result |\n|---|---|---|")

@@ -132,6 +132,10 @@ class ApiSidecar:
                 self._command(),
                 env=self._env,
                 stdin=subprocess.DEVNULL,
+                # Its own session: Ctrl-C in the worker's terminal stops the
+                # worker, which then stops this; a child stopped first would
+                # be restarted while the worker shuts down.
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
             log.info("render API process started (pid %d)", self._proc.pid)

@@ -111,11 +111,23 @@ class SecondaryTables:
         db = self._db(routing, partition)
         now = self._clock()
         last = self._caught_up_at.get(partition)
-        if fresh or last is None or now - last >= self._max_staleness:
-            db.try_catch_up_with_primary()
-            self._caught_up_at[partition] = now
-        value = db.get(key)
+        try:
+            if fresh or last is None or now - last >= self._max_staleness:
+                db.try_catch_up_with_primary()
+                self._caught_up_at[partition] = now
+            value = db.get(key)
+        except Exception:
+            # An I/O error (say a file the worker compacted away between two
+            # catch-ups): drop the handle, the next read opens it afresh.
+            self._close_one(partition)
+            raise
         return None if value is None else bytes(value)
+
+    def _close_one(self, partition: int) -> None:
+        opened = self._open.pop(partition, None)
+        self._caught_up_at.pop(partition, None)
+        if opened is not None:
+            opened[1].close()
 
     def close(self) -> None:
         for _, db in self._open.values():

@@ -46,6 +46,7 @@ from app.access import sign_token
 from bench.stream import SAMPLES, TASKSTREAM, Deployment, bench_broker
 from schemas.records import InputEvent, OrderPaid, OrderRefunded, TaskClaim
 from taskstream import broker
+from taskstream.cpu import lower_cpu_priority
 
 SECRET = "api-spike-secret"
 CLEAR, DARK = "clear_box_per_order", "dark_box_3_days"
@@ -75,7 +76,14 @@ def start_worker(dep: Deployment, label: str, extra: dict[str, str]) -> tuple[An
     }
     log = (dep.root / f"{dep.name}-{label}.log").open("wb")
     proc = subprocess.Popen(
-        [TASKSTREAM, "worker", "--loglevel", "warning"], env=env, stdout=log, stderr=log
+        [TASKSTREAM, "worker", "--loglevel", "warning"],
+        env=env,
+        stdout=log,
+        stderr=log,
+        # A session of its own, as in its own container: with autogroup
+        # scheduling the kernel shares CPU between sessions first, so in the
+        # bench's session it would share one slice with the load generator.
+        start_new_session=True,
     )
     dep.workers.append(proc)
     url = f"http://127.0.0.1:{port + 1}"  # the worker's render API process (web port + 1)
@@ -194,21 +202,34 @@ async def _fire(url: str, users: int, rate: float, seconds: float, seed: int) ->
 
 
 def _client(
-    url: str, users: int, rate: float, seconds: float, seed: int, nice: int, out: Any
+    url: str,
+    users: int,
+    rate: float,
+    seconds: float,
+    seed: int,
+    nice: int,
+    cpus: set[int],
+    out: Any,
 ) -> None:
-    os.nice(nice)  # > 0: stand in for clients on other machines (idle CPU only)
+    if nice:  # stand in for clients on other machines: idle CPU only
+        os.setsid()  # a session (autogroup) of their own, like the API process's
+        lower_cpu_priority(nice)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     tally = asyncio.run(_fire(url, users, rate, seconds, seed))
     out.put((tally.offered, tally.latencies, tally.errors, time.process_time()))
 
 
 def spike(
-    url: str, users: int, rate: float, seconds: float, clients: int, nice: int
+    url: str, users: int, rate: float, seconds: float, clients: int, nice: int, cpus: set[int]
 ) -> tuple[Tally, float]:
     """Every client process's tally merged, and the wall time until the last answer."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_client, args=(url, users, rate / clients, seconds, seed, nice, out))
+        ctx.Process(
+            target=_client, args=(url, users, rate / clients, seconds, seed, nice, cpus, out)
+        )
         for seed in range(clients)
     ]
     began = time.monotonic()
@@ -254,6 +275,12 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process's main thread (the worker's event loop) was ready
+    to run but waited for a CPU (/proc/PID/schedstat, second field, ns)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def api_process(worker: int) -> int | None:
     """The pid of the worker's render API process (its child), if running."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -276,6 +303,7 @@ class Phase:
     backlog: int
     worker_cpu: float  # the worker's CPU seconds during the phase
     api_cpu: float  # its render API process's
+    worker_waited: float  # seconds its event loop was runnable but had no CPU
     load: float  # the machine's 1-minute load average at the phase's end
 
 
@@ -290,6 +318,7 @@ def run_phase(
     api = api_process(worker)
     cpu_before = cpu_seconds(worker)
     api_before = cpu_seconds(api)
+    waited_before = run_queue_wait(worker)
     count = int(args.events_rate * args.seconds)
     stamps: dict[str, int] = {}
     stop, peaks = threading.Event(), [0]
@@ -304,8 +333,17 @@ def run_phase(
     producer.start()
     tally, wall = None, args.seconds
     if url is not None:
+        api = api_process(dep.workers[-1].pid)
+        if args.api_cpus and api is not None:
+            os.sched_setaffinity(api, args.api_cpus)
         tally, wall = spike(
-            url, args.users, args.offered, args.seconds, args.clients, args.client_nice
+            url,
+            args.users,
+            args.offered,
+            args.seconds,
+            args.clients,
+            args.client_nice,
+            args.api_cpus,
         )
     producer.join()
     dep.wait_consumed(300)
@@ -313,10 +351,13 @@ def run_phase(
     sampler.join()
     worker_cpu = cpu_seconds(worker) - cpu_before
     api_cpu = cpu_seconds(api) - api_before
+    waited = run_queue_wait(worker) - waited_before
     lags = processing_lag(dep, stamps)
     say(f"{name}: {len(lags)} order outputs, backlog peak {max(peaks)}")
     load = os.getloadavg()[0]
-    return Phase(name, args.seconds, tally, wall, lags, max(peaks), worker_cpu, api_cpu, load)
+    return Phase(
+        name, args.seconds, tally, wall, lags, max(peaks), worker_cpu, api_cpu, waited, load
+    )
 
 
 # ------------------------------------------------------------------ report
@@ -336,7 +377,10 @@ def rows(phase: Phase) -> list[str]:
     )
     out = [f"| {phase.name} | processing lag (order -> output) | {lag} |"]
     tally = phase.tally
-    cpu = f"worker {phase.worker_cpu:.1f} s, its API process {phase.api_cpu:.1f} s"
+    cpu = (
+        f"worker {phase.worker_cpu:.1f} s (its event loop waited {phase.worker_waited:.1f} s "
+        f"for a CPU), its API process {phase.api_cpu:.1f} s"
+    )
     if tally is not None:
         cpu += f", clients {tally.cpu_seconds:.1f} s"
     out.append(
@@ -376,6 +420,13 @@ def main(argv: list[str]) -> int:
         help="niceness of the client processes: 19 makes them stand in for clients on "
         "other machines (they get the CPU the worker, broker and API leave idle)",
     )
+    parser.add_argument(
+        "--api-cpus",
+        type=lambda text: {int(c) for c in text.split(",") if c},
+        default=set(),
+        help="pin the API process and the clients to these CPUs (e.g. 1), as a CPU "
+        "limit on the API's container would; the worker and the broker stay unpinned",
+    )
     args, _ = parser.parse_known_args(argv)
     third = args.users // 3
     report: list[str] = []
@@ -403,7 +454,9 @@ def main(argv: list[str]) -> int:
     print(
         f"{args.users:,} users, orders at {args.events_rate:,.0f}/s, "
         f"{args.offered:,.0f} requests/s offered by {args.clients} client process(es) "
-        f"at nice {args.client_nice}, "
+        f"at nice {args.client_nice}"
+        + (f", API and clients on CPU(s) {sorted(args.api_cpus)}" if args.api_cpus else "")
+        + ", "
         f"{args.seconds:.0f} s per phase\n"
     )
     print("| phase | measurement | result |\n|---|---|---|")

@@ -8,7 +8,6 @@ Exit codes: 0 success, 1 the job failed (message on stderr), 2 bad usage.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -40,23 +39,6 @@ def _connected_settings() -> Settings:
 
 
 EXIT_UNBALANCED = 3
-
-
-def lower_cpu_priority(niceness: int) -> None:
-    """Nice this process; if it leads its own session, its autogroup too.
-
-    With the kernel's autogroup scheduling (sched_autogroup_enabled, on in
-    most desktop and container kernels), CPU is shared fairly between
-    sessions first and a process's nice value only counts inside its
-    session: the worker starts the API process in a session of its own, so
-    the session's nice (/proc/self/autogroup) is what yields to the worker.
-    """
-    os.nice(niceness)
-    if os.getsid(0) != os.getpid():
-        return  # run by hand from a shell: do not nice the whole terminal session
-    # No autogroup scheduling here (OSError): os.nice is all there is.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(niceness))
 
 
 def _fail(message: str) -> None:
@@ -158,6 +140,8 @@ def api(loglevel: str) -> None:
     settings = _settings()
     logging.getLogger().setLevel(loglevel.upper())
     if settings.api_nice:
+        from taskstream.cpu import lower_cpu_priority
+
         lower_cpu_priority(settings.api_nice)
 
     async def run() -> None:

@@ -162,3 +162,37 @@ def test_not_ready_lists_nothing_to_read(tmp_path: Path) -> None:
     doc = orjson.loads(path.read_bytes())
     assert doc["ready"] is False
     assert doc["active"] == doc["owners"] == {}
+
+
+AUTOGROUP = Path("/proc/self/autogroup")
+REPORT = (
+    "import os; from taskstream.cpu import lower_cpu_priority; lower_cpu_priority(5); "
+    "group = '/proc/self/autogroup'; "
+    "print(os.getpriority(os.PRIO_PROCESS, 0)); "
+    "print(open(group).read().split()[-1] if os.path.exists(group) else 'none')"
+)
+
+
+def _niceness_after(new_session: bool) -> tuple[int, str]:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", REPORT],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=new_session,
+    ).stdout.split()
+    return int(out[0]), out[1]
+
+
+def test_lowering_priority_nices_the_process_and_its_own_session_only() -> None:
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    own_group = AUTOGROUP.read_text().split()[-1] if AUTOGROUP.exists() else "none"
+    nice, group = _niceness_after(new_session=True)
+    assert nice == min(19, mine + 5)
+    if group != "none":  # autogroup scheduling: the session's nice counts first
+        assert group == "5"
+    nice, group = _niceness_after(new_session=False)
+    assert nice == min(19, mine + 5)
+    assert group == own_group  # a shell's session is left alone

@@ -6,6 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
+AUTOGROUP = Path("/proc/self/autogroup")
+
 
 def lower_cpu_priority(niceness: int) -> None:
     """Nice this process; if it leads its own session, its autogroup too.
@@ -21,4 +23,21 @@ def lower_cpu_priority(niceness: int) -> None:
         return  # run by hand from a shell: do not nice the whole terminal session
     # No autogroup scheduling here (OSError): os.nice is all there is.
     with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(niceness))
+        AUTOGROUP.write_text(str(niceness))
+
+
+def autogroup_nice() -> int | None:
+    """This process's autogroup niceness, or None where autogroups do not apply.
+
+    The kernel prints "/autogroup-<id> nice <n>" only for a task that is in
+    an autogroup; a task inside a cgroup of its own (a CI runner, a systemd
+    unit, a container) reads an empty file, and kernels built without
+    autogroups have no file at all.
+    """
+    try:
+        fields = AUTOGROUP.read_text().split()
+    except OSError:
+        return None
+    if len(fields) != 3 or fields[1] != "nice":
+        return None
+    return int(fields[2])

@@ -17,6 +17,7 @@ from rocksdict import Options, Rdict
 
 from streams.api_routing import ApiSidecar, RoutingWriter, not_ready, routing_path
 from streams.api_tables import Routing, RoutingView, SecondaryTables
+from taskstream.cpu import autogroup_nice
 
 
 class Clock:
@@ -164,16 +165,15 @@ def test_not_ready_lists_nothing_to_read(tmp_path: Path) -> None:
     assert doc["active"] == doc["owners"] == {}
 
 
-AUTOGROUP = Path("/proc/self/autogroup")
 REPORT = (
-    "import os; from taskstream.cpu import lower_cpu_priority; lower_cpu_priority(5); "
-    "group = '/proc/self/autogroup'; "
+    "import os; from taskstream.cpu import autogroup_nice, lower_cpu_priority; "
+    "lower_cpu_priority(5); "
     "print(os.getpriority(os.PRIO_PROCESS, 0)); "
-    "print(open(group).read().split()[-1] if os.path.exists(group) else 'none')"
+    "print(autogroup_nice())"
 )
 
 
-def _niceness_after(new_session: bool) -> tuple[int, str]:
+def _niceness_after(new_session: bool) -> tuple[int, int | None]:
     import subprocess
 
     out = subprocess.run(
@@ -183,16 +183,30 @@ def _niceness_after(new_session: bool) -> tuple[int, str]:
         check=True,
         start_new_session=new_session,
     ).stdout.split()
-    return int(out[0]), out[1]
+    return int(out[0]), None if out[1] == "None" else int(out[1])
 
 
 def test_lowering_priority_nices_the_process_and_its_own_session_only() -> None:
     mine = os.getpriority(os.PRIO_PROCESS, 0)
-    own_group = AUTOGROUP.read_text().split()[-1] if AUTOGROUP.exists() else "none"
+    own_group = autogroup_nice()
     nice, group = _niceness_after(new_session=True)
     assert nice == min(19, mine + 5)
-    if group != "none":  # autogroup scheduling: the session's nice counts first
-        assert group == "5"
+    if group is not None:  # autogroup scheduling: the session's nice counts first
+        assert group == 5
     nice, group = _niceness_after(new_session=False)
     assert nice == min(19, mine + 5)
     assert group == own_group  # a shell's session is left alone
+
+
+def test_autogroup_nice_reads_the_kernels_line_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import taskstream.cpu as cpu
+
+    fake = tmp_path / "autogroup"
+    monkeypatch.setattr(cpu, "AUTOGROUP", fake)
+    assert cpu.autogroup_nice() is None  # no such file: kernel without autogroups
+    fake.write_text("")  # a task in a cgroup of its own (CI runners, containers)
+    assert cpu.autogroup_nice() is None
+    fake.write_text("/autogroup-4 nice 7\n")
+    assert cpu.autogroup_nice() == 7

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 from schemas.timestamps import format_utc, to_datetime
 
 DRY_COLOUR = "#c0392b"
+ISSUED_COLOUR = "#7f8c8d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ def _pool_panel(axes: Axes, pool: PoolSeries, end: int | None) -> None:
     if pool.dry_at is not None:  # in the title, where no data point can hide it
         title += f"; runs dry {format_utc(pool.dry_at)} (dashed line)"
     axes.set_title(title, loc="left", fontsize=10)
-    axes.set_ylabel(f"remaining ({unit})")
+    axes.set_ylabel(unit)
     axes.set_ylim(0, max(pool.total, 1) * 1.08)
     if pool.dry_at is not None:
         axes.axvline(to_datetime(pool.dry_at), color=DRY_COLOUR, linestyle="--")  # type: ignore[arg-type]
@@ -130,7 +131,9 @@ def _pool_panel(axes: Axes, pool: PoolSeries, end: int | None) -> None:
         return
     times, issued = _steps(pool.points, 0, end)
     remaining = [pool.total - units for units in issued]
-    axes.step(times, remaining, where="post")  # type: ignore[arg-type]
+    axes.step(times, remaining, where="post", label="remaining")  # type: ignore[arg-type]
+    axes.step(times, issued, where="post", label="issued", color=ISSUED_COLOUR)  # type: ignore[arg-type]
+    axes.legend(fontsize=8, loc="center left")
 
 
 def _payout_panel(axes: Axes, payouts: Sequence[PayoutSeries], end: int | None) -> None:

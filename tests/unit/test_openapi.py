@@ -51,6 +51,16 @@ def test_every_registered_route_is_described_and_nothing_else(
     assert registered == _described()
 
 
+def test_the_server_is_the_api_process_on_its_default_port() -> None:
+    from streams.config import Settings
+
+    defaults = Settings.from_env({})
+    assert defaults.api_port != defaults.web_port  # the worker's own server has no /users
+    assert [server["url"] for server in SPEC["servers"]] == [
+        f"http://{defaults.web_host}:{defaults.api_port}"
+    ]
+
+
 def test_it_is_openapi_3_1_with_both_auth_schemes() -> None:
     assert SPEC["openapi"].startswith("3.1.")
     schemes = SPEC["components"]["securitySchemes"]

@@ -207,3 +207,17 @@ def test_pool_burn_down_writes_a_png_for_edge_cases(tmp_path: Path) -> None:
     pool_burn_down(path, [], "nothing at all")
     with Image.open(path) as image:
         assert image.format == "PNG"
+
+
+def test_a_pool_panel_draws_issued_and_remaining_over_time() -> None:
+    from matplotlib.figure import Figure
+
+    from taskstream.charts import _pool_panel
+
+    axes = Figure().subplots()
+    start = 1_709_600_000_000_000
+    pool = PoolSeries("p", "cents", 1000, ((start, 300), (start + 10, 1000)), start + 10)
+    _pool_panel(axes, pool, end=start + 20)
+    lines = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
+    assert lines["issued"] == [0, 300, 1000, 1000]
+    assert lines["remaining"] == [1000, 700, 0, 0]

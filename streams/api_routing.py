@@ -9,7 +9,11 @@ CPU first (docs/api.md "Load shedding").
 The API process reads users straight from the worker's RocksDB files (as a
 RocksDB secondary instance, read-only). What it cannot see in the files is
 written here: the routing file `<data dir>/api-routing.json`, replaced
-atomically by a 0.25 s timer whenever it changes:
+atomically by a 0.25 s timer whenever it changes, and touched at least
+every HEARTBEAT_SECONDS otherwise: a file older than STALE_AFTER_SECONDS
+means the worker is stopped (SIGSTOP, a debugger), blocked or gone, and
+the API process then serves none of its partitions (they may have moved
+to another worker already) until it hears from it again:
 
     {"worker": "http://host:api_port",   this worker's advertised API URL
      "pid": 1234,                         the worker's process id
@@ -34,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,12 @@ import orjson
 log = logging.getLogger("taskstream.api")
 
 ROUTING_FILE = "api-routing.json"
+# The worker touches the file this often even when nothing changed...
+HEARTBEAT_SECONDS = 1.0
+# ...so a file older than this is a worker that cannot run its timers. Below
+# the broker's smallest session timeout (6 s), so a paused worker's API stops
+# serving before its partitions can move elsewhere.
+STALE_AFTER_SECONDS = 4.0
 
 
 def routing_path(data_dir: Path) -> Path:
@@ -69,17 +79,36 @@ def write_routing(path: Path, snapshot: Mapping[str, Any]) -> None:
 
 
 class RoutingWriter:
-    """Writes a snapshot only when it differs from the last one written."""
+    """Writes a snapshot when it differs from the last one written; otherwise
+    touches the file once `heartbeat` seconds have passed (the API process
+    reads the file's age as the worker's liveness)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        heartbeat: float = HEARTBEAT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
+        self._heartbeat = heartbeat
+        self._clock = clock
         self._last: Mapping[str, Any] | None = None
+        self._written_at = 0.0
 
     def update(self, snapshot: Mapping[str, Any]) -> bool:
+        """True when the content changed (and was written)."""
+        now = self._clock()
         if snapshot == self._last:
+            if now - self._written_at >= self._heartbeat:
+                try:
+                    os.utime(self.path)
+                except FileNotFoundError:  # deleted under us (a wiped data dir)
+                    write_routing(self.path, snapshot)
+                self._written_at = now
             return False
         write_routing(self.path, snapshot)
         self._last = dict(snapshot)
+        self._written_at = now
         return True
 
 

@@ -2,7 +2,8 @@
 
 `RoutingView` follows the worker's routing file (streams.api_routing),
 re-reading it when its modification time changes (checked at most every
-`recheck` seconds). `SecondaryTables` reads the worker's RocksDB state
+`recheck` seconds); a file older than STALE_AFTER_SECONDS reads as a silent
+worker: not ready, no active partition. `SecondaryTables` reads the worker's RocksDB state
 databases as RocksDB *secondary instances*: read-only opens of the live
 database that see the worker's writes after `try_catch_up_with_primary`
 (which reads its MANIFEST and write-ahead log: ~1 ms, so it runs at most
@@ -18,12 +19,14 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from rocksdict import AccessType, Options, Rdict
+
+from streams.api_routing import STALE_AFTER_SECONDS
 
 log = logging.getLogger("taskstream.api")
 
@@ -39,6 +42,9 @@ class Routing:
     ready: bool = False
     owners: dict[int, str] = field(default_factory=dict)
     active: dict[int, Path] = field(default_factory=dict)
+    # > 0: the worker has not touched the file for this long (stopped,
+    # blocked or gone); then `ready` is False and `active` empty.
+    silent_for: float = 0.0
 
     @classmethod
     def parse(cls, raw: bytes) -> Routing:
@@ -57,18 +63,28 @@ class Routing:
 class RoutingView:
     """The latest routing snapshot the worker wrote."""
 
-    def __init__(self, path: Path, recheck: float = 0.1, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        recheck: float = 0.1,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+        stale_after: float = STALE_AFTER_SECONDS,
+    ) -> None:
         self.path = path
         self._recheck = recheck
         self._clock = clock
+        self._wall = wall  # file times are wall-clock times
+        self._stale_after = stale_after
         self._checked_at: float | None = None
         self._mtime: int | None = None
-        self._routing = Routing()
+        self._routing = Routing()  # as the worker wrote it
+        self._current = self._routing  # what the API acts on (silent: not ready)
 
     def current(self) -> Routing:
         now = self._clock()
         if self._checked_at is not None and now - self._checked_at < self._recheck:
-            return self._routing
+            return self._current
         self._checked_at = now
         try:
             mtime = self.path.stat().st_mtime_ns
@@ -80,7 +96,21 @@ class RoutingView:
         except (OSError, ValueError, TypeError) as exc:
             # Written atomically, so this is a foreign file: keep the last good one.
             log.warning("routing file %s unreadable: %s", self.path, exc)
-        return self._routing
+        was_silent = self._current.silent_for > 0
+        self._current = self._routing
+        if self._mtime is not None and self._routing.worker:
+            age = self._wall() - self._mtime / 1e9
+            if age > self._stale_after:
+                self._current = replace(self._routing, ready=False, active={}, silent_for=age)
+        if self._current.silent_for > 0 and not was_silent:
+            log.warning(
+                "worker %s silent for %.1f s (stopped or blocked): serving none of its partitions",
+                self._routing.worker,
+                self._current.silent_for,
+            )
+        elif was_silent and not self._current.silent_for:
+            log.info("worker %s heard from again", self._routing.worker)
+        return self._current
 
 
 class SecondaryTables:

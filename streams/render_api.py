@@ -209,6 +209,10 @@ class Api:
         waiting = []
         if not routing.worker:
             waiting.append("the worker's routing file")
+        elif routing.silent_for:
+            waiting.append(
+                f"the worker (silent for {routing.silent_for:.0f} s: stopped or blocked)"
+            )
         elif not routing.ready:
             waiting.append("the worker (joining, recovering or rebalancing)")
         if not self.catalogs.wait_ready(0):
@@ -502,6 +506,10 @@ async def _route(
         if ROUTED_HEADER in req.headers:  # the assignment moved while it travelled
             return _unavailable(api, f"partition {partition} is moving between workers")
         return await _forward(api, req, owner, body)
+    if routing.silent_for:
+        return _unavailable(
+            api, f"this worker has been silent for {routing.silent_for:.0f} s (stopped or blocked)"
+        )
     if not routing.ready or partition not in routing.active:
         return _unavailable(api, f"partition {partition} is being recovered on this worker")
     if not api.catalogs.wait_ready(0):

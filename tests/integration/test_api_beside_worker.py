@@ -4,7 +4,9 @@ One worker (real broker, RocksDB) with an API secret. Its API process must
 answer /ready on the API port (web port + 1), not be the worker's process,
 run at a lower CPU priority; come back by itself after a SIGKILL; answer a
 user's tasks from the worker's state (a claim processed by the worker shows
-up); and be gone when the worker is SIGKILLed (no orphan holding the port).
+up); answer 503 while its worker is SIGSTOPped (the routing file's
+heartbeat stops) and serve again after SIGCONT; and be gone when the
+worker is SIGKILLed (no orphan holding the port).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from support.workers import Deployment, WorkerProcess
 
 from app.access import sign_token
 from schemas.timestamps import format_utc
+from streams.api_routing import STALE_AFTER_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +137,29 @@ def test_the_api_process_lives_beside_the_worker(kafka: str, tmp_path: Path) -> 
         )
         second = api_pid(worker)
         assert second is not None
+
+        # A worker that cannot run (SIGSTOP; a debugger, a blocked loop) stops
+        # touching the routing file: its API then serves none of its users.
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            paused = time.monotonic()
+            silent = None
+            while time.monotonic() - paused < STALE_AFTER_SECONDS + 4:
+                silent = get(f"{worker.api_url}/users/u-api-1/tasks?scene=home", token)
+                if silent is not None and silent[0] == 503:
+                    break
+                time.sleep(0.2)
+            assert silent is not None
+            assert silent[0] == 503, silent
+            assert "silent" in str(silent[1]["error"])
+            ready = get(f"{worker.api_url}/ready")
+            assert ready is not None
+            assert ready[0] == 503
+            assert "silent" in str(ready[1])
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+        wait_for("the API serving again after SIGCONT", shows_the_task, worker, timeout=60)
 
         worker.kill()
         deadline = time.monotonic() + 10

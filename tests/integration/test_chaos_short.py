@@ -17,6 +17,10 @@ from chaos.suite import run_suite
 pytestmark = pytest.mark.integration
 
 
+# run_suite's own timeout bounds the run; the checks after it (outputs, lag,
+# pools, audit) may wait up to a few minutes more, so pytest's default 300 s
+# must not cut the test off before it prints its table.
+@pytest.mark.timeout(720)
 def test_every_fault_kind_once_loses_and_duplicates_nothing() -> None:
     report = run_suite(
         events=20_000,

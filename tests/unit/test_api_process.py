@@ -67,6 +67,52 @@ def test_the_writer_writes_only_changes_and_readers_see_whole_snapshots(tmp_path
     assert view.current().active == {0: Path("/x/state-0.db")}
 
 
+def test_an_unchanged_snapshot_is_touched_every_heartbeat(tmp_path: Path) -> None:
+    path = routing_path(tmp_path)
+    clock = Clock()
+    writer = RoutingWriter(path, heartbeat=1.0, clock=clock)
+    snapshot = {**not_ready("http://w1"), "ready": True}
+    assert writer.update(snapshot)
+    os.utime(path, (1, 1))  # long ago
+    clock.now += 0.5
+    assert not writer.update(dict(snapshot))
+    assert path.stat().st_mtime == 1  # within the heartbeat: left alone
+    clock.now += 0.6
+    assert not writer.update(dict(snapshot))  # same content, but touched
+    assert time.time() - path.stat().st_mtime < 5
+    path.unlink()  # a wiped data dir: written again at the next heartbeat
+    clock.now += 1.0
+    writer.update(dict(snapshot))
+    assert orjson.loads(path.read_bytes())["ready"] is True
+
+
+def test_a_file_older_than_the_staleness_limit_is_a_silent_worker(tmp_path: Path) -> None:
+    path = routing_path(tmp_path)
+    active = {"0": str(tmp_path / "state-0.db")}
+    RoutingWriter(path).update(
+        {**not_ready("http://w1"), "ready": True, "generation": 2, "active": active}
+    )
+    wall = Clock()
+    wall.now = path.stat().st_mtime_ns / 1e9
+    view = RoutingView(path, recheck=0.0, clock=Clock(), wall=wall, stale_after=4.0)
+    assert view.current().ready
+    assert view.current().active
+    wall.now += 3.9
+    assert view.current().ready
+    assert not view.current().silent_for
+    wall.now += 0.2  # 4.1 s without a write or a touch: stopped or blocked
+    silent = view.current()
+    assert not silent.ready
+    assert silent.active == {}
+    assert silent.silent_for == pytest.approx(4.1)
+    assert (silent.worker, silent.generation) == ("http://w1", 2)  # still routes to others
+    os.utime(path, ns=(int(wall.now * 1e9), int(wall.now * 1e9)))  # the worker's heartbeat
+    heard = view.current()
+    assert heard.ready
+    assert heard.active
+    assert not heard.silent_for
+
+
 def test_a_missing_file_means_not_ready_and_garbage_keeps_the_last_good(tmp_path: Path) -> None:
     path = routing_path(tmp_path)
     clock = Clock()

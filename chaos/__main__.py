@@ -26,6 +26,14 @@ def main(argv: list[str]) -> int:
         help="TASKSTREAM_BATCH_MAX of the workers: smaller batches stretch the run "
         "so the faults land while it works (default 50)",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="produce the log as live traffic at this many lines/s while the faults hit "
+        "(default: all of it before the workers start; live traffic meets the event-time "
+        "merge's known late-producer gap, docs/streams.md)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
     args = parser.parse_args(argv)
     report = run_suite(
@@ -36,6 +44,7 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         timeout=args.timeout,
         batch_max=args.batch_max,
+        rate=args.rate,
     )
     print(report.table())
     return 0 if report.ok else 1

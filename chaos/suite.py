@@ -4,8 +4,13 @@
 
 A generated log (bench.loggen.mixed_log: duplicates, refunds before their
 order, malformed lines, ticks) is produced to a deployment on a broker this
-suite starts; `taskstream replay` gives the expected answer. Workers (real
-`taskstream worker` processes, RocksDB) process it while faults are
+suite starts, before the workers start (a backlog) or, with `rate`, as live
+traffic at `rate` lines/s while they run; `taskstream replay` gives the
+expected answer. Live traffic exposes the event-time merge's known gap
+(docs/streams.md "Late producers": an input read to its high watermark
+counts as caught up, with no idle wait), so outputs can differ from
+replay's log order there: it is off by default. Workers (real `taskstream worker` processes,
+RocksDB, each with its render API process) process it while faults are
 injected as the outputs pass random fractions of the expected total:
 
 - kill:   SIGKILL a random worker (no shutdown hooks), restart it;
@@ -17,9 +22,11 @@ injected as the outputs pass random fractions of the expected total:
 A worker that exits on its own is restarted too (counted as a crash). At
 the end: the de-duplicated outputs equal replay's, no id carries two
 contents, every malformed line is a dead letter, the group's lag is zero
-on every input partition, every pool balances (`pools status`) and
-`taskstream audit` agrees. Prints a summary table; exit 0 only when all
-of that holds.
+on every input and budget partition, every pool balances (`pools status`),
+`taskstream audit` agrees, no worker exited on its own, every faulted
+worker is back (ready in a new group generation, its render API ready)
+and random workers' render APIs answer users from their owners. Prints a
+summary table; exit 0 only when all of that holds.
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +49,10 @@ from typing import Any
 
 import orjson
 
-from bench.loggen import LogShape, ample_sample_pools, mixed_log
+from bench.loggen import Line, LogShape, ample_sample_pools, mixed_log
+from streams.config import BUDGET_TOPICS, INPUT_TOPICS
 from taskstream import broker
+from taskstream.partitioner import partition_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.workers import TASKSTREAM, Deployment, TopicReader, WorkerProcess
@@ -47,6 +60,19 @@ from support.workers import TASKSTREAM, Deployment, TopicReader, WorkerProcess
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 OUTPUTS = ("task-events", "rewards")
 FAULTS = ("kill", "stop", "broker", "wipe")
+PRODUCE_CHUNK = 500  # lines per producer flush
+API_SECRET = "chaos-api-secret"
+SERVICE_KEY = "chaos-service-key"
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
 
 
 @dataclass
@@ -56,6 +82,11 @@ class Fault:
     target: str = ""
     injected_at: float = 0.0  # monotonic
     recovered_after: float | None = None  # seconds until outputs grew again
+    # Seconds until the faulted worker (every worker, for the broker) was
+    # back: ready in a group generation after the fault, and its render API
+    # answering /ready. Not just "the others went on".
+    rejoined_after: float | None = None
+    generation_before: int = 0  # the target's group generation when it was hit
 
 
 @dataclass
@@ -76,6 +107,8 @@ class Report:
     pools_balanced: bool = False
     audit_exit: int | None = None
     worker_crashes: int = 0
+    api_asked: int = 0  # users asked of a random worker's render API at the end
+    api_answered: int = 0  # ... answered 200 by the worker owning the user
     seconds: float = 0.0
     faults: list[Fault] = field(default_factory=list)
 
@@ -88,7 +121,10 @@ class Report:
             and not self.lag_behind
             and self.pools_balanced
             and self.audit_exit == 0
+            and self.worker_crashes == 0
+            and self.api_answered == self.api_asked > 0
             and all(f.recovered_after is not None for f in self.faults)
+            and all(f.rejoined_after is not None for f in self.faults)
         )
 
     def table(self) -> str:
@@ -108,14 +144,23 @@ class Report:
             ("consumer lag at the end", "0" if not self.lag_behind else str(self.lag_behind)),
             ("pools balanced (pools status)", str(self.pools_balanced)),
             ("taskstream audit exit", str(self.audit_exit)),
+            (
+                "render API: answered by the owner / asked",
+                f"{self.api_answered} / {self.api_asked}",
+            ),
             ("wall time", f"{self.seconds:.0f} s"),
         ]
         lines = ["| measure | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows]
-        lines += ["", "| fault | at outputs | target | recovered after |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| fault | at outputs | target | outputs grew again after | target back after |",
+            "|---|---|---|---|---|",
+        ]
         for f in self.faults:
-            rec = "NOT RECOVERED" if f.recovered_after is None else f"{f.recovered_after:.1f} s"
-            lines.append(f"| {f.kind} | {f.at_fraction:.0%} | {f.target} | {rec} |")
+            grew = "NOT RECOVERED" if f.recovered_after is None else f"{f.recovered_after:.1f} s"
+            back = "NOT BACK" if f.rejoined_after is None else f"{f.rejoined_after:.1f} s"
+            lines.append(f"| {f.kind} | {f.at_fraction:.0%} | {f.target} | {grew} | {back} |")
         verdict = "PASS" if self.ok else "FAIL"
         return "\n".join(lines) + f"\n\nchaos {verdict}"
 
@@ -138,13 +183,17 @@ class Chaos:
         faults: list[str],
         seed: int,
         batch_max: int,
+        rate: float | None,
     ) -> None:
         self.spec = spec
+        self.rate = rate
+        self.produce_error: BaseException | None = None
         self.batch_max = batch_max
         self.root = root
         self.rng = random.Random(seed)
         self.report = Report()
-        self.deployment = Deployment(bootstrap, root, partitions=8)
+        self.partitions = 8
+        self.deployment = Deployment(bootstrap, root, partitions=self.partitions)
         self.lines = mixed_log(shape)
         self.expected, self.dead_expected = self._replay()
         self.fault_plan = self._plan(faults)
@@ -203,11 +252,14 @@ class Chaos:
         deployment = self.deployment
         deployment.create_topics()
         deployment.publish_templates(SAMPLES / "templates.json", self.root / "pools.json")
-        report.messages = deployment.produce(self.lines)
-        say(f"produced {report.messages:,} messages ({report.events:,} lines)")
+        producing = threading.Thread(target=self._produce, name="chaos-producer", daemon=True)
+        if self.rate is None:  # a backlog, worked off while the faults hit
+            producing.run()
         for label in self.labels:
             self._start(label)
         deployment.open_pools("cash", "small_budget", "grand_prizes")
+        if self.rate is not None:  # live traffic while the faults hit
+            producing.start()
         pending = list(self.fault_plan)
         deadline = began + timeout
         last_seen, waiting_recovery = 0, []  # faults whose recovery is not seen yet
@@ -221,6 +273,7 @@ class Chaos:
                 for fault in waiting_recovery:
                     fault.recovered_after = time.monotonic() - fault.injected_at
                 waiting_recovery = []
+            self._note_rejoined()
             last_seen = max(last_seen, seen)
             self._resume_due()
             self._restart_exited()
@@ -229,16 +282,78 @@ class Chaos:
                 self._inject(fault)
                 waiting_recovery.append(fault)
                 last_seen = self._seen()
-            if not pending and not waiting_recovery and not self.to_resume and self._complete():
+            if (
+                not pending
+                and not waiting_recovery
+                and not self.to_resume
+                and all(f.rejoined_after is not None for f in self.fault_plan)
+                and self._complete()
+            ):
                 break
             time.sleep(0.3)
+        if producing.ident is not None:
+            producing.join(timeout=max(1.0, deadline - time.monotonic()))
+        if self.produce_error is not None:
+            raise RuntimeError("producing the log failed") from self.produce_error
+        say(f"produced {report.messages:,} messages ({report.events:,} lines)")
         self._finish(began)
         return report
+
+    def _produce(self) -> None:
+        """The whole log at once, or at `rate` lines/s in chunks (each
+        flushed before the next: a topic's order is the file's)."""
+        if self.rate is None:
+            self.report.messages = self.deployment.produce(self.lines)
+            return
+        began, done = time.monotonic(), 0
+        try:
+            for start in range(0, len(self.lines), PRODUCE_CHUNK):
+                chunk = self.lines[start : start + PRODUCE_CHUNK]
+                self.report.messages += self.deployment.produce(chunk)
+                done += len(chunk)
+                ahead = began + done / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        except BaseException as exc:  # re-raised by run()
+            self.produce_error = exc
 
     def _seen(self) -> int:
         for reader in self.readers.values():
             reader.poll(0.2)
         return len({m["event_id"] for t in OUTPUTS for m in self.readers[t].messages})
+
+    def _note_rejoined(self) -> None:
+        """Faults whose target is back: ready in a generation after the fault
+        (a restarted or resumed worker always causes a new one) with its
+        render API ready; for the broker, every worker ready again."""
+        for fault in self.fault_plan:
+            if not fault.injected_at or fault.rejoined_after is not None:
+                continue
+            if fault.kind == "broker":
+                back = fault.recovered_after is not None and all(
+                    self._worker_back(w, 0) for w in self.workers.values()
+                )
+            else:
+                worker = self.workers[fault.target.removeprefix("worker ")]
+                stopped = any(item[1] is worker for item in self.to_resume)
+                back = not stopped and self._worker_back(worker, fault.generation_before)
+            if back:
+                fault.rejoined_after = time.monotonic() - fault.injected_at
+
+    @staticmethod
+    def _routing(worker: WorkerProcess) -> dict[str, Any]:
+        """What the worker last wrote for its render API (streams.api_routing)."""
+        try:
+            doc = orjson.loads((worker.data_dir / "api-routing.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _worker_back(self, worker: WorkerProcess, after_generation: int) -> bool:
+        routing = self._routing(worker)
+        if not (routing.get("ready") and int(routing.get("generation", 0)) > after_generation):
+            return False
+        return _http_status(f"{worker.api_url}/ready") == 200
 
     def _complete(self) -> bool:
         got = {m["event_id"] for t in OUTPUTS for m in self.readers[t].messages}
@@ -249,7 +364,11 @@ class Chaos:
 
     def _start(self, label: str, *, wipe: bool = False) -> None:
         worker = self.workers.get(label) or self.deployment.worker(
-            label, TASKSTREAM_BATCH_MAX=str(self.batch_max)
+            label,
+            TASKSTREAM_BATCH_MAX=str(self.batch_max),
+            # Each worker runs its render API process, as in production.
+            TASKSTREAM_API_SECRET=API_SECRET,
+            TASKSTREAM_SERVICE_KEY=SERVICE_KEY,
         )
         if wipe:
             worker.wipe_state()
@@ -274,6 +393,7 @@ class Chaos:
         fault.at_fraction = self._seen() / len(self.expected)
         label = self.rng.choice(self.labels)
         worker = self.workers[label]
+        fault.generation_before = int(self._routing(worker).get("generation", 0))
         if fault.kind in ("kill", "wipe"):
             fault.target = f"worker {label}"
             self.to_resume = [item for item in self.to_resume if item[1] is not worker]
@@ -285,6 +405,7 @@ class Chaos:
                     next(x for x in self.labels if x != label) if len(self.labels) > 1 else label
                 )
                 worker = self.workers[label]
+                fault.generation_before = int(self._routing(worker).get("generation", 0))
             fault.target = f"worker {label}"
             assert worker.proc is not None
             worker.proc.send_signal(signal.SIGSTOP)
@@ -310,9 +431,13 @@ class Chaos:
                 stopped.proc.send_signal(signal.SIGCONT)
         self.to_resume = []
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self._complete():
+        while time.monotonic() < deadline and not (
+            self._complete() and all(f.rejoined_after is not None for f in self.fault_plan)
+        ):
             self._restart_exited()
             self._seen()
+            self._note_rejoined()
+            time.sleep(0.3)
         time.sleep(2.0)  # a late re-send after a crash must agree as well
         self._seen()
         contents: dict[str, bytes] = {}
@@ -348,15 +473,17 @@ class Chaos:
         report.lag_behind = self._lag_behind()
         report.pools_balanced = self._pools_balanced()
         report.audit_exit = self._audit()
+        report.api_asked, report.api_answered = self._ask_the_api(users=40)
         report.seconds = time.monotonic() - began
 
     def _lag_behind(self, wait: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + wait
         while True:
             behind: dict[str, Any] = {}
-            for topic in ("claims", "orders", "refunds", "ticks"):
+            for topic in (*INPUT_TOPICS, *BUDGET_TOPICS):
                 lag = self.deployment.group_lag(topic)
-                late = {p: (c, e) for p, (c, e) in lag.items() if c < e}
+                # Nothing committed (-1001) on an empty partition is not lag.
+                late = {p: (c, e) for p, (c, e) in lag.items() if e > max(c, 0)}
                 if late:
                     behind[topic] = late
             if not behind or time.monotonic() > deadline:
@@ -387,6 +514,43 @@ class Chaos:
             say(f"audit exit {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
         return done.returncode
 
+    def _ask_the_api(self, users: int) -> tuple[int, int]:
+        """Ask random workers' render APIs for users' tasks (service key):
+        (asked, answered 200 by the worker owning the user). After the
+        faults, routing and the API processes must be whole again."""
+        owners: dict[str, str] = {}
+        for worker in self.workers.values():
+            owners.update(self._routing(worker).get("owners", {}))
+        user_ids = sorted({str(orjson.loads(line.value)["user_id"]) for line in self._sample()})
+        chosen = self.rng.sample(user_ids, min(users, len(user_ids)))
+        answered = 0
+        for user_id in chosen:
+            worker = self.workers[self.rng.choice(self.labels)]
+            url = f"{worker.api_url}/users/{urllib.parse.quote(user_id)}/tasks?scene=home"
+            request = urllib.request.Request(url, headers={"X-Service-Key": SERVICE_KEY})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    owner = owners.get(str(partition_for(user_id.encode(), self.partitions)))
+                    if answer.status == 200 and answer.headers.get("X-Served-By") == owner:
+                        answered += 1
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                say(f"render API for {user_id} via worker {worker.label}: {exc}")
+        return len(chosen), answered
+
+    def _sample(self) -> list[Line]:
+        """Well-formed lines of users (claims and orders), for the API check."""
+        out = []
+        for line in self.lines:
+            if line.malformed or line.raw_topic is not None:
+                continue
+            try:
+                doc = orjson.loads(line.value)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("user_id"), str):
+                out.append(line)
+        return out
+
     def close(self) -> None:
         for worker in self.workers.values():
             if worker.proc is not None and worker.running():
@@ -405,6 +569,7 @@ def run_suite(
     seed: int,
     timeout: float,
     batch_max: int = 50,
+    rate: float | None = None,
     bootstrap: str | None = None,
 ) -> Report:
     """Start a broker (unless `bootstrap` is given), run, verify, clean up."""
@@ -427,7 +592,7 @@ def run_suite(
         seconds_per_event=110.0 * 20_000 / max(events, 1),
         seed=seed,
     )
-    chaos = Chaos(bootstrap, spec, root, shape, workers, faults, seed, batch_max)
+    chaos = Chaos(bootstrap, spec, root, shape, workers, faults, seed, batch_max, rate)
     try:
         return chaos.run(timeout)
     finally:

@@ -62,6 +62,14 @@ log = logging.getLogger("taskstream.worker")
 
 # Per-partition caches (derived, rebuilt on load); dropped when a partition moves.
 _caches: dict[int, PartitionCache] = {}
+# Partitions whose buffer head waits out the idle wait (TASKSTREAM_MAX_IDLE_MS):
+# partition -> the monotonic time it may go, and an event of the partition
+# (table reads and writes go to the current event's partition). Derived
+# from the buffer: a restart fetches the held events again and re-waits.
+_idle_due: dict[int, tuple[float, faust.EventT[bytes]]] = {}
+# Batches and idle releases take turns: both run the same partition steps.
+_steps = asyncio.Lock()
+MAX_IDLE = settings.max_idle_ms / 1000
 # Counters for the progress line.
 totals = {
     "batches": 0,
@@ -83,7 +91,8 @@ async def process_inputs(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
     # take_events is on faust's Stream, not on its StreamT interface.
     batches = cast(Any, stream).take_events(settings.batch_max, within=settings.batch_window)
     async for events in batches:
-        await run_batch(events)
+        async with _steps:
+            await run_batch(events)
         yield None
 
 
@@ -114,13 +123,40 @@ async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
         totals["stale"] += stale
         metrics.observe_stale(stale)
         log.info("skipped %d event(s) fetched before the last rebalance", stale)
-    await table_commit.run_by_partition(
-        by_partition, _run_partition, lambda partition: _caches.pop(partition, None)
-    )
+    await table_commit.run_by_partition(by_partition, _run_partition, _forget)
+
+
+@app.timer(0.05)  # type: ignore[untyped-decorator]
+async def release_idle_waits() -> None:
+    """Run partitions whose buffered events have waited out the idle wait
+    and got no new message since (a batch would release them otherwise)."""
+    if not _idle_due or app.rebalancing or app.in_recovery:
+        return  # (after a rebalance, revoked partitions were forgotten)
+    now = time.monotonic()
+    async with _steps:
+        due = {p: [event] for p, (at, event) in _idle_due.items() if at <= now}
+        for partition, (event,) in list(due.items()):
+            if from_an_earlier_assignment(event) or partition not in _caches:
+                _idle_due.pop(partition, None)  # moved away, or reloaded: a batch will come
+                del due[partition]
+        if due:
+            await table_commit.run_by_partition(due, _release_only, _forget)
+
+
+async def _release_only(
+    partition: int, events: Sequence[faust.EventT[bytes]]
+) -> list[Awaitable[Any]]:
+    """A partition step with no new message: only the buffer's release."""
+    return await _run_partition(partition, events, messages_too=False)
+
+
+def _forget(partition: int) -> None:
+    _caches.pop(partition, None)
+    _idle_due.pop(partition, None)
 
 
 async def _run_partition(
-    partition: int, events: Sequence[faust.EventT[bytes]]
+    partition: int, events: Sequence[faust.EventT[bytes]], messages_too: bool = True
 ) -> list[Awaitable[Any]]:
     cache = _caches.get(partition)
     deliveries: list[Awaitable[Any]] = []
@@ -141,7 +177,7 @@ async def _run_partition(
             e.message.key,
             e.message.value,
         )
-        for e in events
+        for e in (events if messages_too else ())
     ]
     highwater = _highwaters(partition)
     result = process_batch(
@@ -153,7 +189,13 @@ async def _run_partition(
         cache=cache,
         highwater=highwater,
         max_pending=settings.max_pending,
+        now=time.monotonic(),
+        max_idle=MAX_IDLE,
     )
+    if result.idle_until is None:
+        _idle_due.pop(partition, None)
+    else:
+        _idle_due[partition] = (result.idle_until, events[-1])
     written = await _commit(partition, result)
     if written is not None:
         deliveries += written
@@ -274,5 +316,5 @@ async def commit_processor_positions() -> None:
 async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     for tp in revoked:
         if tp.topic in ROLE_OF_TOPIC:
-            _caches.pop(tp.partition, None)
+            _forget(tp.partition)
     faust_fixes.forget_positions(revoked)

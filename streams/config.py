@@ -48,6 +48,10 @@ class Settings:
     TASKSTREAM_BATCH_WINDOW    seconds a batch waits to fill up (default 0.02)
     TASKSTREAM_MAX_PENDING     events one partition may hold back for event-time
                                order before it releases them anyway (default 20000)
+    TASKSTREAM_MAX_IDLE_MS     how long an event waits for an input that is read to
+                               its end but behind it in event time, for what a live
+                               producer sends next (Kafka Streams' max.task.idle.ms;
+                               default 500; 0: not at all)
 
     Connecting to a secured cluster (docs/security.md; every client uses them):
     KAFKA_SECURITY_PROTOCOL    PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL
@@ -88,6 +92,7 @@ class Settings:
     batch_max: int = 2000
     batch_window: float = 0.02
     max_pending: int = 20_000
+    max_idle_ms: int = 500
     # TLS and SASL of every Kafka client; its secrets are kept out of repr.
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -122,6 +127,7 @@ class Settings:
             batch_max=_positive_int(env, "TASKSTREAM_BATCH_MAX", cls.batch_max),
             batch_window=_positive_float(env, "TASKSTREAM_BATCH_WINDOW", cls.batch_window),
             max_pending=_positive_int(env, "TASKSTREAM_MAX_PENDING", cls.max_pending),
+            max_idle_ms=_non_negative_int(env, "TASKSTREAM_MAX_IDLE_MS", cls.max_idle_ms),
             kafka_security=KafkaSecurity.from_env(env),
         )
 
@@ -149,6 +155,19 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a positive number, got {raw!r}") from None
     if not value > 0:
         raise ValueError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer >= 0, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {raw!r}")
     return value
 
 

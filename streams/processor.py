@@ -21,7 +21,13 @@ What a batch does, in order:
    the partition's pending buffer and are released in `(at, role, offset)`
    order once every other input has shown an event at least as late or is
    caught up with its high watermark (Kafka Streams' stream-time
-   synchronisation). A buffer over `max_pending` releases its head anyway.
+   synchronisation). Caught up is not enough while traffic is live: an
+   event produced a moment later on an idle input may still be earlier, so
+   an event released past an input that is only caught up must have waited
+   `max_idle` seconds of the shell's clock since it was accepted (Kafka
+   Streams' `max.task.idle.ms`); `BatchResult.idle_until` tells the shell
+   when to run the partition again with no new messages. A buffer over
+   `max_pending` releases its head anyway.
    The buffer is in memory; the partition record keeps its offsets, and
    after a restart the shell fetches those again (`PartitionCache.load`).
 3. **Apply** each released event through the engine (`app.engine.handle`),
@@ -172,6 +178,7 @@ class Pending:
     key: bytes | None
     value: bytes
     event: InputEvent
+    accepted_at: float = 0.0  # the shell's clock (seconds) when it was accepted
 
 
 @dataclass(slots=True)
@@ -238,6 +245,9 @@ class BatchResult:
     rewinds: Mapping[str, int]  # role -> offset the consumer must fetch from again
     stats: BatchStats
     notes: tuple[str, ...]  # what the worker should log
+    # The shell's clock at which the head of the buffer, held only by the
+    # idle wait, may go: run the partition again then (None: nothing waits so).
+    idle_until: float | None = None
 
 
 class _Batch:
@@ -250,8 +260,13 @@ class _Batch:
         partitions: int,
         load_user: Callable[[str], UserState | None],
         cache: PartitionCache,
+        now: float = 0.0,
+        max_idle: float = 0.0,
     ) -> None:
         self.partition = record.partition
+        self.now = now
+        self.max_idle = max_idle
+        self.idle_until: float | None = None
         self.catalog = catalog
         self.load_user = load_user
         self.cache = cache
@@ -335,7 +350,14 @@ class _Batch:
         if event.at > self.max_at.get(role, event.at - 1):
             self.max_at[role] = event.at
         pending = Pending(
-            event.at, RANK[role], role, message.offset, message.key, message.value or b"", event
+            event.at,
+            RANK[role],
+            role,
+            message.offset,
+            message.key,
+            message.value or b"",
+            event,
+            self.now,
         )
         heapq.heappush(self.pending, (event.at, pending.rank, message.offset, pending))
         self.cache.held.setdefault(role, set()).add(message.offset)
@@ -387,6 +409,12 @@ class _Batch:
                 return False
             hw = highwater.get(role)
             if hw is None or self.next_offset.get(role, 0) < hw:
+                return False
+            # Caught up, yet behind: what a live producer sends next on this
+            # input may be earlier than the head. Wait a while for it.
+            ready_at = head.accepted_at + self.max_idle
+            if self.now < ready_at:
+                self.idle_until = ready_at
                 return False
         return True
 
@@ -520,6 +548,7 @@ class _Batch:
             self.rewinds,
             self.stats,
             tuple(self.notes),
+            self.idle_until,
         )
 
 
@@ -546,15 +575,20 @@ def process_batch(
     cache: PartitionCache,
     highwater: Mapping[str, int | None],
     max_pending: int = DEFAULT_MAX_PENDING,
+    now: float = 0.0,
+    max_idle: float = 0.0,
 ) -> BatchResult:
     """Accept, merge and apply one batch of one partition (see the module docstring).
 
     `messages` must be in offset order per topic (as a consumer delivers
     them); `highwater` is each input role's high watermark for this
     partition (None: unknown, which holds back events that might need it).
-    `cache` is updated in place; drop it if this call raises.
+    `now` is the shell's clock in seconds (any monotonic clock) and
+    `max_idle` how long an event waits for an input that is caught up but
+    behind it (0: not at all). `cache` is updated in place; drop it if this
+    call raises.
     """
-    batch = _Batch(record, catalog, partitions, load_user, cache)
+    batch = _Batch(record, catalog, partitions, load_user, cache, now, max_idle)
     for message in messages:
         batch.accept(message)
     batch.release(highwater, max_pending)

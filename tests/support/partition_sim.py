@@ -60,7 +60,12 @@ class PartitionSim:
         return self.cache.load(self.record())
 
     def run(
-        self, messages: Iterable[InMessage], highwater: Mapping[str, int | None]
+        self,
+        messages: Iterable[InMessage],
+        highwater: Mapping[str, int | None],
+        *,
+        now: float = 0.0,
+        max_idle: float = 0.0,
     ) -> BatchResult:
         if not self.cache.loaded:
             self.cache.load(self.record())
@@ -73,6 +78,8 @@ class PartitionSim:
             cache=self.cache,
             highwater=highwater,
             max_pending=self.max_pending,
+            now=now,
+            max_idle=max_idle,
         )
         for key, value in writes_for(result):
             if value is None:

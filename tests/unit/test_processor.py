@@ -6,7 +6,7 @@ Everything here is pure: a dict plays the RocksDB table (tests/support/partition
 from __future__ import annotations
 
 import orjson
-from engine_builders import catalog, claim, order, t, template, tick
+from engine_builders import catalog, claim, order, refund, t, template, tick
 from support.partition_sim import AllocatorSim, PartitionSim
 
 from app.bucketing import allocate, new_master
@@ -58,6 +58,62 @@ def test_an_order_waits_while_the_claims_topic_has_unread_messages() -> None:
     sim.run([message(CLAIMS, 0, claim(at=t(2)))], {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0})
     assert types(sim)[:2] == ["task_claimed", "task_advanced"]
     assert sim.record().held == {}
+
+
+def test_an_event_past_a_caught_up_input_waits_out_the_idle_wait() -> None:
+    """Live traffic: the claims topic is read to its end, but a claim produced a
+    moment later may be earlier than the order (Kafka Streams' max.task.idle.ms)."""
+    sim = PartitionSim(catalog(template(target=1)))
+    marks = {CLAIMS: 0, ORDERS: 1, REFUNDS: 0, TICKS: 0}
+    first = sim.run([message(ORDERS, 0, order("o1", at=t(3)))], marks, now=10.0, max_idle=0.5)
+    assert sim.outputs == []
+    assert first.idle_until == 10.5
+    assert first.record.held == {ORDERS: (0,)}
+    # The late claim arrives within the wait and goes first: it waits its own
+    # idle wait (refunds and ticks are idle), the order behind it.
+    marks = {CLAIMS: 1, ORDERS: 1, REFUNDS: 0, TICKS: 0}
+    second = sim.run([message(CLAIMS, 0, claim(at=t(2)))], marks, now=10.3, max_idle=0.5)
+    assert sim.outputs == []
+    assert second.idle_until == 10.8
+    third = sim.run([], marks, now=10.8, max_idle=0.5)
+    # The order counts, as replay's log order says (released first, it would not).
+    assert types(sim) == ["task_claimed", "task_advanced", "task_completed", "reward_granted"]
+    assert third.idle_until is None
+    assert sim.record().held == {}
+
+
+def test_after_the_idle_wait_a_run_with_no_message_releases_the_event() -> None:
+    sim = PartitionSim(catalog(template(target=1)))
+    marks = {CLAIMS: 1, ORDERS: 0, REFUNDS: 0, TICKS: 0}
+    waiting = sim.run([message(CLAIMS, 0, claim(at=t(1)))], marks, now=10.0, max_idle=0.5)
+    assert waiting.idle_until == 10.5
+    assert sim.outputs == []
+    still = sim.run([], marks, now=10.4, max_idle=0.5)
+    assert still.idle_until == 10.5
+    assert sim.outputs == []
+    done = sim.run([], marks, now=10.5, max_idle=0.5)
+    assert done.idle_until is None
+    assert types(sim) == ["task_claimed"]
+    assert sim.record().held == {}
+
+
+def test_no_idle_wait_when_every_input_has_shown_a_later_event() -> None:
+    sim = PartitionSim(catalog(template(target=1)))
+    marks = {CLAIMS: 2, ORDERS: 1, REFUNDS: 1, TICKS: 1}
+    result = sim.run(
+        [
+            message(CLAIMS, 0, claim(at=t(1))),
+            message(ORDERS, 0, order("o1", at=t(3))),
+            message(CLAIMS, 1, claim("other", at=t(4))),
+            message(REFUNDS, 0, refund("r9", "o9", 100, at=t(5))),
+            message(TICKS, 0, tick(at=t(6))),
+        ],
+        marks,
+        now=10.0,
+        max_idle=5.0,
+    )
+    assert "task_completed" in types(sim)  # the order went at once
+    assert result.idle_until == 15.0  # only the last events, past caught-up inputs, wait
 
 
 def test_held_events_are_fetched_again_after_a_restart() -> None:

@@ -4,14 +4,12 @@
 
 A generated log (bench.loggen.mixed_log: duplicates, refunds before their
 order, malformed lines, ticks) is produced to a deployment on a broker this
-suite starts, before the workers start (a backlog) or, with `rate`, as live
-traffic at `rate` lines/s while they run; `taskstream replay` gives the
-expected answer. Live traffic exposes the event-time merge's known gap
-(docs/streams.md "Late producers": an input read to its high watermark
-counts as caught up, with no idle wait), so outputs can differ from
-replay's log order there: it is off by default. Workers (real `taskstream worker` processes,
-RocksDB, each with its render API process) process it while faults are
-injected as the outputs pass random fractions of the expected total:
+suite starts, as live traffic at `rate` lines/s while the workers run (or,
+without a rate, before they start: a backlog); `taskstream replay` gives
+the expected answer. Live traffic is what found the event-time merge's
+late-producer gap (fixed by TASKSTREAM_MAX_IDLE_MS, docs/streams.md).
+Workers (real `taskstream worker` processes, RocksDB, each with its render
+API process) process it while faults are injected as the outputs pass random fractions of the expected total:
 
 - kill:   SIGKILL a random worker (no shutdown hooks), restart it;
 - stop:   SIGSTOP a random worker past the session timeout, then SIGCONT
@@ -33,6 +31,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +80,9 @@ class Fault:
     at_fraction: float  # of the expected outputs seen when it was injected
     target: str = ""
     injected_at: float = 0.0  # monotonic
+    # How long the fault itself lasted: the broker's stop and start, the
+    # pause; 0 for a kill (the restart is immediate).
+    lasted: float = 0.0
     recovered_after: float | None = None  # seconds until outputs grew again
     # Seconds until the faulted worker (every worker, for the broker) was
     # back: ready in a group generation after the fault, and its render API
@@ -154,13 +156,24 @@ class Report:
         lines += [f"| {k} | {v} |" for k, v in rows]
         lines += [
             "",
-            "| fault | at outputs | target | outputs grew again after | target back after |",
-            "|---|---|---|---|---|",
+            "| fault | at outputs | target | fault lasted | outputs grew again after "
+            "| target back after |",
+            "|---|---|---|---|---|---|",
         ]
         for f in self.faults:
             grew = "NOT RECOVERED" if f.recovered_after is None else f"{f.recovered_after:.1f} s"
             back = "NOT BACK" if f.rejoined_after is None else f"{f.rejoined_after:.1f} s"
-            lines.append(f"| {f.kind} | {f.at_fraction:.0%} | {f.target} | {grew} | {back} |")
+            lines.append(
+                f"| {f.kind} | {f.at_fraction:.0%} | {f.target} | {f.lasted:.1f} s "
+                f"| {grew} | {back} |"
+            )
+        lines += [
+            "",
+            "Times from the fault's start. Outputs grew again: the first new "
+            "output this suite's reader saw (its reconnects after a broker "
+            "restart add seconds). Target back: ready in a group generation "
+            "after the fault, render API ready (every worker, for the broker).",
+        ]
         verdict = "PASS" if self.ok else "FAIL"
         return "\n".join(lines) + f"\n\nchaos {verdict}"
 
@@ -411,6 +424,7 @@ class Chaos:
             worker.proc.send_signal(signal.SIGSTOP)
             # Resumed past the session timeout, while the run goes on.
             paused = int(self.deployment.env["TASKSTREAM_SESSION_TIMEOUT"]) + 4
+            fault.lasted = paused
             self.to_resume.append((time.monotonic() + paused, worker))
         elif fault.kind == "broker":
             fault.target = "the broker"
@@ -418,6 +432,7 @@ class Chaos:
                 raise SystemExit("a broker restart needs the broker this suite started")
             broker.down(self.spec)
             broker.up(self.spec, die_with_parent=True)
+            fault.lasted = time.monotonic() - fault.injected_at
         else:
             raise ValueError(f"unknown fault {fault.kind!r}")
         say(f"{fault.kind} ({fault.target}) at {fault.at_fraction:.0%} of the outputs")
@@ -599,6 +614,7 @@ def run_suite(
         chaos.close()
         if spec is not None:
             broker.down(spec)
-        import shutil
-
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("TASKSTREAM_CHAOS_KEEP"):  # worker logs, broker log, audit
+            say(f"kept {root} (TASKSTREAM_CHAOS_KEEP)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)

@@ -39,6 +39,7 @@ from streams.app import (
     state,
 )
 from streams.config import INPUT_TOPICS
+from streams.freeze import FreezeWatch
 from streams.partition_state import (
     USER_PREFIX,
     PartitionRecord,
@@ -70,6 +71,42 @@ _idle_due: dict[int, tuple[float, faust.EventT[bytes]]] = {}
 # Batches and idle releases take turns: both run the same partition steps.
 _steps = asyncio.Lock()
 MAX_IDLE = settings.max_idle_ms / 1000
+
+# A frozen worker (SIGSTOP, a suspended host) must not process its stale
+# buffer before its consumer knows whether it still owns its partitions
+# (streams/freeze.py): two heartbeats, then a fresh fetch and idle wait.
+freeze_watch = FreezeWatch(
+    freeze_after=max(1.0, settings.session_timeout / 2),
+    hold_for=2 * max(1, settings.session_timeout // 5) + 1.0 + MAX_IDLE,
+)
+
+
+@app.timer(0.2)  # type: ignore[untyped-decorator]
+async def beat() -> None:
+    _check_for_freeze()
+
+
+def _check_for_freeze() -> float:
+    """Seconds to hold processing back now (0: go on)."""
+    now = time.monotonic()
+    frozen_for = freeze_watch.beat(now)
+    if frozen_for is not None:
+        metrics.observe_freeze()
+        log.warning(
+            "this worker was frozen for %.1f s (SIGSTOP? a suspended host?): it processes "
+            "nothing for %.1f s, until its consumer knows whether it still owns its partitions",
+            frozen_for,
+            freeze_watch.hold_for,
+        )
+    return freeze_watch.hold(now)
+
+
+async def _wait_out_a_freeze() -> None:
+    hold = _check_for_freeze()
+    if hold > 0:
+        await asyncio.sleep(hold)
+
+
 # Counters for the progress line.
 totals = {
     "batches": 0,
@@ -91,6 +128,7 @@ async def process_inputs(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
     # take_events is on faust's Stream, not on its StreamT interface.
     batches = cast(Any, stream).take_events(settings.batch_max, within=settings.batch_window)
     async for events in batches:
+        await _wait_out_a_freeze()  # then run_batch skips events of an old generation
         async with _steps:
             await run_batch(events)
         yield None
@@ -130,7 +168,7 @@ async def run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
 async def release_idle_waits() -> None:
     """Run partitions whose buffered events have waited out the idle wait
     and got no new message since (a batch would release them otherwise)."""
-    if not _idle_due or app.rebalancing or app.in_recovery:
+    if not _idle_due or app.rebalancing or app.in_recovery or _check_for_freeze() > 0:
         return  # (after a rebalance, revoked partitions were forgotten)
     now = time.monotonic()
     async with _steps:

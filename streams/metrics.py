@@ -111,6 +111,12 @@ STALLS = Counter(
     "Times a partition's head event had to wait for a pool master's answer.",
     registry=REGISTRY,
 )
+FREEZES = Counter(
+    "taskstream_worker_freezes",
+    "Times this worker found it had been frozen (SIGSTOP, a suspended host) for over half "
+    "the session timeout, and held processing back until the group settled.",
+    registry=REGISTRY,
+)
 ALLOCATOR_MESSAGES = Counter(
     "taskstream_allocator_messages",
     "Messages the masters on this worker handled: requests accepted and grants, "
@@ -164,6 +170,10 @@ def observe_batch(partition: int, result: BatchResult, seconds: float) -> None:
         BUDGET_MESSAGES.labels(pool_id, kind, direction).inc(n)
     for reason in stats.dead_reasons:
         DEAD_LETTERS.labels(reason_class(reason), PROCESSOR).inc()
+
+
+def observe_freeze() -> None:
+    FREEZES.inc()
 
 
 def observe_stale(events: int) -> None:

@@ -7,7 +7,10 @@ Produces a generated log (claims, orders, refunds; no ticks) paced at
 worker sustains live, BENCHMARKS "stream") to one worker, and samples every
 10 s: events produced and consumed per second (the group's committed
 offsets), the consumer lag, and the worker's RSS. Prints one row per
-minute and a summary: is throughput steady, memory flat, lag bounded.
+minute and a summary, then a verdict (exit 1 on FAIL, `verdict`): every
+full minute consumed at least 90 % of the rate, the lag never over 10 s of
+input and 0 at the end, the last third's peak RSS at most 10 % (+16 MiB)
+over the middle third's.
 Not part of `make bench` (it takes the machine for the whole run).
 """
 
@@ -103,7 +106,43 @@ def main(argv: list[str]) -> int:
         finally:
             dep.stop()
     print(report(samples, args.rate, seconds))
-    return 0
+    failures = verdict(samples, args.rate, seconds)
+    print("\nsoak " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))
+    return 0 if not failures else 1
+
+
+# What "steady, flat, bounded" means, so a run can fail.
+STEADY_SHARE = 0.9  # every full minute consumes at least 90 % of the offered rate
+LAG_SECONDS = 10.0  # the lag never exceeds 10 s of input
+RSS_GROWTH = 1.10  # the last third's peak RSS at most 10 % (+16 MiB) over the middle's
+RSS_SLACK_MIB = 16.0
+
+
+def verdict(samples: list[Sample], rate: float, seconds: float) -> list[str]:
+    """Why the run is not steady, flat and bounded (empty: it is)."""
+    loaded = [s for s in samples if s.t <= seconds]
+    if len(loaded) < 6:
+        return [f"only {len(loaded)} samples under load"]
+    failures = []
+    per_minute = int(60 / SAMPLE_SECONDS)
+    previous = Sample(0.0, 0, 0, 0.0)
+    for start in range(0, len(loaded) - per_minute + 1, per_minute):
+        last = loaded[start + per_minute - 1]
+        consumed = (last.consumed - previous.consumed) / (last.t - previous.t)
+        if consumed < STEADY_SHARE * rate:
+            failures.append(f"minute {start // per_minute + 1} consumed {consumed:,.0f}/s")
+        previous = last
+    worst = max(s.lag for s in loaded)
+    if worst > LAG_SECONDS * rate:
+        failures.append(f"lag reached {worst:,} events (> {LAG_SECONDS:.0f} s of input)")
+    if samples[-1].lag > 0:
+        failures.append(f"lag {samples[-1].lag:,} at the end: the worker did not catch up")
+    third = len(loaded) // 3
+    middle = max(s.rss_mib for s in loaded[third : 2 * third])
+    last_third = max(s.rss_mib for s in loaded[2 * third :])
+    if last_third > middle * RSS_GROWTH + RSS_SLACK_MIB:
+        failures.append(f"RSS still growing: peak {middle:.0f} -> {last_third:.0f} MiB")
+    return failures
 
 
 def report(samples: list[Sample], rate: float, seconds: float) -> str:

@@ -111,16 +111,17 @@ def _granted(record: RewardGranted, catalog: Catalog) -> Decision:
 class RecordedBudget:
     """A `Budget` that answers each debit with the recorded decision.
 
-    Tracks each pool's remaining units as the replay pays and takes back, so
-    an overdraft (a pool paying beyond its total) is noticed.
+    Tracks each pool's remaining units as the replay pays and takes back, to
+    decide rewards the log holds no decision for. (An overdraft in the log,
+    a pool paying beyond its total, is the pool reconciliation's finding:
+    `issued <= total`, from the reward topic itself.)
     """
 
-    __slots__ = ("_decisions", "lowest", "remaining", "undecided")
+    __slots__ = ("_decisions", "remaining", "undecided")
 
     def __init__(self, pools: Iterable[Pool], decisions: Mapping[str, Decision]) -> None:
         self._decisions = decisions
         self.remaining: dict[str, int] = {p.pool_id: p.total for p in pools}
-        self.lowest: dict[str, int] = dict(self.remaining)
         self.undecided: list[str] = []  # reward ids the log had no decision for
 
     def try_debit(self, pool_id: str, units: int, reward_id: str) -> bool:
@@ -137,7 +138,6 @@ class RecordedBudget:
             )
         if paid:
             self.remaining[pool_id] = left - units
-            self.lowest[pool_id] = min(self.lowest.get(pool_id, 0), left - units)
         return paid
 
     def credit(self, pool_id: str, units: int) -> None:

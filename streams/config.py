@@ -159,28 +159,23 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer >= 0, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {raw!r}")
-    return value
+    return _int_at_least(env, name, default, 0, "an integer >= 0")
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _int_at_least(env, name, default, 1, "a positive integer")
+
+
+def _int_at_least(env: Mapping[str, str], name: str, default: int, minimum: int, what: str) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be {what}, got {raw!r}")
     return value
 
 

@@ -116,3 +116,16 @@ def test_free_ports_skips_a_port_someone_listens_on(monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(broker.random, "SystemRandom", Scripted)
         monkeypatch.setattr(broker, "_ephemeral_range", lambda: (65000, 65535))
         assert broker.free_ports(1) == [11000 + taken % 1000]
+
+
+def test_the_idle_wait_setting_defaults_to_500_ms_takes_0_and_refuses_negatives() -> None:
+    import pytest
+
+    from streams.config import Settings
+
+    assert Settings.from_env({}).max_idle_ms == 500
+    assert Settings.from_env({"TASKSTREAM_MAX_IDLE_MS": "0"}).max_idle_ms == 0
+    with pytest.raises(ValueError, match="TASKSTREAM_MAX_IDLE_MS must be an integer >= 0"):
+        Settings.from_env({"TASKSTREAM_MAX_IDLE_MS": "-1"})
+    with pytest.raises(ValueError, match="TASKSTREAM_MAX_PENDING must be a positive integer"):
+        Settings.from_env({"TASKSTREAM_MAX_PENDING": "0"})

@@ -1,10 +1,11 @@
 """`python -m bench soak` (`make soak`): a sustained live load for minutes, one worker.
 
-    python -m bench soak [--rate 2800] [--minutes 10]
+    python -m bench soak [--rate 2000] [--minutes 10]
 
 Produces a generated log (claims, orders, refunds; no ticks) paced at
-`--rate` events/s for `--minutes` (default 80 % of the ~3,500 events/s one
-worker sustains live, BENCHMARKS "stream") to one worker, and samples every
+`--rate` events/s for `--minutes` (default 2,000: 80 % of the ~2,500
+events/s one worker sustained live on the 2-core machine on 2026-12-02,
+BENCHMARKS "soak"; it was ~3,500 on 2026-11-23) to one worker, and samples every
 10 s: events produced and consumed per second (the group's committed
 offsets), the consumer lag, and the worker's RSS. Prints one row per
 minute and a summary, then a verdict (exit 1 on FAIL, `verdict`): every
@@ -74,7 +75,7 @@ def _produce(dep: Deployment, rate: float, seconds: float, sent: list[int]) -> N
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench soak")
-    parser.add_argument("--rate", type=float, default=2800.0, help="events/s (default 2,800)")
+    parser.add_argument("--rate", type=float, default=2000.0, help="events/s (default 2,000)")
     parser.add_argument("--minutes", type=float, default=10.0)
     args, _ = parser.parse_known_args(argv)
     seconds = args.minutes * 60

@@ -9,7 +9,8 @@ without a rate, before they start: a backlog); `taskstream replay` gives
 the expected answer. Live traffic is what found the event-time merge's
 late-producer gap (fixed by TASKSTREAM_MAX_IDLE_MS, docs/streams.md).
 Workers (real `taskstream worker` processes, RocksDB, each with its render
-API process) process it while faults are injected as the outputs pass random fractions of the expected total:
+API process) process it while faults are injected as the outputs pass
+random fractions of the expected total:
 
 - kill:   SIGKILL a random worker (no shutdown hooks), restart it;
 - stop:   SIGSTOP a random worker past the session timeout, then SIGCONT

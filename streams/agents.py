@@ -70,9 +70,9 @@ _caches: dict[int, PartitionCache] = {}
 # again and re-waits.
 _idle_due: dict[int, tuple[float, faust.EventT[bytes]]] = {}
 # The timer runs a partition only once it has had no batch for this long:
-# while messages flow, the next batch releases what is due (a timer run
-# per partition every tick doubled the commits and cost a fifth of the
-# soak's throughput).
+# while messages flow, the next batch releases what is due (without it a
+# live soak ran a timer step per partition nearly every tick, doubling the
+# commits: 677 "timer overlapping" warnings in 9 minutes).
 QUIET_BEFORE_TIMER = 0.1
 # Batches and idle releases take turns: both run the same partition steps.
 _steps = asyncio.Lock()

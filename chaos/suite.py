@@ -50,6 +50,7 @@ from typing import Any
 import orjson
 
 from bench.loggen import Line, LogShape, ample_sample_pools, mixed_log
+from streams.api_routing import routing_path
 from streams.config import BUDGET_TOPICS, INPUT_TOPICS
 from taskstream import broker
 from taskstream.partitioner import partition_for
@@ -358,7 +359,7 @@ class Chaos:
     def _routing(worker: WorkerProcess) -> dict[str, Any]:
         """What the worker last wrote for its render API (streams.api_routing)."""
         try:
-            doc = orjson.loads((worker.data_dir / "api-routing.json").read_bytes())
+            doc = orjson.loads(routing_path(worker.data_dir).read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return {}
         return doc if isinstance(doc, dict) else {}

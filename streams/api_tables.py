@@ -3,11 +3,12 @@
 `RoutingView` follows the worker's routing file (streams.api_routing),
 re-reading it when its modification time changes (checked at most every
 `recheck` seconds); a file older than STALE_AFTER_SECONDS reads as a silent
-worker: not ready, no active partition. `SecondaryTables` reads the worker's RocksDB state
-databases as RocksDB *secondary instances*: read-only opens of the live
-database that see the worker's writes after `try_catch_up_with_primary`
-(which reads its MANIFEST and write-ahead log: ~1 ms, so it runs at most
-every `max_staleness` seconds per partition, or on demand for a claim).
+worker: not ready, no active partition. `SecondaryTables` reads the
+worker's RocksDB state databases as RocksDB *secondary instances*:
+read-only opens of the live database that see the worker's writes after
+`try_catch_up_with_primary` (which reads its MANIFEST and write-ahead log:
+~1 ms, so it runs at most every `max_staleness` seconds per partition, or
+on demand for a claim).
 Only partitions the routing file lists as active here are opened; all are
 closed and reopened when the group generation changes, so a database that
 moved away (or was rebuilt by recovery) is never read from an old handle.

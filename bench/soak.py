@@ -21,6 +21,8 @@ import argparse
 import statistics
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 from bench.loggen import LogShape, generate
@@ -37,10 +39,24 @@ class Sample:
     produced: int
     consumed: int
     rss_mib: float
+    rocksdb_mib: float = 0.0  # the worker's shared RocksDB budget in use (its /metrics)
 
     @property
     def lag(self) -> int:
         return max(0, self.produced - self.consumed)
+
+
+def rocksdb_mib(web_port: int) -> float:
+    """`taskstream_rocksdb_memory_bytes{part="cache"}` of the worker, in MiB (0: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=3) as page:
+            text = page.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith('taskstream_rocksdb_memory_bytes{part="cache"}'):
+            return float(line.rsplit(" ", 1)[1]) / 1024**2
+    return 0.0
 
 
 def _produce(dep: Deployment, rate: float, seconds: float, sent: list[int]) -> None:
@@ -95,11 +111,18 @@ def main(argv: list[str]) -> int:
                 time.sleep(SAMPLE_SECONDS)
                 committed, _end = dep.input_counts()
                 rss, _peak = rss_kib(worker.pid)
-                sample = Sample(time.monotonic() - began, sent[0], committed, rss / 1024)
+                sample = Sample(
+                    time.monotonic() - began,
+                    sent[0],
+                    committed,
+                    rss / 1024,
+                    rocksdb_mib(dep.web_ports[worker.pid]),
+                )
                 samples.append(sample)
                 say(
                     f"{sample.t:5.0f}s produced {sample.produced:,} consumed "
-                    f"{sample.consumed:,} lag {sample.lag:,} RSS {sample.rss_mib:.0f} MiB"
+                    f"{sample.consumed:,} lag {sample.lag:,} RSS {sample.rss_mib:.0f} MiB "
+                    f"(RocksDB budget {sample.rocksdb_mib:.0f} MiB)"
                 )
                 if time.monotonic() - began > seconds + 300:
                     say("the worker did not catch up within 5 minutes of the end")
@@ -147,8 +170,11 @@ def verdict(samples: list[Sample], rate: float, seconds: float) -> list[str]:
 
 
 def report(samples: list[Sample], rate: float, seconds: float) -> str:
-    rows = ["| minute | produced/s | consumed/s | lag at end (events) | worker RSS (MiB) |"]
-    rows.append("|---|---|---|---|---|")
+    rows = [
+        "| minute | produced/s | consumed/s | lag at end (events) | worker RSS (MiB) "
+        "| of it RocksDB (MiB) |"
+    ]
+    rows.append("|---|---|---|---|---|---|")
     per_minute = int(60 / SAMPLE_SECONDS)
     previous = Sample(0.0, 0, 0, samples[0].rss_mib if samples else 0.0)
     rates = []
@@ -159,7 +185,7 @@ def report(samples: list[Sample], rate: float, seconds: float) -> str:
         consumed = (last.consumed - previous.consumed) / span
         rows.append(
             f"| {start // per_minute + 1} | {(last.produced - previous.produced) / span:,.0f} "
-            f"| {consumed:,.0f} | {last.lag:,} | {last.rss_mib:.0f} |"
+            f"| {consumed:,.0f} | {last.lag:,} | {last.rss_mib:.0f} | {last.rocksdb_mib:.0f} |"
         )
         if last.t <= seconds:
             rates.append(consumed)

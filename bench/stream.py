@@ -82,6 +82,7 @@ class Deployment:
         }
         self.settings = Settings.from_env(self.env)
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.web_ports: dict[int, int] = {}  # worker pid -> its /metrics port
         ensure_topics(self.settings)
         pools_path = self.root / f"{self.name}-pools.json"
         pools_path.write_bytes(orjson.dumps(ample_sample_pools()))
@@ -103,10 +104,11 @@ class Deployment:
             )
 
     def start_worker(self, label: str) -> subprocess.Popen[bytes]:
+        web_port = broker.free_port()
         env = {
             **self.env,
             "TASKSTREAM_DATA_DIR": str(self.root / f"{self.name}-{label}"),
-            "TASKSTREAM_WEB_PORT": str(broker.free_port()),
+            "TASKSTREAM_WEB_PORT": str(web_port),
         }
         log = (self.root / f"{self.name}-{label}.log").open("wb")
         proc = subprocess.Popen(
@@ -116,6 +118,7 @@ class Deployment:
             stderr=subprocess.STDOUT,
         )
         self.workers.append(proc)
+        self.web_ports[proc.pid] = web_port
         return proc
 
     def stop(self) -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rocksdict import AccessType, Options, Rdict
+from rocksdict import AccessType, Rdict
 
+from streams import rocksdb_memory
 from streams.api_routing import STALE_AFTER_SECONDS
 
 log = logging.getLogger("taskstream.api")
@@ -178,7 +179,11 @@ class SecondaryTables:
             return opened[1]
         if opened is not None:
             opened[1].close()
-        options = Options(raw_mode=True)  # the worker's keys and values are raw bytes
+        # In the process's RocksDB memory budget, like the worker's own (one
+        # cache for every partition read here); raw bytes keys and values.
+        options = rocksdb_memory.budget().options(
+            rocksdb_memory.SECONDARY_WRITE_BUFFER, max_write_buffer_number=2
+        )
         options.set_max_open_files(-1)  # RocksDB's advice for secondary instances
         secondary = self._scratch / f"{path.name}-{partition}"
         secondary.mkdir(parents=True, exist_ok=True)

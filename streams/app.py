@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import faust
 
-from streams import faust_fixes
+from streams import faust_fixes, rocksdb_memory
 from streams.catalog_feed import CatalogFeed
 from streams.config import (
     ALLOCATOR_TABLE,
@@ -99,17 +99,20 @@ output_topics = {
     for name in (TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_REQUESTS, BUDGET_GRANTS)
 }
 
-# RocksDB per partition database. faust's defaults give each database its own
-# 2 GiB block cache and three 64 MiB memtables: with 16 databases (8
-# partitions x 2 tables) a worker's RSS climbed ~1.3 MiB/s for 8 minutes of
-# live load (to 612 MiB), then dropped 190 MiB at once as the memtables
-# flushed, with throughput dipping ~20 % and the lag at 30 s while it did
-# (BENCHMARKS "soak"). Smaller memtables flush sooner and in smaller steps.
+# RocksDB per partition database, all of them in one memory budget
+# (streams.rocksdb_memory: shared block cache, memtables charged to it).
+# faust's defaults gave each database its own 2 GiB block cache and three
+# 64 MiB memtables: with 16 databases (8 partitions x 2 tables) a worker's
+# RSS climbed ~1.3 MiB/s for 8 minutes of live load (to 612 MiB), then
+# dropped 190 MiB at once as the memtables flushed, with throughput dipping
+# ~20 % and the lag at 30 s while it did (BENCHMARKS "soak"). Small
+# memtables flush sooner and in smaller steps.
+rocksdb_memory.configure(settings.rocksdb_memory_mb)
+rocksdb_memory.install()
 ROCKSDB_OPTIONS = {
     "driver": "rocksdict",
     "write_buffer_size": 8 * 1024**2,
     "max_write_buffer_number": 3,
-    "block_cache_size": 32 * 1024**2,
 }
 
 # Users, partition records and redo records (see streams.partition_state).

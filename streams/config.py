@@ -41,6 +41,9 @@ class Settings:
     TASKSTREAM_API_CONCURRENCY render API requests in flight at most (default 32)
     TASKSTREAM_API_CACHE       answers kept for fallbacks, per worker (default 10000)
     TASKSTREAM_STORE           table store URL (default rocksdb://; memory:// for tests)
+    TASKSTREAM_ROCKSDB_MEMORY_MB memory all RocksDB databases of the process share:
+                               block cache, memtables, index and filter blocks
+                               (default 64, at least 8; streams.rocksdb_memory)
     TASKSTREAM_SESSION_TIMEOUT seconds before a silent worker's partitions move (default 30)
     TASKSTREAM_PROGRESS_SECONDS how often the worker logs its progress line (default 10)
     TASKSTREAM_COMMIT_INTERVAL seconds between offset commits (default 2.8, faust's)
@@ -86,6 +89,7 @@ class Settings:
     api_concurrency: int = 32
     api_cache: int = 10_000
     store: str = "rocksdb://"
+    rocksdb_memory_mb: int = 64
     session_timeout: int = 30
     progress_seconds: int = 10
     commit_interval: float = 2.8
@@ -119,6 +123,9 @@ class Settings:
             api_concurrency=_positive_int(env, "TASKSTREAM_API_CONCURRENCY", cls.api_concurrency),
             api_cache=_positive_int(env, "TASKSTREAM_API_CACHE", cls.api_cache),
             store=env.get("TASKSTREAM_STORE", cls.store),
+            rocksdb_memory_mb=_int_at_least(
+                env, "TASKSTREAM_ROCKSDB_MEMORY_MB", cls.rocksdb_memory_mb, 8, "an integer >= 8"
+            ),
             session_timeout=_positive_int(env, "TASKSTREAM_SESSION_TIMEOUT", cls.session_timeout),
             progress_seconds=_positive_int(
                 env, "TASKSTREAM_PROGRESS_SECONDS", cls.progress_seconds

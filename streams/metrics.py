@@ -29,6 +29,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.exposition import choose_encoder
@@ -41,6 +42,7 @@ from prometheus_client.metrics_core import (
 
 from app.bucketing import Master
 from schemas.timestamps import MICROS_PER_SECOND
+from streams import rocksdb_memory
 from streams.allocation import AllocationResult
 from streams.app import PROCESSOR_INPUTS, app, catalog_feed, settings
 from streams.config import BUDGET_REQUESTS
@@ -211,6 +213,7 @@ class _StateCollector:
         yield from _bucket_gauges()
         yield from _master_metrics()
         yield _event_lag_metric()
+        yield from _rocksdb_memory_gauges()
 
 
 def _ready_gauge() -> Metric:
@@ -324,7 +327,30 @@ def _event_lag_metric() -> Metric:
     return histogram
 
 
+def _rocksdb_memory_gauges() -> Iterator[Metric]:
+    usage = rocksdb_memory.budget().usage()
+    used = GaugeMetricFamily(
+        "taskstream_rocksdb_memory_bytes",
+        "The process's shared RocksDB memory budget: everything charged to the block "
+        "cache (data, index and filter blocks, memtables), the part of it readers pin, "
+        "and the memtables' share of it.",
+        labels=["part"],
+    )
+    used.add_metric(["cache"], float(usage.cache))
+    used.add_metric(["pinned"], float(usage.pinned))
+    used.add_metric(["memtables"], float(usage.memtables))
+    yield used
+    limit = GaugeMetricFamily(
+        "taskstream_rocksdb_memory_limit_bytes",
+        "TASKSTREAM_ROCKSDB_MEMORY_MB in bytes: what the block cache holds at most.",
+    )
+    limit.add_metric([], float(usage.limit))
+    yield limit
+
+
 REGISTRY.register(_StateCollector())
+# process_resident_memory_bytes, process_cpu_seconds_total, open fds (Linux /proc).
+ProcessCollector(registry=REGISTRY)
 
 
 def waiting_for() -> list[str]:

@@ -73,6 +73,7 @@ from app.render_json import (
 from app.state import UserState
 from schemas.codec import encode
 from schemas.records import TaskClaim
+from streams import rocksdb_memory
 from streams.api_routing import routing_path
 from streams.api_tables import RoutingView, SecondaryTables
 from streams.catalog_feed import CatalogFeed
@@ -755,6 +756,7 @@ def _pending(
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the API for the worker whose data dir is `settings.data_dir` until `stop`."""
+    rocksdb_memory.configure(settings.rocksdb_memory_mb)  # before any database opens
     catalogs = CatalogFeed(
         {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()},
         settings.topic(TEMPLATES),

@@ -1,0 +1,96 @@
+"""One RocksDB memory budget for all of a process's databases (streams.rocksdb_memory)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import faust.stores
+import pytest
+from rocksdict import Rdict
+
+from streams import rocksdb_memory
+from streams.config import Settings
+from streams.rocksdb_memory import MIB, BoundedOptions, BoundedStore, MemoryBudget
+
+VALUE = bytes(range(256)) * 2  # 512 bytes, not compressible to nothing
+
+
+def _fill(budget: MemoryBudget, root: Path, databases: int, mib_each: int) -> list[Rdict]:
+    dbs = []
+    for n in range(databases):
+        db = Rdict(str(root / f"db{n}"), budget.options(8 * MIB, 3))
+        for i in range(mib_each * MIB // len(VALUE)):
+            db[b"%d-%08d" % (n, i)] = VALUE
+        dbs.append(db)
+    return dbs
+
+
+def test_many_databases_stay_in_one_budget(tmp_path: Path) -> None:
+    budget = MemoryBudget(8 * MIB)
+    dbs = _fill(budget, tmp_path, databases=6, mib_each=6)  # 36 MiB written
+    try:
+        rng = random.Random(7)
+        peak = 0
+        for _ in range(20_000):  # reads pull data blocks into the cache
+            n = rng.randrange(len(dbs))
+            assert dbs[n][b"%d-%08d" % (n, rng.randrange(6 * MIB // len(VALUE)))] == VALUE
+            peak = max(peak, budget.usage().cache)
+        usage = budget.usage()
+        # Memtables are charged to the cache and flushed at half the budget;
+        # six private caches and 3 x 8 MiB memtables each would hold far more.
+        assert 0 < usage.memtables <= 4 * MIB * 1.1
+        assert peak <= 8 * MIB * 1.1
+        # ... and the data blocks read are in that same cache (it filled up).
+        assert usage.cache - usage.memtables > 4 * MIB
+    finally:
+        for db in dbs:
+            db.close()
+
+
+def test_memtables_are_capped_below_an_eighth_of_their_share(tmp_path: Path) -> None:
+    budget = MemoryBudget(16 * MIB)
+    db = Rdict(str(tmp_path / "db"), budget.options(64 * MIB, 3))
+    try:
+        for i in range(3 * MIB // len(VALUE)):
+            db[b"%08d" % i] = VALUE
+        # One memtable is at most 16 MiB * 0.5 / 8 = 1 MiB, so 3 MiB written
+        # flushed at least once: the memtables hold less than what was written.
+        assert budget.usage().memtables < 2 * MIB
+    finally:
+        db.close()
+
+
+def test_rocksdb_urls_open_the_bounded_store() -> None:
+    rocksdb_memory.install()
+    assert faust.stores.by_url("rocksdb://") is BoundedStore
+
+
+def test_bounded_options_keep_the_tables_sizes(tmp_path: Path) -> None:
+    options = BoundedOptions(write_buffer_size=2 * MIB, max_write_buffer_number=2)
+    db = Rdict(str(tmp_path / "db"), options.as_options())
+    try:
+        db[b"k"] = b"v"
+        assert db[b"k"] == b"v"
+        assert rocksdb_memory.budget().usage().memtables > 0
+    finally:
+        db.close()
+
+
+def test_a_budget_in_use_cannot_be_resized() -> None:
+    size = rocksdb_memory.budget().limit // MIB
+    assert rocksdb_memory.configure(size) is rocksdb_memory.budget()
+    with pytest.raises(RuntimeError, match="already in use"):
+        rocksdb_memory.configure(size + 1)
+
+
+def test_a_tiny_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        MemoryBudget(MIB)
+
+
+def test_settings_read_the_budget() -> None:
+    assert Settings.from_env({}).rocksdb_memory_mb == 64
+    assert Settings.from_env({"TASKSTREAM_ROCKSDB_MEMORY_MB": "256"}).rocksdb_memory_mb == 256
+    with pytest.raises(ValueError, match="TASKSTREAM_ROCKSDB_MEMORY_MB must be an integer >= 8"):
+        Settings.from_env({"TASKSTREAM_ROCKSDB_MEMORY_MB": "4"})

@@ -5,10 +5,12 @@ inter-broker traffic, plus SASL_PLAINTEXT, SSL and SASL_SSL listeners, with
 a CA and a broker certificate for 127.0.0.1 made here with `openssl`, and one
 user known to PLAIN and (created at format time) to SCRAM-SHA-256/512.
 
-- The hardest path end to end: over SASL_SSL with SCRAM-SHA-256 the CLI
-  creates topics, publishes templates and produces the sample log, a real
-  worker (faust/aiokafka) processes it, `taskstream audit` agrees (exit 0);
-  the worker's log has no password.
+- End to end over SASL_SSL with SCRAM-SHA-256, SASL_PLAINTEXT with PLAIN
+  and SSL: the CLI creates topics, publishes templates and produces the
+  sample log, a real worker (faust/aiokafka) processes it, its render API
+  process takes a claim (produced with its own aiokafka producer) and
+  answers its rejection (read with its own aiokafka consumer), `taskstream
+  audit` agrees (exit 0); the worker's log has no password.
 - The CLI (confluent-kafka) over SASL_PLAINTEXT with PLAIN and with
   SCRAM-SHA-256, and over SSL: topics, templates, events are written and
   read back with the same settings.
@@ -23,13 +25,15 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from support.workers import TASKSTREAM, Deployment
+from support.workers import TASKSTREAM, Deployment, WorkerProcess
 
 from streams.config import CLAIMS, INPUT_TOPICS, TASK_EVENTS, TEMPLATES, Settings
 from taskstream import broker
@@ -42,6 +46,8 @@ USER = "alice"
 PASSWORD = "s3cret-Pw-7f41c9"  # must never show in output or logs
 WRONG_PASSWORD = "not-the-Pw-0b2e"
 KEYSTORE_PASSWORD = "keystore-Pw-55d1"
+API_SECRET = "secured-api-secret"
+SERVICE_KEY = "secured-service-key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,10 +199,45 @@ def _count(settings: Settings, short_topic: str) -> int:
         consumer.close()
 
 
-def test_worker_over_sasl_ssl_with_scram(secured: SecuredBroker, tmp_path: Path) -> None:
-    deployment = _deployment(tmp_path, secured.env("SASL_SSL", "SCRAM-SHA-256"))
+def _claim_through_the_api(worker: WorkerProcess) -> dict[str, object]:
+    """POST a claim of an unknown template with the service key: the API
+    process produces it (its aiokafka producer) and, once the worker rejected
+    it, finds the rejection in task-events (its aiokafka consumer)."""
+    request = urllib.request.Request(
+        f"{worker.api_url}/users/u-secured-1/claims",
+        data=orjson.dumps({"template_id": "no_such_template", "request_id": "r1"}),
+        method="POST",
+        headers={"X-Service-Key": SERVICE_KEY, "Content-Type": "application/json"},
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=20) as answer:
+                body = orjson.loads(answer.read())
+                if answer.status == 200:
+                    return dict(body)
+        except urllib.error.HTTPError as error:  # 503 until the API and worker are ready
+            if error.code != 503:
+                raise AssertionError(f"{error.code} {error.read()!r}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # the API process is still starting
+        assert time.monotonic() < deadline, "no answer from the API\n" + worker.log_tail()
+        assert worker.running(), worker.log_tail()
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "mechanism"),
+    [("SASL_SSL", "SCRAM-SHA-256"), ("SASL_PLAINTEXT", "PLAIN"), ("SSL", "")],
+)
+def test_worker_and_its_api_over(
+    secured: SecuredBroker, tmp_path: Path, protocol: str, mechanism: str
+) -> None:
+    deployment = _deployment(tmp_path, secured.env(protocol, mechanism))
     _feed(deployment)
-    worker = deployment.worker("a").start()
+    worker = deployment.worker(
+        "a", TASKSTREAM_API_SECRET=API_SECRET, TASKSTREAM_SERVICE_KEY=SERVICE_KEY
+    ).start()
     try:
         settings = deployment.settings
         deadline = time.monotonic() + 60
@@ -212,13 +253,16 @@ def test_worker_over_sasl_ssl_with_scram(secured: SecuredBroker, tmp_path: Path)
         else:
             pytest.fail("the worker did not consume every input\n" + worker.log_tail())
         assert _count(settings, TASK_EVENTS) > 0
+        answer = _claim_through_the_api(worker)
+        assert (answer["outcome"], answer["reason"]) == ("rejected", "unknown_template"), answer
         audit = _cli(deployment.env, "audit", "--no-progress")
         assert audit.returncode == 0, audit.stdout + audit.stderr
         assert PASSWORD not in audit.stdout + audit.stderr
     finally:
         worker.stop()
     log = worker.log_path.read_text(errors="replace")
-    assert f"(SASL_SSL, SCRAM-SHA-256 as '{USER}'" in log  # the start-up line
+    said = f"({protocol}, {mechanism} as '{USER}'" if mechanism else f"({protocol}"
+    assert said in log, log[-3000:]  # the start-up line
     assert PASSWORD not in log
 
 

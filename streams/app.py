@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import faust
 
-from streams import faust_fixes, rocksdb_memory
+from streams import faust_fixes, fenced_store, rocksdb_memory
 from streams.catalog_feed import CatalogFeed
 from streams.config import (
     ALLOCATOR_TABLE,
@@ -36,6 +36,8 @@ app = faust.App(
     settings.app_id,
     broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
     store=settings.store,
+    # Changelog writes carry the writer's epoch (streams.fencing).
+    Table=fenced_store.FencedTable,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication,
     datadir=str(settings.data_dir),
@@ -108,7 +110,7 @@ output_topics = {
 # ~20 % and the lag at 30 s while it did (BENCHMARKS "soak"). Small
 # memtables flush sooner and in smaller steps.
 rocksdb_memory.configure(settings.rocksdb_memory_mb)
-rocksdb_memory.install()
+fenced_store.install()  # rocksdb:// -> the budget's store, fencing zombie writes
 ROCKSDB_OPTIONS = {
     "driver": "rocksdict",
     "write_buffer_size": 8 * 1024**2,

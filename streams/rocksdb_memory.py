@@ -23,8 +23,8 @@ So the RocksDB part of a worker's memory is the budget plus small
 per-database overheads, whatever its partition count. The budget's usage
 is exported as `taskstream_rocksdb_memory_bytes` (streams.metrics).
 
-`BoundedStore` is faust's RocksDB store with these options; `install()`
-makes it the store behind `rocksdb://` URLs in this process.
+`BoundedStore` is faust's RocksDB store with these options
+(streams.fenced_store builds the worker's store on it).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import faust.stores
 import rocksdict
 from faust.stores.rocksdb import RocksDBOptions, Store
 
@@ -140,8 +139,3 @@ class BoundedStore(Store):
         bounded = BoundedOptions(use_rocksdict=self.use_rocksdict, ttl=given.ttl)
         bounded.__dict__.update(given.__dict__)  # every size faust or the table set
         self.rocksdb_options = bounded
-
-
-def install() -> None:
-    """Make `rocksdb://` mean `BoundedStore` in this process."""
-    faust.stores.STORES.aliases["rocksdb"] = f"{__name__}:BoundedStore"

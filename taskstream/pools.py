@@ -38,6 +38,7 @@ from schemas.codec import encode
 from schemas.records import PoolCommand
 from streams.allocation import MASTER_PREFIX, decode_allocator, decode_master
 from streams.config import ALLOCATOR_TABLE, BUDGET_REQUESTS, STATE_TABLE, Settings
+from streams.fencing import epoch_of, keeps
 from streams.partition_state import decode_partition, decode_redo
 from taskstream.kafka_io import changelog_topic, client_config, producer
 
@@ -74,7 +75,9 @@ def send_command(settings: Settings, pool_id: str, command: str, at: int) -> Poo
 def read_latest(
     settings: Settings, topic: str, on_message: Callable[[int], object] | None = None
 ) -> dict[bytes, bytes]:
-    """Every key's latest value in a (compacted) changelog topic, read to its end."""
+    """Every key's latest value in a (compacted) changelog topic, read to its
+    end, with the workers' recovery rule: a frozen worker's late writes after
+    a newer owner's are skipped (streams.fencing)."""
     consumer = Consumer(
         client_config(
             settings,
@@ -86,6 +89,7 @@ def read_latest(
         )
     )
     latest: dict[bytes, bytes] = {}
+    highest: dict[int, int] = {}  # partition -> highest epoch applied
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -105,6 +109,11 @@ def read_latest(
                 continue  # partition EOF and the like
             partition, offset = message.partition() or 0, message.offset() or 0
             key, value = message.key(), message.value()
+            epoch = epoch_of(message.headers())
+            if not keeps(epoch, highest.get(partition, 0)):
+                key = None  # a zombie's
+            elif epoch is not None:
+                highest[partition] = max(epoch, highest.get(partition, 0))
             if key is not None:
                 if value is None:
                     latest.pop(key, None)  # a tombstone

@@ -9,7 +9,7 @@ import faust.stores
 import pytest
 from rocksdict import Rdict
 
-from streams import rocksdb_memory
+from streams import fenced_store, rocksdb_memory
 from streams.config import Settings
 from streams.rocksdb_memory import MIB, BoundedOptions, BoundedStore, MemoryBudget
 
@@ -61,9 +61,11 @@ def test_memtables_are_capped_below_an_eighth_of_their_share(tmp_path: Path) -> 
         db.close()
 
 
-def test_rocksdb_urls_open_the_bounded_store() -> None:
-    rocksdb_memory.install()
-    assert faust.stores.by_url("rocksdb://") is BoundedStore
+def test_rocksdb_urls_open_the_fenced_store_in_the_budget() -> None:
+    fenced_store.install()
+    store = faust.stores.by_url("rocksdb://")
+    assert store is fenced_store.FencedStore
+    assert issubclass(store, BoundedStore)
 
 
 def test_bounded_options_keep_the_tables_sizes(tmp_path: Path) -> None:

@@ -1,0 +1,221 @@
+"""The worker's RocksDB store and table class, fencing zombie writes.
+
+`FencedTable` writes every changelog message with its epoch header;
+`FencedStore` (faust's RocksDB store in the process's memory budget,
+streams.rocksdb_memory) applies the rules of streams.fencing: recovery skips
+a zombie's late writes, own acknowledgements are checked for gaps, and a
+distrusted database is emptied and rebuilt from the changelog the next time
+its partition is assigned here. `install()` makes `rocksdb://` this store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import faust
+import faust.stores
+import rocksdict
+from faust.types import TP, CollectionT, EventT
+from faust.types.tuples import FutureMessage
+
+from streams.fencing import AckTracker, epoch_header, epoch_of, keeps, own_epoch
+from streams.rocksdb_memory import BoundedStore
+
+log = logging.getLogger("taskstream.worker")
+
+# Beside faust's own b"__faust\0offset__" in every partition's database.
+EPOCH_KEY = b"__taskstream\0epoch__"  # the highest epoch applied here
+DISTRUSTED_KEY = b"__taskstream\0distrusted__"  # rebuild at the next assignment
+
+
+class FencedStore(BoundedStore):
+    """faust's RocksDB store with the zombie fencing of streams.fencing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._highest: dict[int, int] = {}  # partition -> highest epoch applied
+        self._own: dict[int, int] = {}  # partition -> epoch of own writes (this assignment)
+        self._acks: dict[int, AckTracker] = {}
+        self._distrusted: set[int] = set()
+        self.skipped_zombie_writes = 0
+
+    # ---------------------------------------------------------------- epochs
+
+    def highest_epoch(self, partition: int) -> int:
+        known = self._highest.get(partition)
+        if known is None:
+            raw = self._db_for_partition(partition).get(EPOCH_KEY)
+            known = self._highest[partition] = int(raw) if raw is not None else 0
+        return known
+
+    def epoch_for(self, partition: int) -> int:
+        """The epoch of this worker's writes to `partition` until the next rebalance."""
+        epoch = self._own.get(partition)
+        if epoch is None:
+            highest = self.highest_epoch(partition)
+            epoch = self._own[partition] = own_epoch(self.app.consumer_generation_id, highest)
+            if epoch > highest:
+                self._db_for_partition(partition).put(EPOCH_KEY, str(epoch).encode())
+                self._highest[partition] = epoch
+        return epoch
+
+    # -------------------------------------------------------------- recovery
+
+    def apply_changelog_batch(
+        self,
+        batch: Iterable[EventT[Any]],
+        to_key: Callable[[Any], Any],
+        to_value: Callable[[Any], Any],
+    ) -> None:
+        """faust's, with the epoch rule; the highest epoch is written in the
+        same batch as the data."""
+        batches: defaultdict[int, rocksdict.WriteBatch] = defaultdict(
+            lambda: rocksdict.WriteBatch(raw_mode=True)
+        )
+        last_offsets: dict[TP, int] = {}
+        skipped: defaultdict[int, int] = defaultdict(int)
+        for event in batch:
+            msg = event.message
+            tp, partition = msg.tp, msg.partition
+            last_offsets[tp] = max(msg.offset, last_offsets.get(tp, -1))
+            highest = self.highest_epoch(partition)
+            epoch = epoch_of(msg.headers)
+            if not keeps(epoch, highest):
+                skipped[partition] += 1
+                continue
+            if epoch is not None and epoch > highest:
+                self._highest[partition] = epoch
+                batches[partition].put(EPOCH_KEY, str(epoch).encode())
+            key = cast(bytes, msg.key)  # raw bytes: both tables have the "raw" serializer
+            if msg.value is None:
+                batches[partition].delete(key)
+            else:
+                batches[partition].put(key, msg.value)
+        for partition, writes in batches.items():
+            self._db_for_partition(partition).write(writes)
+        for tp, offset in last_offsets.items():
+            super().set_persisted_offset(tp, offset)
+            self._acks.setdefault(tp.partition, AckTracker()).caught_up_to(offset)
+        for partition, count in skipped.items():
+            self.skipped_zombie_writes += count
+            log.warning(
+                "%s partition %d: skipped %d changelog write(s) of an earlier owner "
+                "that arrived after a newer owner's (a frozen worker's late sends)",
+                self.table_name,
+                partition,
+                count,
+            )
+
+    # ----------------------------------------------------------- own writes
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        """An own changelog write was acknowledged at `offset` (faust's
+        callback): advance the recorded offset only while nobody else wrote."""
+        partition = tp.partition
+        if partition in self._distrusted:
+            return
+        tracker = self._acks.setdefault(partition, AckTracker())
+        recorded = self.persisted_offset(tp) if tracker.next_offset is None else None
+        if tracker.acknowledged(offset, recorded):
+            if offset == (tracker.next_offset or 0) - 1:
+                super().set_persisted_offset(tp, offset)
+            return
+        expected, got = tracker.gaps[-1]
+        self._distrust(partition)
+        log.warning(
+            "%s partition %d: another worker wrote to the changelog between two of this "
+            "worker's writes (expected offset %d, got %d): one of them was frozen past "
+            "the session timeout; this copy is rebuilt from the changelog when the "
+            "partition is next assigned here",
+            self.table_name,
+            partition,
+            expected,
+            got,
+        )
+
+    def _distrust(self, partition: int) -> None:
+        self._distrusted.add(partition)
+        self._db_for_partition(partition).put(DISTRUSTED_KEY, b"1")
+
+    # ------------------------------------------------------------- rebalance
+
+    async def on_rebalance(
+        self,
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        # New generation: own epochs are computed again, acknowledgements
+        # are compared with what recovery reads next.
+        self._own.clear()
+        self._acks.clear()
+        mine = self.table.changelog_topic.topics
+        for tp in assigned:
+            if tp.topic in mine:
+                self._rebuild_if_distrusted(tp.partition)
+
+    def _rebuild_if_distrusted(self, partition: int) -> None:
+        db = self._db_for_partition(partition)
+        if partition not in self._distrusted and db.get(DISTRUSTED_KEY) is None:
+            return
+        wipe = rocksdict.WriteBatch(raw_mode=True)
+        count = 0
+        for key in db.keys():  # noqa: SIM118 (rocksdict's iterator of keys)
+            wipe.delete(key)
+            count += 1
+        db.write(wipe)  # faust's offset key too: recovery reads the whole changelog
+        self._distrusted.discard(partition)
+        self._highest.pop(partition, None)
+        log.warning(
+            "%s partition %d: local copy distrusted (%d key(s)); rebuilding it from "
+            "the whole changelog",
+            self.table_name,
+            partition,
+            count,
+        )
+
+    def revoke_partitions(self, table: CollectionT, tps: set[TP]) -> None:
+        for tp in tps:
+            if tp.topic in table.changelog_topic.topics:
+                self._highest.pop(tp.partition, None)
+                self._own.pop(tp.partition, None)
+                self._acks.pop(tp.partition, None)
+        super().revoke_partitions(table, tps)
+
+
+class FencedTable(faust.Table[Any, Any]):
+    """faust's Table whose changelog messages carry the writer's epoch."""
+
+    def send_changelog(
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> FutureMessage:
+        store = self.data
+        if isinstance(store, FencedStore) and partition is not None:
+            epoch = store.epoch_for(partition)
+        else:  # the memory store (tests): the generation is the epoch
+            epoch = self.app.consumer_generation_id
+        return self.changelog_topic.send_soon(
+            key=key,
+            value=value,
+            partition=partition,
+            headers=epoch_header(epoch),
+            key_serializer=key_serializer or self.key_serializer,
+            value_serializer=value_serializer or self.value_serializer,
+            callback=self._on_changelog_sent,
+            eager_partitioning=True,
+        )
+
+
+def install() -> None:
+    """Make `rocksdb://` mean `FencedStore` in this process."""
+    faust.stores.STORES.aliases["rocksdb"] = f"{__name__}:FencedStore"

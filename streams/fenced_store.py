@@ -40,7 +40,10 @@ class FencedStore(BoundedStore):
         self._own: dict[int, int] = {}  # partition -> epoch of own writes (this assignment)
         self._acks: dict[int, AckTracker] = {}
         self._distrusted: set[int] = set()
+        # Since this process started (metrics: taskstream_fencing_*_total).
         self.skipped_zombie_writes = 0
+        self.gaps_seen = 0
+        self.rebuilds = 0
 
     # ---------------------------------------------------------------- epochs
 
@@ -124,6 +127,7 @@ class FencedStore(BoundedStore):
                 super().set_persisted_offset(tp, offset)
             return
         expected, got = tracker.gaps[-1]
+        self.gaps_seen += 1
         self._distrust(partition)
         log.warning(
             "%s partition %d: another worker wrote to the changelog between two of this "
@@ -169,6 +173,7 @@ class FencedStore(BoundedStore):
             wipe.delete(key)
             count += 1
         db.write(wipe)  # faust's offset key too: recovery reads the whole changelog
+        self.rebuilds += 1
         self._distrusted.discard(partition)
         self._highest.pop(partition, None)
         log.warning(

@@ -44,8 +44,9 @@ from app.bucketing import Master
 from schemas.timestamps import MICROS_PER_SECOND
 from streams import rocksdb_memory
 from streams.allocation import AllocationResult
-from streams.app import PROCESSOR_INPUTS, app, catalog_feed, settings
+from streams.app import PROCESSOR_INPUTS, allocator_table, app, catalog_feed, settings, state
 from streams.config import BUDGET_REQUESTS
+from streams.fenced_store import FencedStore
 from streams.metrics_core import (
     EVENT_LAG_BUCKETS_SECONDS,
     TYPE_OF_ROLE,
@@ -214,6 +215,7 @@ class _StateCollector:
         yield from _master_metrics()
         yield _event_lag_metric()
         yield from _rocksdb_memory_gauges()
+        yield from _fencing_counters()
 
 
 def _ready_gauge() -> Metric:
@@ -325,6 +327,33 @@ def _event_lag_metric() -> Metric:
         sum_value=_event_lag.total / MICROS_PER_SECOND,
     )
     return histogram
+
+
+def _fencing_counters() -> Iterator[Metric]:
+    families = {
+        name: CounterMetricFamily(f"taskstream_fencing_{name}", text, labels=["table"])
+        for name, text in (
+            (
+                "skipped_writes",
+                "Changelog writes of an earlier owner that landed after a newer owner's, "
+                "skipped while rebuilding a partition (a frozen worker's late sends).",
+            ),
+            (
+                "gaps",
+                "Times another worker wrote to a partition's changelog between two of this "
+                "worker's writes (the local copy is then rebuilt at its next assignment).",
+            ),
+            ("rebuilds", "Distrusted local copies emptied and rebuilt from the changelog."),
+        )
+    }
+    for table in (state, allocator_table):
+        store = table.data
+        if isinstance(store, FencedStore):
+            name = table.name
+            families["skipped_writes"].add_metric([name], float(store.skipped_zombie_writes))
+            families["gaps"].add_metric([name], float(store.gaps_seen))
+            families["rebuilds"].add_metric([name], float(store.rebuilds))
+    yield from families.values()
 
 
 def _rocksdb_memory_gauges() -> Iterator[Metric]:

@@ -107,11 +107,13 @@ async def test_a_gap_distrusts_the_copy_and_the_next_assignment_rebuilds_it(
     db = store._db_for_partition(1)
     assert store.persisted_offset(tp) == 1  # this copy lacks 2-6: never past them
     assert db.get(DISTRUSTED_KEY) == b"1"
+    assert store.gaps_seen == 1
 
     store.app.consumer_generation_id = 7
     await store.on_rebalance({tp}, set(), set(), generation_id=7)
     db = store._db_for_partition(1)
     assert list(db.keys()) == []  # recovery reads the whole changelog
+    assert store.rebuilds == 1
     assert store.persisted_offset(tp) is None
     store.set_persisted_offset(tp, 0)  # and a fresh copy trusts its writes again
     assert store.persisted_offset(tp) == 0

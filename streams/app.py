@@ -6,9 +6,11 @@ message becomes a dead letter with its reason instead of a crashed worker.
 
 from __future__ import annotations
 
+import functools
+
 import faust
 
-from streams import faust_fixes, fenced_store, rocksdb_memory
+from streams import changelog_reader, faust_fixes, fenced_store, rocksdb_memory
 from streams.catalog_feed import CatalogFeed
 from streams.config import (
     ALLOCATOR_TABLE,
@@ -111,6 +113,10 @@ output_topics = {
 # memtables flush sooner and in smaller steps.
 rocksdb_memory.configure(settings.rocksdb_memory_mb)
 fenced_store.install()  # rocksdb:// -> the budget's store, fencing zombie writes
+fenced_store.FencedStore.range_reader = functools.partial(
+    changelog_reader.read_range,
+    {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()},
+)
 ROCKSDB_OPTIONS = {
     "driver": "rocksdict",
     "write_buffer_size": 8 * 1024**2,

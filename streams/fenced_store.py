@@ -10,6 +10,7 @@ its partition is assigned here. `install()` makes `rocksdb://` this store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -21,6 +22,7 @@ import rocksdict
 from faust.types import TP, CollectionT, EventT
 from faust.types.tuples import FutureMessage
 
+from streams.changelog_reader import Written
 from streams.fencing import AckTracker, epoch_header, epoch_of, keeps, own_epoch
 from streams.rocksdb_memory import BoundedStore
 
@@ -31,8 +33,15 @@ EPOCH_KEY = b"__taskstream\0epoch__"  # the highest epoch applied here
 DISTRUSTED_KEY = b"__taskstream\0distrusted__"  # rebuild at the next assignment
 
 
+# Reads (topic, partition, start, end) of a changelog: set by streams.app
+# with the worker's client settings (streams.changelog_reader.read_range).
+RangeReader = Callable[[str, int, int, int], list[Written]]
+
+
 class FencedStore(BoundedStore):
     """faust's RocksDB store with the zombie fencing of streams.fencing."""
+
+    range_reader: RangeReader | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -44,6 +53,8 @@ class FencedStore(BoundedStore):
         self.skipped_zombie_writes = 0
         self.gaps_seen = 0
         self.rebuilds = 0
+        self.repaired_keys = 0
+        self._repairs: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- epochs
 
@@ -118,7 +129,9 @@ class FencedStore(BoundedStore):
         """An own changelog write was acknowledged at `offset` (faust's
         callback): advance the recorded offset only while nobody else wrote."""
         partition = tp.partition
-        if partition in self._distrusted:
+        if partition in self._distrusted or partition not in self._dbs:
+            # Distrusted; or revoked meanwhile (faust drops the handle): a late
+            # acknowledgement must not open the database again.
             return
         tracker = self._acks.setdefault(partition, AckTracker())
         recorded = self.persisted_offset(tp) if tracker.next_offset is None else None
@@ -129,6 +142,7 @@ class FencedStore(BoundedStore):
         expected, got = tracker.gaps[-1]
         self.gaps_seen += 1
         self._distrust(partition)
+        self._schedule_repair(tp, expected, got)
         log.warning(
             "%s partition %d: another worker wrote to the changelog between two of this "
             "worker's writes (expected offset %d, got %d): one of them was frozen past "
@@ -140,9 +154,60 @@ class FencedStore(BoundedStore):
             got,
         )
 
+    def _schedule_repair(self, tp: TP, start: int, end: int) -> None:
+        if self.range_reader is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._repair(tp, start, end))
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def _repair(self, tp: TP, start: int, end: int) -> None:
+        """Write this worker's current values of the keys another worker wrote
+        between two of our writes, if that one was an earlier owner: the
+        epoch rule skips its writes in a replay, but log compaction keeps only
+        the last record of a key, so ours must be the last again."""
+        reader = self.range_reader
+        own = self._own.get(tp.partition)
+        if reader is None or own is None:
+            return
+        try:
+            written = await asyncio.to_thread(reader, tp.topic, tp.partition, start, end)
+        except Exception as exc:  # the copy stays distrusted: rebuilt at its next assignment
+            log.warning(
+                "%s partition %d: could not read the writes between our own (%s); not rewritten",
+                self.table_name,
+                tp.partition,
+                exc,
+            )
+            return
+        newer = [w for w in written if w.epoch is not None and w.epoch > own]
+        if newer or self._own.get(tp.partition) != own or not self._still_owns(tp):
+            return  # this worker is the earlier owner, or the partition moved meanwhile
+        db = self._dbs.get(tp.partition)
+        if db is None:
+            return
+        keys = sorted({w.key for w in written})
+        for key in keys:  # no await in between: nothing writes these keys meanwhile
+            self.table.send_changelog(tp.partition, key, db.get(key))
+        self.repaired_keys += len(keys)
+        log.warning(
+            "%s partition %d: rewrote %d key(s) an earlier owner wrote late (offsets %d-%d), "
+            "so that log compaction keeps this worker's values",
+            self.table_name,
+            tp.partition,
+            len(keys),
+            start,
+            end - 1,
+        )
+
+    def _still_owns(self, tp: TP) -> bool:
+        return not self.app.rebalancing and tp in self.app.assignor.assigned_actives()
+
     def _distrust(self, partition: int) -> None:
         self._distrusted.add(partition)
-        self._db_for_partition(partition).put(DISTRUSTED_KEY, b"1")
+        db = self._dbs.get(partition)
+        if db is not None:  # else the marker is kept in memory until the next assignment
+            db.put(DISTRUSTED_KEY, b"1")
 
     # ------------------------------------------------------------- rebalance
 
@@ -161,27 +226,31 @@ class FencedStore(BoundedStore):
         mine = self.table.changelog_topic.topics
         for tp in assigned:
             if tp.topic in mine:
-                self._rebuild_if_distrusted(tp.partition)
+                self._rebuild_if_distrusted(tp)
 
-    def _rebuild_if_distrusted(self, partition: int) -> None:
-        db = self._db_for_partition(partition)
-        if partition not in self._distrusted and db.get(DISTRUSTED_KEY) is None:
+    def _rebuild_if_distrusted(self, tp: TP) -> None:
+        partition = tp.partition
+        db = self._dbs.get(partition)  # faust has opened every assigned partition's
+        if db is None or (partition not in self._distrusted and db.get(DISTRUSTED_KEY) is None):
             return
-        wipe = rocksdict.WriteBatch(raw_mode=True)
-        count = 0
-        for key in db.keys():  # noqa: SIM118 (rocksdict's iterator of keys)
-            wipe.delete(key)
-            count += 1
-        db.write(wipe)  # faust's offset key too: recovery reads the whole changelog
+        # Every key our tables write sorts below 0xff ("u:", "p:", "r:",
+        # "m:", "__faust...", "__taskstream..."): one range tombstone, not a
+        # delete per key on the event loop.
+        db.delete_range(b"", b"\xff")
+        # faust's recovery keeps, for a partition this worker keeps across
+        # the rebalance (or never learnt it lost, being frozen), the offset
+        # it read up to last time and would go on from there: forget it, so
+        # the emptied copy is read from the changelog's start.
+        recovery = cast(Any, self.app.tables).recovery  # on TableManager, not TableManagerT
+        recovery.active_offsets.pop(tp, None)
+        recovery.standby_offsets.pop(tp, None)
         self.rebuilds += 1
         self._distrusted.discard(partition)
         self._highest.pop(partition, None)
         log.warning(
-            "%s partition %d: local copy distrusted (%d key(s)); rebuilding it from "
-            "the whole changelog",
+            "%s partition %d: local copy distrusted; rebuilding it from the whole changelog",
             self.table_name,
             partition,
-            count,
         )
 
     def revoke_partitions(self, table: CollectionT, tps: set[TP]) -> None:

@@ -29,12 +29,15 @@ rules, applied by `streams.fenced_store`:
   recorded offset and is marked distrusted; the next time the partition is
   assigned here, the database is emptied and rebuilt from the whole
   changelog (with the epoch rule).
+- The writer that saw the gap reads it: if every write in it has a lower
+  epoch than its own, it is the newer owner and writes its current value
+  of each of those keys again, since log compaction keeps only a key's
+  last record (the late one) and would drop the owner's.
 
-What is left (docs/streams.md): a zombie write landing after the new
-owner's recovery but before the new owner's first write carries no lower
-epoch than anything before it and is kept; the new owner sees the gap and
-rebuilds at its next assignment, and its own later writes of the same keys
-(it processes the same events) supersede it.
+What is left (docs/streams.md): a late write landing after the new owner's
+recovery but before the new owner's first write is not below anything
+before it, so a replay in that moment keeps it; the new owner's rewrite
+after its first write supersedes it.
 """
 
 from __future__ import annotations
@@ -100,7 +103,13 @@ class AckTracker:
         database says it holds everything up to. False: there was a gap."""
         expected = self.next_offset
         if expected is None:
-            expected = 0 if recorded is None else recorded + 1
+            if recorded is None:
+                # Nothing of the changelog is recorded here: recovery found it
+                # empty (its first offset need not be 0, after retention or
+                # DeleteRecords). The first own write sets where we are.
+                self.next_offset = offset + 1
+                return True
+            expected = recorded + 1
         if offset < expected:
             return True  # already covered (recovery read it back): nothing to advance
         if offset > expected:

@@ -344,6 +344,11 @@ def _fencing_counters() -> Iterator[Metric]:
                 "worker's writes (the local copy is then rebuilt at its next assignment).",
             ),
             ("rebuilds", "Distrusted local copies emptied and rebuilt from the changelog."),
+            (
+                "rewritten_keys",
+                "Keys an earlier owner wrote late that this worker, the newer owner, wrote "
+                "again so that log compaction keeps its values.",
+            ),
         )
     }
     for table in (state, allocator_table):
@@ -353,6 +358,7 @@ def _fencing_counters() -> Iterator[Metric]:
             families["skipped_writes"].add_metric([name], float(store.skipped_zombie_writes))
             families["gaps"].add_metric([name], float(store.gaps_seen))
             families["rebuilds"].add_metric([name], float(store.rebuilds))
+            families["rewritten_keys"].add_metric([name], float(store.repaired_keys))
     yield from families.values()
 
 

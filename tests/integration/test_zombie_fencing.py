@@ -8,7 +8,9 @@ user, and the user's next orders would count for nothing.
 
 1. Worker a owns the partition; the late write lands after a's last write
    of the user; a's next write (another user's order) is acknowledged past
-   it: a sees the gap and distrusts its copy.
+   it: a sees the gap, distrusts its copy, reads what was written in the gap
+   (an earlier epoch: it is the newer owner) and writes the user again, so
+   log compaction keeps a's value and not the late tombstone.
 2. a stops; worker b (empty data dir) rebuilds the partition from the
    changelog and skips the late write: the user survives and the next
    order counts (without the epoch rule it would count for nothing).
@@ -105,6 +107,27 @@ def _highest_epoch(deployment: Deployment) -> int:
         consumer.close()
 
 
+def _last_record_of_the_user(deployment: Deployment) -> tuple[bytes | None, int | None] | None:
+    """(value, epoch) of the last changelog record of the user."""
+    topic = changelog_topic(deployment.settings, STATE_TABLE)
+    consumer = Consumer({"bootstrap.servers": deployment.bootstrap, "group.id": "fence-test-last"})
+    try:
+        tp = TopicPartition(topic, 0, 0)
+        end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+        consumer.assign([tp])
+        last, seen = None, 0
+        deadline = time.monotonic() + 30
+        while seen < end and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None:
+                    seen += 1
+                    if message.key() == user_key(USER):
+                        last = (message.value(), epoch_of(message.headers()))
+        return last
+    finally:
+        consumer.close()
+
+
 def _late_tombstone(deployment: Deployment, epoch: int) -> None:
     client = producer(deployment.settings)
     client.produce(
@@ -152,6 +175,14 @@ def test_a_late_write_of_an_earlier_owner_changes_nothing(kafka: str, tmp_path: 
         _late_tombstone(deployment, epoch - 1)
         deployment.produce([_other_users_order()])  # a writes (its partition record)
         _wait_for_log(a, "another worker wrote to the changelog between")
+        # a, the newer owner, writes the user again, so that compaction (which
+        # keeps a key's last record) keeps a's value, not the late tombstone.
+        _wait_for_log(a, "rewrote 1 key(s) an earlier owner wrote late")
+        last = _last_record_of_the_user(deployment)
+        assert last is not None
+        value, written_with = last
+        assert value is not None  # the user, not the tombstone
+        assert written_with == epoch  # by a
         a.stop()
 
         b.start()  # rebuilds the partition from the changelog

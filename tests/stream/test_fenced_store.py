@@ -1,9 +1,11 @@
 """streams.fenced_store on a real RocksDB, without a broker: the replay of
 a changelog with a zombie's late writes, own acknowledgements with a gap,
-and the rebuild of a distrusted copy at the next assignment."""
+the owner's rewrite of the keys written late (the changelog read is a
+fake), and the rebuild of a distrusted copy at the next assignment."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +15,7 @@ import faust
 import pytest
 from faust.types import TP
 
+from streams.changelog_reader import Written
 from streams.fenced_store import DISTRUSTED_KEY, EPOCH_KEY, FencedStore, FencedTable
 from streams.fencing import EPOCH_HEADER
 
@@ -24,6 +27,7 @@ def store(tmp_path: Path) -> Iterator[FencedStore]:
     app = faust.App("fence-test", datadir=str(tmp_path), Table=FencedTable, store="memory://")
     table = app.Table("t", key_type=bytes, value_type=bytes, partitions=2)
     made = FencedStore("rocksdb://", app, table, options={"driver": "rocksdict"})
+    made.range_reader = None  # no broker here; the repair tests give a fake
     yield made
     for db in made._dbs.values():
         db.close()
@@ -110,11 +114,14 @@ async def test_a_gap_distrusts_the_copy_and_the_next_assignment_rebuilds_it(
     assert store.gaps_seen == 1
 
     store.app.consumer_generation_id = 7
+    # Kept across the rebalance: faust's recovery remembers where it read to.
+    store.app.tables.recovery.active_offsets[tp] = 0
     await store.on_rebalance({tp}, set(), set(), generation_id=7)
     db = store._db_for_partition(1)
     assert list(db.keys()) == []  # recovery reads the whole changelog
     assert store.rebuilds == 1
     assert store.persisted_offset(tp) is None
+    assert tp not in store.app.tables.recovery.active_offsets  # ... from its start
     store.set_persisted_offset(tp, 0)  # and a fresh copy trusts its writes again
     assert store.persisted_offset(tp) == 0
 
@@ -125,3 +132,52 @@ async def test_a_trusted_copy_is_kept_at_a_rebalance(store: FencedStore) -> None
     await store.on_rebalance({tp}, set(), set(), generation_id=6)
     assert store._db_for_partition(1).get(b"u:a") == b"x"
     assert store.persisted_offset(tp) == 0
+
+
+def _gap_after_own_writes(store: FencedStore) -> None:
+    tp = TP(CHANGELOG, 1)
+    _replay(store, [_message(0, b"u:a", b"a by 5", 5)])
+    store.app.consumer_generation_id = 6
+    store._db_for_partition(1)[b"u:a"] = b"a by 6, now"  # the agent's own write
+    assert store.epoch_for(1) == 6
+    store.set_persisted_offset(tp, 1)
+    store.set_persisted_offset(tp, 5)  # 2-4: another worker's
+
+
+async def test_the_owner_rewrites_what_an_earlier_owner_wrote_late(
+    store: FencedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[tuple[str, int, int, int]] = []
+
+    def reader(topic: str, partition: int, start: int, end: int) -> list[Written]:
+        read.append((topic, partition, start, end))
+        return [Written(2, b"u:a", 5), Written(3, b"u:gone", 5), Written(4, b"u:a", None)]
+
+    sent: list[tuple[int | None, bytes, bytes | None]] = []
+    monkeypatch.setattr(store, "range_reader", reader)
+    monkeypatch.setattr(store, "_still_owns", lambda tp: True)
+    monkeypatch.setattr(
+        store.table,
+        "send_changelog",
+        lambda partition, key, value: sent.append((partition, key, value)),
+    )
+    _gap_after_own_writes(store)
+    await asyncio.wait_for(asyncio.gather(*store._repairs), 5)
+    assert read == [(CHANGELOG, 1, 2, 5)]
+    # Our current values, last in the log again (compaction keeps the last):
+    # a tombstone for a key this copy does not hold.
+    assert sent == [(1, b"u:a", b"a by 6, now"), (1, b"u:gone", None)]
+    assert store.repaired_keys == 2
+
+
+async def test_an_earlier_owner_does_not_rewrite_a_newer_owners_keys(
+    store: FencedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[bytes] = []
+    monkeypatch.setattr(store, "range_reader", lambda *_: [Written(2, b"u:a", 7)])
+    monkeypatch.setattr(store, "_still_owns", lambda tp: True)
+    monkeypatch.setattr(store.table, "send_changelog", lambda p, key, v: sent.append(key))
+    _gap_after_own_writes(store)  # this worker writes with epoch 6; the gap holds 7
+    await asyncio.wait_for(asyncio.gather(*store._repairs), 5)
+    assert sent == []
+    assert store._db_for_partition(1).get(DISTRUSTED_KEY) == b"1"  # rebuilt when next assigned

@@ -110,9 +110,11 @@ def test_a_write_of_someone_else_between_two_own_writes_is_a_gap() -> None:
     assert tracker.next_offset == 11  # not advanced past what this copy lacks
 
 
-def test_a_fresh_partition_starts_at_offset_zero() -> None:
-    assert AckTracker().acknowledged(0, recorded=None)
-    assert not AckTracker().acknowledged(3, recorded=None)
+def test_a_partition_with_nothing_recorded_starts_at_the_first_own_write() -> None:
+    tracker = AckTracker()
+    assert tracker.acknowledged(3, recorded=None)  # an emptied log starts at 3
+    assert tracker.acknowledged(4, recorded=None)
+    assert not tracker.acknowledged(6, recorded=None)
 
 
 def test_what_recovery_read_back_is_not_a_gap() -> None:

@@ -86,46 +86,38 @@ def _other_users_order() -> bytes:
     )
 
 
-def _highest_epoch(deployment: Deployment) -> int:
-    """The highest epoch in the state changelog (partition 0), read to its end."""
+Record = tuple[bytes | None, bytes | None, int | None]  # key, value, epoch
+
+
+def _state_changelog(deployment: Deployment) -> list[Record]:
+    """Every record of the state changelog (partition 0), read to its end."""
     topic = changelog_topic(deployment.settings, STATE_TABLE)
-    consumer = Consumer({"bootstrap.servers": deployment.bootstrap, "group.id": "fence-test-read"})
+    consumer = Consumer({"bootstrap.servers": deployment.bootstrap, "group.id": "fence-test"})
     try:
         tp = TopicPartition(topic, 0, 0)
         end = consumer.get_watermark_offsets(tp, timeout=10)[1]
         consumer.assign([tp])
-        highest, seen = 0, 0
+        records: list[Record] = []
         deadline = time.monotonic() + 30
-        while seen < end and time.monotonic() < deadline:
+        while len(records) < end and time.monotonic() < deadline:
             for message in consumer.consume(500, 0.5):
-                if message.error() is None:
-                    seen += 1
-                    highest = max(highest, epoch_of(message.headers()) or 0)
-        assert seen == end
-        return highest
+                # The worker may write on meanwhile: up to the end seen at first.
+                if message.error() is None and (message.offset() or 0) < end:
+                    records.append((message.key(), message.value(), epoch_of(message.headers())))
+        assert len(records) == end
+        return records
     finally:
         consumer.close()
+
+
+def _highest_epoch(deployment: Deployment) -> int:
+    return max((epoch or 0) for _, _, epoch in _state_changelog(deployment))
 
 
 def _last_record_of_the_user(deployment: Deployment) -> tuple[bytes | None, int | None] | None:
     """(value, epoch) of the last changelog record of the user."""
-    topic = changelog_topic(deployment.settings, STATE_TABLE)
-    consumer = Consumer({"bootstrap.servers": deployment.bootstrap, "group.id": "fence-test-last"})
-    try:
-        tp = TopicPartition(topic, 0, 0)
-        end = consumer.get_watermark_offsets(tp, timeout=10)[1]
-        consumer.assign([tp])
-        last, seen = None, 0
-        deadline = time.monotonic() + 30
-        while seen < end and time.monotonic() < deadline:
-            for message in consumer.consume(500, 0.5):
-                if message.error() is None:
-                    seen += 1
-                    if message.key() == user_key(USER):
-                        last = (message.value(), epoch_of(message.headers()))
-        return last
-    finally:
-        consumer.close()
+    mine = [(v, e) for k, v, e in _state_changelog(deployment) if k == user_key(USER)]
+    return mine[-1] if mine else None
 
 
 def _late_tombstone(deployment: Deployment, epoch: int) -> None:
@@ -178,7 +170,11 @@ def test_a_late_write_of_an_earlier_owner_changes_nothing(kafka: str, tmp_path: 
         # a, the newer owner, writes the user again, so that compaction (which
         # keeps a key's last record) keeps a's value, not the late tombstone.
         _wait_for_log(a, "rewrote 1 key(s) an earlier owner wrote late")
+        deadline = time.monotonic() + 20  # the rewrite is sent, not yet delivered
         last = _last_record_of_the_user(deployment)
+        while (last is None or last[0] is None) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            last = _last_record_of_the_user(deployment)
         assert last is not None
         value, written_with = last
         assert value is not None  # the user, not the tombstone

@@ -50,10 +50,10 @@ class FencedStore(BoundedStore):
         self._acks: dict[int, AckTracker] = {}
         self._distrusted: set[int] = set()
         # Since this process started (metrics: taskstream_fencing_*_total).
-        self.skipped_zombie_writes = 0
-        self.gaps_seen = 0
+        self.skipped_writes = 0
+        self.gaps = 0
         self.rebuilds = 0
-        self.repaired_keys = 0
+        self.rewritten_keys = 0
         self._repairs: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- epochs
@@ -114,7 +114,7 @@ class FencedStore(BoundedStore):
             super().set_persisted_offset(tp, offset)
             self._acks.setdefault(tp.partition, AckTracker()).caught_up_to(offset)
         for partition, count in skipped.items():
-            self.skipped_zombie_writes += count
+            self.skipped_writes += count
             log.warning(
                 "%s partition %d: skipped %d changelog write(s) of an earlier owner "
                 "that arrived after a newer owner's (a frozen worker's late sends)",
@@ -136,11 +136,11 @@ class FencedStore(BoundedStore):
         tracker = self._acks.setdefault(partition, AckTracker())
         recorded = self.persisted_offset(tp) if tracker.next_offset is None else None
         if tracker.acknowledged(offset, recorded):
-            if offset == (tracker.next_offset or 0) - 1:
+            if tracker.next_offset == offset + 1:  # advanced (not a write read back)
                 super().set_persisted_offset(tp, offset)
             return
         expected, got = tracker.gaps[-1]
-        self.gaps_seen += 1
+        self.gaps += 1
         self._distrust(partition)
         self._schedule_repair(tp, expected, got)
         log.warning(
@@ -189,7 +189,7 @@ class FencedStore(BoundedStore):
         keys = sorted({w.key for w in written})
         for key in keys:  # no await in between: nothing writes these keys meanwhile
             self.table.send_changelog(tp.partition, key, db.get(key))
-        self.repaired_keys += len(keys)
+        self.rewritten_keys += len(keys)
         log.warning(
             "%s partition %d: rewrote %d key(s) an earlier owner wrote late (offsets %d-%d), "
             "so that log compaction keeps this worker's values",

@@ -354,11 +354,8 @@ def _fencing_counters() -> Iterator[Metric]:
     for table in (state, allocator_table):
         store = table.data
         if isinstance(store, FencedStore):
-            name = table.name
-            families["skipped_writes"].add_metric([name], float(store.skipped_zombie_writes))
-            families["gaps"].add_metric([name], float(store.gaps_seen))
-            families["rebuilds"].add_metric([name], float(store.rebuilds))
-            families["rewritten_keys"].add_metric([name], float(store.repaired_keys))
+            for name, family in families.items():  # the store's counter of that name
+                family.add_metric([table.name], float(getattr(store, name)))
     yield from families.values()
 
 

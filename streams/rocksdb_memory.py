@@ -16,8 +16,8 @@ of the process shares:
 - one write-buffer manager that charges the memtables to that same cache
   (so the cache's usage is data blocks + memtables) and flushes the largest
   memtable once they together reach half the budget;
-- index and filter blocks kept in the cache too (high priority, level 0's
-  pinned), instead of in table readers nothing bounds.
+- index and filter blocks kept in the cache too (level 0's pinned there),
+  instead of in table readers nothing bounds.
 
 So the RocksDB part of a worker's memory is the budget plus small
 per-database overheads, whatever its partition count. The budget's usage

@@ -70,7 +70,7 @@ def test_a_replay_skips_a_zombies_writes_after_a_newer_owners(store: FencedStore
     assert db.get(b"u:c") is None
     assert db.get(b"u:d") == b"d, before fencing"
     assert db.get(EPOCH_KEY) == b"6"
-    assert store.skipped_zombie_writes == 2
+    assert store.skipped_writes == 2
     assert store.persisted_offset(TP(CHANGELOG, 1)) == 6  # skipped ones are read too
 
 
@@ -111,7 +111,7 @@ async def test_a_gap_distrusts_the_copy_and_the_next_assignment_rebuilds_it(
     db = store._db_for_partition(1)
     assert store.persisted_offset(tp) == 1  # this copy lacks 2-6: never past them
     assert db.get(DISTRUSTED_KEY) == b"1"
-    assert store.gaps_seen == 1
+    assert store.gaps == 1
 
     store.app.consumer_generation_id = 7
     # Kept across the rebalance: faust's recovery remembers where it read to.
@@ -167,7 +167,7 @@ async def test_the_owner_rewrites_what_an_earlier_owner_wrote_late(
     # Our current values, last in the log again (compaction keeps the last):
     # a tombstone for a key this copy does not hold.
     assert sent == [(1, b"u:a", b"a by 6, now"), (1, b"u:gone", None)]
-    assert store.repaired_keys == 2
+    assert store.rewritten_keys == 2
 
 
 async def test_an_earlier_owner_does_not_rewrite_a_newer_owners_keys(

@@ -24,10 +24,15 @@ reward's timestamp is when the broker appended it. Measured:
   log, so this is no processing rate by itself, but it is the same for both
   systems (the issue's measure);
 - events/s (wall) = input messages / (last reward - process start), start-up
-  included;
+  included (Quix spends about 10 s of it assigning partitions: py-spy shows
+  its on_assign in get_watermark_offsets, once per partition);
 - CPU s = utime + stime of the worker (all threads; children too, none
   expected) from /proc/<pid>/stat when its last expected reward has been
   seen (also read again just before stopping, on stderr); peak RSS = VmHWM.
+
+Neither works through a backlog's partitions evenly (stderr lists each input
+partition's first and last reward), so the reward span covers a different
+share of each one's work; CPU µs/event is the steadier comparison.
 
 Both systems must emit the same (user_id, reward type) counts, and the
 reference's: otherwise exit 1. --repeat N alternates N runs of each and
@@ -152,7 +157,12 @@ class Taskstream(System):
             ["templates", "publish", "--templates", str(TEMPLATES), "--pools", str(POOLS)],
             ["pools", "open", "peer_cash"],  # warm buckets, as Deployment does
         ):
-            subprocess.run([TASKSTREAM, *command], env=self.env, check=True, capture_output=True)
+            done = subprocess.run([TASKSTREAM, *command], env=self.env, capture_output=True)
+            if done.returncode:
+                raise RuntimeError(
+                    f"taskstream {shlex.join(command)} failed ({done.returncode}):\n"
+                    + (done.stdout + done.stderr).decode(errors="replace")[-3000:]
+                )
 
     def start(self) -> subprocess.Popen[bytes]:
         env = {

@@ -11,7 +11,7 @@ import sys
 
 BENCHMARKS = ("core", "broker", "stream", "buckets", "audit", "api_spike", "peer")
 # Run only when named (`make soak`): they take the machine for many minutes.
-ON_REQUEST = ("soak",)
+ON_REQUEST = ("soak", "profile")
 
 
 def main(argv: list[str]) -> int:

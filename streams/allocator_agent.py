@@ -20,8 +20,8 @@ import faust
 from faust.types import TP
 
 from app.bucketing import Master
-from streams import faust_fixes, metrics, table_commit
-from streams.agents import from_an_earlier_assignment, wait_for_catalog
+from streams import metrics, table_commit
+from streams.agents import wait_for_catalog
 from streams.allocation import (
     AllocatorCache,
     AllocatorRecord,
@@ -41,12 +41,12 @@ from streams.app import (
     output_topics,
     settings,
 )
+from streams.kafka.transport import Consumer
 from streams.processor import BUDGET_REQUESTS, InMessage
 
 log = logging.getLogger("taskstream.allocator")
 
 _caches: dict[int, AllocatorCache] = {}
-totals = {"requests": 0, "grants": 0, "denials": 0, "recalls": 0}
 
 
 @app.agent(budget_requests, concurrency=1)
@@ -68,6 +68,13 @@ async def _run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
     await table_commit.run_by_partition(
         by_partition, _run_partition, lambda partition: _caches.pop(partition, None)
     )
+
+
+def from_an_earlier_assignment(event: faust.EventT[bytes]) -> bool:
+    if app.rebalancing or app.in_recovery:
+        return True
+    generation = event.message.generation_id
+    return generation is not None and generation != app.consumer_generation_id
 
 
 def _message(topic: str, partition: int, event: faust.EventT[bytes]) -> InMessage:
@@ -128,17 +135,14 @@ async def _run_partition(
             result.outputs,
         )
     if result.record.next_offset is not None:
-        faust_fixes.commit_positions[TP(topic, partition)] = result.record.next_offset
+        consumer = cast(Consumer, app.consumer)
+        consumer.commit_positions.record(TP(topic, partition), result.record.next_offset)
     if result.rewind is not None:
         if result.waiting_for_pool is not None:
             await asyncio.sleep(1.0)  # let the catalog feed catch up before fetching again
-        await faust_fixes.rewind(app.consumer, TP(topic, partition), result.rewind)
+        await cast(Consumer, app.consumer).rewind(TP(topic, partition), result.rewind)
     for note in result.notes:
         log.warning("allocator partition %d: %s", partition, note)
-    totals["requests"] += stats.accepted
-    totals["grants"] += stats.grants
-    totals["denials"] += stats.denials
-    totals["recalls"] += stats.recalls
     metrics.observe_allocation(partition, result, time.perf_counter() - started)
     return deliveries
 

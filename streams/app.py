@@ -10,7 +10,7 @@ import functools
 
 import faust
 
-from streams import changelog_reader, faust_fixes, fenced_store, rocksdb_memory
+from streams import changelog_reader, fenced_store, rocksdb_memory
 from streams.catalog_feed import CatalogFeed
 from streams.config import (
     ALLOCATOR_TABLE,
@@ -28,15 +28,19 @@ from streams.config import (
     TEMPLATES,
     TICKS,
     Settings,
+    topic_config,
 )
+from streams.kafka import transport
 
-faust_fixes.install()
 settings = Settings.from_env()
 
-
-app = faust.App(
+# Our consumer (batch delivery, faust's repairs: streams.kafka.transport) and
+# table manager (streams.kafka.recovery), for this app only.
+scheme = transport.register()
+app = transport.BatchApp(
     settings.app_id,
-    broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
+    broker=[f"{scheme}://{host}" for host in settings.bootstrap.split(",")],
+    TableManager="streams.kafka.recovery:TableManager",
     store=settings.store,
     # Changelog writes carry the writer's epoch (streams.fencing).
     Table=fenced_store.FencedTable,
@@ -76,6 +80,7 @@ def _topic(name: str) -> faust.TopicT:
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
+        config=topic_config(name),  # if faust creates it: as `topics create` would
     )
 
 
@@ -90,14 +95,17 @@ inputs_channel = app.topic(
     key_serializer="raw",
     value_serializer="raw",
     partitions=settings.partitions,
+    config=topic_config(ORDERS),  # the inputs' settings (append times), if faust creates them
 )
 ROLE_OF_TOPIC = {settings.topic(name): name for name in PROCESSOR_INPUTS}
 input_topics = {name: _topic(name) for name in (CLAIMS, ORDERS, REFUNDS, TICKS)}
 # The allocator's input: refill requests, returns and pool commands.
 budget_requests = _topic(BUDGET_REQUESTS)
-# The group commits the agents' own positions for these (faust_fixes fix 5).
-faust_fixes.input_topic_names.update(settings.topic(name) for name in PROCESSOR_INPUTS)
-faust_fixes.input_topic_names.add(settings.topic(BUDGET_REQUESTS))
+# Subscribed as faust's agents subscribe their topics; the records reach the
+# worker in whole fetches (streams.kafka.transport), not through an agent.
+app.topics.add(inputs_channel)
+# The group commits the processors' own positions for these (streams.kafka.positions).
+app.own_positions = frozenset(settings.topic(name) for name in (*PROCESSOR_INPUTS, BUDGET_REQUESTS))
 output_topics = {
     name: _topic(name)
     for name in (TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_REQUESTS, BUDGET_GRANTS)

@@ -225,3 +225,17 @@ INPUT_TOPIC_BY_TYPE = {
     "order_refunded": REFUNDS,
     "tick": TICKS,
 }
+
+
+def topic_config(name: str) -> dict[str, str]:
+    """The settings one of our topics is created with (short name)."""
+    if name in BUDGET_TOPICS:
+        # Budget messages are kept for good: they are small (a few per
+        # thousand rewards), the agents read them from offset 0, and an
+        # audit replays them.
+        return {"retention.ms": "-1"}
+    if name in INPUT_TOPICS:
+        # The broker stamps each input with its append time: the worker's
+        # idle wait counts from it, so a backlog never waits (streams.processor).
+        return {"message.timestamp.type": "LogAppendTime"}
+    return {}

@@ -128,6 +128,12 @@ class FencedStore(BoundedStore):
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
         """An own changelog write was acknowledged at `offset` (faust's
         callback): advance the recorded offset only while nobody else wrote."""
+        self.acknowledge(tp, (offset,))
+
+    def acknowledge(self, tp: TP, offsets: Iterable[int]) -> None:
+        """Own changelog writes were acknowledged at `offsets` (in the order
+        they were sent): advance the recorded offset, once, to the last of
+        them that follows the others without a gap."""
         partition = tp.partition
         if partition in self._distrusted or partition not in self._dbs:
             # Distrusted; or revoked meanwhile (faust drops the handle): a late
@@ -135,11 +141,17 @@ class FencedStore(BoundedStore):
             return
         tracker = self._acks.setdefault(partition, AckTracker())
         recorded = self.persisted_offset(tp) if tracker.next_offset is None else None
-        if tracker.acknowledged(offset, recorded):
+        advanced_to: int | None = None
+        for offset in offsets:
+            if not tracker.acknowledged(offset, recorded):
+                break
             if tracker.next_offset == offset + 1:  # advanced (not a write read back)
-                super().set_persisted_offset(tp, offset)
+                advanced_to = offset
+        if advanced_to is not None:
+            super().set_persisted_offset(tp, advanced_to)
+        if not tracker.gaps:
             return
-        expected, got = tracker.gaps[-1]
+        expected, got = tracker.gaps.pop()
         self.gaps += 1
         self._distrust(partition)
         self._schedule_repair(tp, expected, got)

@@ -239,13 +239,26 @@ def _lag_gauges() -> Iterator[Metric]:
         "(or behind a stall on a pool master).",
         labels=["partition"],
     )
+    for (role, partition), behind in sorted(input_lags().items()):
+        lag.add_metric([role, str(partition)], float(behind))
+    for partition, record in sorted(_records.items()):
+        held.add_metric([str(partition)], float(sum(len(o) for o in record.held.values())))
+    yield lag
+    yield held
+
+
+def input_lags() -> dict[tuple[str, int], int]:
+    """(input role, partition) -> messages behind, per assigned input partition:
+    the high watermark (as of the last fetch) minus the next offset the
+    partition record expects (where the consumer is, before the first batch)."""
     consumer: Any = app.consumer  # _read_offset is not on faust's ConsumerT
     roles = {settings.topic(role): role for role in PROCESSOR_INPUTS}
     try:
         assignment = consumer.assignment()
     except ConsumerNotStarted:  # scraped while the worker starts
         assignment = set()
-    for tp in sorted(assignment):
+    lags: dict[tuple[str, int], int] = {}
+    for tp in assignment:
         role = roles.get(tp.topic)
         if role is None:
             continue  # changelogs, budget-requests (the allocator's), templates
@@ -257,11 +270,20 @@ def _lag_gauges() -> Iterator[Metric]:
             next_offset = None if read is None else int(read) + 1
         behind = input_lag(next_offset, consumer.highwater(tp))
         if behind is not None:
-            lag.add_metric([role, str(tp.partition)], float(behind))
-    for partition, record in sorted(_records.items()):
-        held.add_metric([str(partition)], float(sum(len(o) for o in record.held.values())))
-    yield lag
-    yield held
+            lags[role, tp.partition] = behind
+    return lags
+
+
+def counter_total(counter: Counter, **labels: str) -> int:
+    """A counter's value summed over every label set matching `labels`."""
+    total = 0.0
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                total += sample.value
+    return int(total)
 
 
 def _bucket_gauges() -> Iterator[Metric]:

@@ -23,11 +23,15 @@ What a batch does, in order:
    caught up with its high watermark (Kafka Streams' stream-time
    synchronisation). Caught up is not enough while traffic is live: an
    event produced a moment later on an idle input may still be earlier, so
-   an event released past an input that is only caught up must have waited
-   `max_idle` seconds of the shell's clock since it was accepted (Kafka
-   Streams' `max.task.idle.ms`); `BatchResult.idle_until` tells the shell
-   when to run the partition again with no new messages. A buffer over
-   `max_pending` releases its head anyway.
+   an event released past an input that is only caught up must wait
+   `max_idle` seconds (Kafka Streams' `max.task.idle.ms`) from when the
+   broker appended it, if its topic stamps append times
+   (`message.timestamp.type=LogAppendTime`, as `taskstream topics create`
+   makes the inputs), else from when it was accepted here. So a backlog
+   (appended long ago) never waits, and an event appended late after an
+   outage waits as long as a live one. `BatchResult.idle_until` tells the
+   shell when to run the partition again with no new messages. A buffer
+   over `max_pending` releases its head anyway.
    The buffer is in memory; the partition record keeps its offsets, and
    after a restart the shell fetches those again (`PartitionCache.load`).
 3. **Apply** each released event through the engine (`app.engine.handle`),
@@ -114,6 +118,9 @@ class InMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+    # When the broker appended it (seconds since the epoch, the shell's clock's
+    # scale), if its topic stamps append times; None if it stamps create times.
+    appended_at: float | None = None
 
     @property
     def source(self) -> str:
@@ -178,7 +185,9 @@ class Pending:
     key: bytes | None
     value: bytes
     event: InputEvent
-    accepted_at: float = 0.0  # the shell's clock (seconds) when it was accepted
+    # The shell's clock (seconds) from which the idle wait counts: when the
+    # broker appended it, or when it was accepted here, whichever is earlier.
+    ready_from: float = 0.0
 
 
 @dataclass(slots=True)
@@ -357,7 +366,7 @@ class _Batch:
             message.key,
             message.value or b"",
             event,
-            self.now,
+            self.now if message.appended_at is None else min(self.now, message.appended_at),
         )
         heapq.heappush(self.pending, (event.at, pending.rank, message.offset, pending))
         self.cache.held.setdefault(role, set()).add(message.offset)
@@ -412,7 +421,7 @@ class _Batch:
                 return False
             # Caught up, yet behind: what a live producer sends next on this
             # input may be earlier than the head. Wait a while for it.
-            ready_at = head.accepted_at + self.max_idle
+            ready_at = head.ready_from + self.max_idle
             if self.now < ready_at:
                 self.idle_until = ready_at
                 return False
@@ -583,7 +592,8 @@ def process_batch(
     `messages` must be in offset order per topic (as a consumer delivers
     them); `highwater` is each input role's high watermark for this
     partition (None: unknown, which holds back events that might need it).
-    `now` is the shell's clock in seconds (any monotonic clock) and
+    `now` is the shell's clock in seconds since the epoch (the scale of
+    the messages' `appended_at`) and
     `max_idle` how long an event waits for an input that is caught up but
     behind it (0: not at all). `cache` is updated in place; drop it if this
     call raises.

@@ -13,7 +13,6 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import (
-    BUDGET_TOPICS,
     INPUT_TOPIC_BY_TYPE,
     MAX_MESSAGE_BYTES,
     TABLES,
@@ -21,6 +20,7 @@ from streams.config import (
     TICKS,
     TOPICS,
     Settings,
+    topic_config,
 )
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             # Budget messages are kept for good: they are small (a few per
             # thousand rewards), the agents read them from offset 0, and an
             # audit replays them.
-            config={"retention.ms": "-1"} if name in BUDGET_TOPICS else {},
+            config=topic_config(name),
         )
         for name in TOPICS
     ]

@@ -97,6 +97,41 @@ def test_after_the_idle_wait_a_run_with_no_message_releases_the_event() -> None:
     assert sim.record().held == {}
 
 
+def appended(role: str, offset: int, record: Record, at: float) -> InMessage:
+    """A message of a topic that stamps the broker's append time."""
+    return InMessage(role, f"ts.{role}", 0, offset, b"u1", encode(record), at)
+
+
+def test_a_backlog_appended_long_ago_does_not_wait() -> None:
+    """The idle wait counts from the append time: a backlog has waited already."""
+    sim = PartitionSim(catalog(template(target=1)))
+    marks = {CLAIMS: 1, ORDERS: 0, REFUNDS: 0, TICKS: 0}
+    result = sim.run(
+        [appended(CLAIMS, 0, claim(at=t(1)), at=900.0)], marks, now=1000.0, max_idle=0.5
+    )
+    assert types(sim) == ["task_claimed"]
+    assert result.idle_until is None
+
+
+def test_a_live_event_waits_from_when_the_broker_appended_it() -> None:
+    sim = PartitionSim(catalog(template(target=1)))
+    marks = {CLAIMS: 1, ORDERS: 0, REFUNDS: 0, TICKS: 0}
+    result = sim.run(
+        [appended(CLAIMS, 0, claim(at=t(1)), at=999.8)], marks, now=1000.0, max_idle=0.5
+    )
+    assert sim.outputs == []
+    assert result.idle_until == 1000.3  # 0.5 s after the append, 0.3 s from now
+
+
+def test_a_broker_clock_ahead_of_ours_never_lengthens_the_wait() -> None:
+    sim = PartitionSim(catalog(template(target=1)))
+    marks = {CLAIMS: 1, ORDERS: 0, REFUNDS: 0, TICKS: 0}
+    result = sim.run(
+        [appended(CLAIMS, 0, claim(at=t(1)), at=1005.0)], marks, now=1000.0, max_idle=0.5
+    )
+    assert result.idle_until == 1000.5  # from when it was accepted here
+
+
 def test_no_idle_wait_when_every_input_has_shown_a_later_event() -> None:
     sim = PartitionSim(catalog(template(target=1)))
     marks = {CLAIMS: 2, ORDERS: 1, REFUNDS: 1, TICKS: 1}

@@ -1,0 +1,281 @@
+"""faust's aiokafka transport for this app: batch delivery and four repairs.
+
+Registered as the `taskstream://` broker scheme (`register()`); the app's
+broker URLs use it, so nothing else in the process changes. Each override
+below names the faust code it replaces; tests/stream/test_kafka_transport.py
+fails when the pinned faust or aiokafka changes under any of them.
+
+Batch delivery
+--------------
+faust hands every fetched record to the conductor one at a time: a faust
+Event, a stream queue hop and an ack per message, ~90 µs each on our
+machines, more than the rest of the worker's work on an event. The
+worker's inputs do not need any of it: the processor accepts messages by
+offset against the offsets stored with its state and commits its own
+positions (`streams.kafka.positions`). So `Consumer.getmany` hands the
+records of the topics a `BatchSink` claims to the sink in one call per
+fetch (a dict of partition -> records), and only the other topics' records
+go the usual way (the allocator's input, the leader topic). The sink runs in
+faust's fetcher task: the next fetch waits until the batch is done (back
+pressure), and a revoke waits for the batch in flight (`drain`).
+
+Repairs (each found on a real broker; the symptom in the method's docstring)
+-------
+1. `ConsumerThread.seek_to_committed`: input partitions without a committed
+   offset are reset to their beginning (aiokafka leaves them wherever the
+   fetcher drifted).
+2. `streams.kafka.recovery`: recovery seeks before it resumes the inputs.
+3. `ConsumerThread._fetch_records`: only active partitions are fetched.
+4. `Consumer._read_offset` is `RewindAwareReadOffsets`; `Consumer.seek`
+   forgets our rewind.
+5. `Consumer._commit`: the processor's positions for the input topics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import faust
+from aiokafka.errors import ConsumerStoppedError
+from faust.transport import drivers as faust_drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.kafka.positions import CommitPositions
+from streams.kafka.read_offsets import RewindAwareReadOffsets
+
+log = logging.getLogger(__name__)
+
+SCHEME = "taskstream"
+
+
+class BatchSink(Protocol):
+    """Takes the fetched records of some topics, a whole fetch at a time."""
+
+    @property
+    def topics(self) -> frozenset[str]: ...
+
+    async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
+        """aiokafka ConsumerRecords per partition, in offset order, fetched
+        while the group was in `generation`."""
+
+    async def drain(self) -> None:
+        """Return once no batch is in flight (called before a revoke)."""
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """The thread that runs aiokafka's consumer, with repairs 1 and 3."""
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Repair 1. A worker restarted before its group committed some input
+        partitions recovered its tables and then never processed the events
+        waiting in them: faust drops the records of partitions it considers
+        paused (aiokafka keeps fetching them, its position moves on), and
+        aiokafka's `seek_to_committed` seeks only `if offset and offset > 0`.
+        So every input partition whose committed offset is None or 0 is reset
+        to its beginning, as `auto_offset_reset="earliest"` would on a fresh
+        assignment; changelogs are left to faust's recovery."""
+        consumer = self._ensure_consumer()
+        changelogs = set(self.app.tables.changelog_topics)
+
+        async def seek() -> Mapping[TP, int]:
+            committed: Mapping[TP, int] = await consumer.seek_to_committed()
+            uncommitted = [
+                tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs
+            ]
+            if uncommitted:
+                log.info(
+                    "rewinding %d input partition(s) without a committed offset to their "
+                    "beginning: %s",
+                    len(uncommitted),
+                    ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(uncommitted)),
+                )
+                await consumer.seek_to_beginning(*uncommitted)
+            return committed
+
+        result: Mapping[TP, int] = await self.call_thread(seek)
+        return result
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP] | None,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        """Repair 3. faust passes its live set of active partitions (which the
+        event loop thread mutates while this thread reads it) and drops the
+        records of inactive partitions after aiokafka fetched them, moving
+        aiokafka's position past records nobody saw. Here aiokafka's own pause
+        state mirrors faust's set, from a snapshot, so inactive partitions are
+        not fetched at all."""
+        if not self.consumer.flow_active:
+            return {}
+        fetcher = consumer._fetcher
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
+        active = None
+        if active_partitions is not None:
+            active = set(active_partitions)
+            _mirror_pause_state(consumer, active)
+            if not active:
+                return {}  # an empty set would mean "every partition" to aiokafka
+        with fetcher._subscriptions.fetch_context():
+            return await fetcher.fetched_records(active, timeout=timeout, max_records=max_records)
+
+
+def _mirror_pause_state(consumer: Any, active: set[TP]) -> None:
+    """Pause in aiokafka every assigned partition faust considers inactive,
+    resume the active ones. Runs in the consumer thread."""
+    paused = consumer.paused()
+    to_pause = [tp for tp in consumer.assignment() if tp not in active and tp not in paused]
+    to_resume = [tp for tp in paused if tp in active]
+    if to_pause:
+        consumer.pause(*to_pause)
+    if to_resume:
+        consumer.resume(*to_resume)
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer with batch delivery and repairs 4 and 5."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = RewindAwareReadOffsets()  # repair 4
+        self.commit_positions = CommitPositions()  # repair 5
+
+    @property
+    def batch_sink(self) -> BatchSink | None:
+        """The app's sink (`BatchApp.batch_sink`), if it has one."""
+        sink: BatchSink | None = getattr(self.app, "batch_sink", None)
+        return sink
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # ------------------------------------------------------ batch delivery
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """faust's `Consumer.getmany`, handing the sink's topics over whole."""
+        sink = self.batch_sink
+        records, active = await self._wait_next_records(timeout)
+        generation = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+        if not self.flow_active:
+            try:  # as faust does: the flow stopped during the fetch
+                await self.perform_seek()
+            except Exception as exc:
+                log.warning("exception performing seek when flow not active %r", exc)
+            return
+        batched: dict[TP, list[Any]] = {}
+        others: dict[TP, list[Any]] = {}
+        for tp, tp_records in records.items():
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            if sink is not None and tp.topic in sink.topics:
+                batched[tp] = tp_records
+            else:
+                others[tp] = tp_records
+        if batched and sink is not None:
+            await sink.on_records(batched, generation)
+        if not others:
+            return
+        to_message = self._to_message
+        for tp, record in self.scheduler.iterate(others):
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                break
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            yield tp, to_message(tp, record)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self.batch_sink is not None:
+            await self.batch_sink.drain()  # no batch writes a partition being revoked
+        await super().on_partitions_revoked(revoked)
+
+    # -------------------------------------------------------- back pressure
+
+    def hold_back(self, tps: set[TP]) -> None:
+        """Stop fetching these partitions (their records wait in the worker's
+        buffer for another input); `let_go` fetches them again."""
+        self.pause_partitions(tps)
+
+    def let_go(self, tps: set[TP]) -> None:
+        assigned = self.assignment()
+        self.resume_partitions({tp for tp in tps if tp in assigned})
+        self._paused_partitions.difference_update(tps)  # revoked meanwhile: forgotten
+
+    # ------------------------------------------------------------ repair 4
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """faust's `Consumer.seek`; a seek of faust's own supersedes our rewind."""
+        read_offsets = self._read_offset
+        if isinstance(read_offsets, RewindAwareReadOffsets):
+            read_offsets.forget(partition)
+        await super().seek(partition, offset)
+
+    async def rewind(self, tp: TP, offset: int) -> None:
+        """Fetch `tp` again from `offset` (the processor found it skipped, or
+        held it before a restart). Seeks aiokafka directly (faust's `seek`
+        would set the read offset to `offset` and forget the mark), then lets
+        the read offsets await the record at `offset`."""
+        await self._seek(tp, offset)
+        read_offsets = self._read_offset
+        assert isinstance(read_offsets, RewindAwareReadOffsets)  # set in __init__
+        read_offsets.rewind(tp, offset)
+        log.warning("rewound %s[%d] to offset %d", tp.topic, tp.partition, offset)
+
+    # ------------------------------------------------------------ repair 5
+
+    async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+        """`ThreadDelegateConsumer._commit`, sending the processor's positions
+        for the input topics (`streams.kafka.positions`)."""
+        owned: frozenset[str] = getattr(self.app, "own_positions", frozenset())
+        send = self.commit_positions.to_send(offsets, self.assignment(), owned)
+        return bool(send) and await self._send_commit(send)
+
+    async def commit_moved_positions(self) -> int:
+        """Commit the processor's positions that moved since the last commit.
+
+        faust commits only when its agents acked something new, which the
+        batch-delivered inputs never are: the worker calls this on a timer so
+        the group's offsets always catch up with the table. Returns how many
+        partitions were committed."""
+        if self.app.rebalancing or self.app.in_recovery:
+            return 0
+        send = self.commit_positions.moved(self.assignment())
+        if not send:
+            return 0
+        await self.app.producer.flush()  # the allocator's changelog before the group moves
+        return len(send) if await self._send_commit(send) else 0
+
+    async def _send_commit(self, offsets: dict[Any, int]) -> bool:
+        done = bool(await self._thread.commit(offsets))
+        if done:
+            self.commit_positions.sent(offsets)
+        return done
+
+
+class BatchApp(faust.App):
+    """A faust App whose consumer hands some topics to `batch_sink`. Set the
+    sink before the worker starts (its module does, at import)."""
+
+    batch_sink: BatchSink | None = None
+    # Topics whose committed offsets are the processors' own positions
+    # (`Consumer.commit_positions`, repair 5), never faust's acked offsets.
+    own_positions: frozenset[str] = frozenset()
+
+
+class Transport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with this app's consumer."""
+
+    Consumer = Consumer
+
+
+def register() -> str:
+    """Make `taskstream://` this transport in faust's registry; returns the
+    scheme for the app's broker URLs."""
+    faust_drivers.TRANSPORTS.aliases[SCHEME] = f"{__name__}:Transport"
+    return SCHEME

@@ -1,0 +1,88 @@
+"""One partition's share of a faust table, written a batch at a time.
+
+faust's table writes a key at a time: a changelog send through aiokafka and
+a RocksDB put per key, behind its Table/Store layers. The worker's batches
+write many keys at once, so `PartitionStateStore` writes them the way Quix
+Streams and Kafka Streams do: every key's changelog record handed to the
+librdkafka producer (with the writer's epoch, streams.fencing), then one
+RocksDB write batch per partition. Reads go straight to the partition's
+database. The store is faust's (`FencedStore`, opened, recovered and
+revoked by faust), so recovery, standby-less rebuilds and the zombie fence
+work as for any faust table.
+
+Durability is unchanged from faust's: the changelog is the truth; the local
+copy's recorded offset only advances to acknowledged changelog offsets
+(`acknowledge`), so a crash between the RocksDB write and the delivery
+replays those records at recovery.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import rocksdict
+from faust.types import TP
+
+from streams.fenced_store import FencedStore
+from streams.fencing import EPOCH_HEADER
+from streams.kafka.producer import BatchProducer, Delivered, Headers
+
+Write = tuple[bytes, bytes | None]  # (key, value); None deletes the key
+
+
+class PartitionStateStore:
+    """A faust table's RocksDB databases and changelog, partition by partition."""
+
+    def __init__(self, table: Any, producer: BatchProducer) -> None:
+        self._table = table
+        self._producer = producer
+        self.changelog = table.changelog_topic.get_topic_name()
+
+    @property
+    def _store(self) -> FencedStore:
+        store = self._table.data
+        if not isinstance(store, FencedStore):
+            raise RuntimeError(
+                f"the worker needs the RocksDB store (TASKSTREAM_STORE=rocksdb://), not {store!r}"
+            )
+        return store
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        value: bytes | None = self._store._db_for_partition(partition).get(key)
+        return value
+
+    def items_from(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of the partition whose key starts with `prefix`."""
+        for key, value in self._store._db_for_partition(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key, value
+
+    def write(self, partition: int, writes: Sequence[Write]) -> None:
+        """Send every write's changelog record, then apply them locally in one
+        RocksDB write batch. Delivery is awaited by the caller
+        (`BatchProducer.wait`), then reported back with `acknowledge`."""
+        store = self._store
+        headers: Headers = [(EPOCH_HEADER, b"%d" % store.epoch_for(partition))]
+        send = self._producer.send
+        changelog = self.changelog
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in writes:
+            send(changelog, key, value, partition, headers)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        store._db_for_partition(partition).write(batch)
+
+    def acknowledge(self, delivered: Iterable[Delivered]) -> None:
+        """The changelog offsets our writes landed at (in delivery order)."""
+        by_partition: defaultdict[int, list[int]] = defaultdict(list)
+        for report in delivered:
+            if report.topic == self.changelog:
+                by_partition[report.partition].append(report.offset)
+        store = self._store
+        for partition, offsets in by_partition.items():
+            store.acknowledge(TP(self.changelog, partition), offsets)

@@ -1,0 +1,399 @@
+"""The worker: each fetch of the inputs -> decode, load, decide, evolve, store, emit.
+
+faust's consumer hands the `Worker` every fetch of the four co-partitioned
+input topics and the buckets' budget-grants topic at once
+(`streams.kafka.transport`, batch delivery): no faust Event, stream queue
+or ack per message. For each partition of a fetch the pure
+`streams.processor.process_batch` decides everything, and this shell:
+
+1. writes the redo record (the whole batch as one changelog record), the
+   changed users and the partition record: changelog records through
+   librdkafka, one RocksDB write batch (`PartitionStateStore`);
+2. sends the outputs through the same producer;
+3. waits once, for the whole fetch, until the broker has every record;
+4. only then records the processor's positions for the group's commits and
+   the changelog offsets as the local copy's recovery point;
+5. rewinds the consumer where the processor found skipped offsets.
+
+After a crash the redo record is re-applied and its outputs re-sent when
+the partition is next loaded, so every accepted input has its effect
+exactly once in the state and at least once (same ids, same bytes) in the
+output topics.
+
+Runtime state (partition caches, idle waits, the freeze watch) lives on the
+Worker, built from `Settings`; a restart rebuilds it from the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from faust.types import TP
+
+from app.catalog import Catalog
+from app.state import UserState
+from streams import metrics
+from streams.config import (
+    BUDGET_REQUESTS,
+    DEAD_LETTERS,
+    INPUT_TOPICS,
+    REWARDS,
+    TASK_EVENTS,
+    Settings,
+)
+from streams.freeze import FreezeWatch
+from streams.kafka.producer import BatchProducer
+from streams.kafka.transport import Consumer
+from streams.partition_state import (
+    USER_PREFIX,
+    Output,
+    PartitionRecord,
+    Redo,
+    decode_partition,
+    decode_redo,
+    decode_user,
+    encode_redo,
+    next_deadline_of_record,
+    partition_key,
+    redo_key,
+    user_key,
+)
+from streams.processor import (
+    BatchResult,
+    InMessage,
+    PartitionCache,
+    process_batch,
+    rebuild_deadlines,
+    writes_for,
+)
+from streams.worker.state_store import PartitionStateStore
+
+log = logging.getLogger("taskstream.worker")
+
+# An input partition stops being fetched while the partition's buffer holds
+# this many of its events (Kafka Streams' buffered.records.per.partition),
+# and is fetched again below half of it. In a backlog one input is often far
+# ahead of another in event time; without this its events pile up in memory
+# until the other catches up (RSS 772 MiB on the peer benchmark's log).
+BUFFER_PER_INPUT = 1000
+
+# aiokafka's ConsumerRecord.timestamp_type of a topic that stamps append times.
+LOG_APPEND_TIME = 1
+
+
+def appended_at(record: Any) -> float | None:
+    """The broker's append time of a fetched record (seconds), if its topic
+    stamps append times (the idle wait counts from it, streams.processor)."""
+    if record.timestamp_type == LOG_APPEND_TIME and record.timestamp is not None:
+        return float(record.timestamp) / 1000.0
+    return None
+
+
+class Worker:
+    """The processor's shell; faust's consumer calls `on_records` per fetch."""
+
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        store: PartitionStateStore,
+        producer: BatchProducer,
+        catalog: Callable[[], Catalog],
+        role_of_topic: Mapping[str, str],
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.store = store
+        self.producer = producer
+        self._catalog = catalog
+        self.role_of_topic = dict(role_of_topic)
+        self.topics = frozenset(role_of_topic)
+        self.output_topics = {role: settings.topic(role) for role in _OUTPUT_ROLES}
+        self.max_idle = settings.max_idle_ms / 1000
+        # Per partition, derived and rebuilt on load; dropped when it moves.
+        self.caches: dict[int, PartitionCache] = {}
+        # Partition -> the time (time.time()) the idle timer should run it: its
+        # buffer head waits out TASKSTREAM_MAX_IDLE_MS. A restart fetches the
+        # held events again and re-waits.
+        self.idle_due: dict[int, float] = {}
+        # Input partitions not fetched for now (BUFFER_PER_INPUT).
+        self.held_back: set[TP] = set()
+        # Fetches and idle releases take turns: both run partition steps.
+        self.lock = asyncio.Lock()
+        # A frozen worker (SIGSTOP, a suspended host) must not process its
+        # stale buffer before its consumer knows whether it still owns its
+        # partitions (streams/freeze.py): two heartbeats, then a fresh fetch.
+        heartbeat = max(1, settings.session_timeout // 5)
+        self.freeze_watch = FreezeWatch(
+            freeze_after=max(1.0, settings.session_timeout / 2),
+            hold_for=2 * heartbeat + 1.0 + self.max_idle,
+        )
+
+    @property
+    def consumer(self) -> Consumer:
+        consumer: Consumer = self.app.consumer
+        return consumer
+
+    # ----------------------------------------------------------- the sink
+
+    async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
+        await self.wait_out_a_freeze()
+        async with self.lock:
+            if self._moved_since(generation):
+                # Fetched before a rebalance: the partition may now be another
+                # worker's or still recovering here. Skipping is safe: the
+                # processor fetches again any offset it never accepted.
+                stale = sum(len(r) for r in records.values())
+                metrics.observe_stale(stale)
+                log.info("skipped %d message(s) fetched before the last rebalance", stale)
+                return
+            by_partition: dict[int, list[InMessage]] = {}
+            role_of_topic = self.role_of_topic
+            for tp, tp_records in records.items():
+                role, topic, partition = role_of_topic[tp.topic], tp.topic, tp.partition
+                messages = by_partition.setdefault(partition, [])
+                messages.extend(
+                    InMessage(role, topic, partition, r.offset, r.key, r.value, appended_at(r))
+                    for r in tp_records
+                )
+            await self._run(by_partition)
+
+    async def drain(self) -> None:
+        async with self.lock:
+            pass  # the batch in flight, if any, is done
+
+    def _moved_since(self, generation: int) -> bool:
+        app = self.app
+        return bool(app.rebalancing or app.in_recovery or generation != app.consumer_generation_id)
+
+    # ------------------------------------------------------- the idle wait
+
+    async def release_idle_waits(self) -> None:
+        """Run partitions whose buffered events have waited out the idle wait
+        and got no new message since (a fetch would release them otherwise)."""
+        if not self.idle_due or self.app.rebalancing or self.app.in_recovery:
+            return
+        if self.check_for_freeze() > 0:
+            return
+        now = time.time()
+        async with self.lock:
+            if self.app.rebalancing or self.app.in_recovery:
+                return
+            due = [p for p, at in self.idle_due.items() if at <= now]
+            for partition in due:
+                if partition not in self.caches:
+                    del self.idle_due[partition]  # moved away, or reloaded: a fetch will come
+            runs: dict[int, list[InMessage]] = {p: [] for p in due if p in self.caches}
+            if runs:
+                await self._run(runs)
+
+    # ------------------------------------------------------------ freezing
+
+    def check_for_freeze(self) -> float:
+        """Seconds to hold processing back now (0: go on)."""
+        now = time.monotonic()
+        frozen_for = self.freeze_watch.beat(now)
+        if frozen_for is not None:
+            metrics.observe_freeze()
+            log.warning(
+                "this worker was frozen for %.1f s (SIGSTOP? a suspended host?): it processes "
+                "nothing for %.1f s, until its consumer knows whether it still owns its partitions",
+                frozen_for,
+                self.freeze_watch.hold_for,
+            )
+        return self.freeze_watch.hold(now)
+
+    async def wait_out_a_freeze(self) -> None:
+        hold = self.check_for_freeze()
+        if hold > 0:
+            await asyncio.sleep(hold)
+
+    # -------------------------------------------------------- the batches
+
+    async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> None:
+        """Each partition's step, one delivery wait for all, then positions."""
+        done: list[tuple[int, BatchResult | None]] = []
+        for partition, messages in sorted(by_partition.items()):
+            try:
+                done.append((partition, await self._step(partition, messages)))
+            except Exception:
+                self.forget(partition)  # rebuilt from the table next time
+                raise
+        try:
+            delivered = await self.producer.wait()
+        except Exception:
+            for partition, _ in done:
+                self.forget(partition)
+            raise
+        self.store.acknowledge(delivered)
+        positions = self.consumer.commit_positions
+        for partition, result in done:
+            if result is None:
+                continue
+            for role, position in result.record.fetch_positions().items():
+                positions.record(TP(self.settings.topic(role), partition), position)
+            for role, offset in result.rewinds.items():
+                await self.consumer.rewind(TP(self.settings.topic(role), partition), offset)
+            self._hold_back_or_let_go(partition)
+
+    def _hold_back_or_let_go(self, partition: int) -> None:
+        """Back pressure: an input whose events wait in the buffer is not
+        fetched further until they go. Its waiting events are all later than
+        the buffer's head (which is the earliest), so holding it back never
+        holds the head; one still to be fetched again after a restart or a
+        rewind is never held back."""
+        cache = self.caches.get(partition)
+        if cache is None:
+            return
+        hold, let_go = set(), set()
+        for role in INPUT_TOPICS:
+            tp = TP(self.settings.topic(role), partition)
+            waiting = len(cache.held.get(role, ()))
+            if tp in self.held_back:
+                if waiting <= BUFFER_PER_INPUT // 2:
+                    let_go.add(tp)
+            elif (
+                waiting >= BUFFER_PER_INPUT
+                and not cache.refetch.get(role)
+                and role not in cache.rewinding
+            ):
+                hold.add(tp)
+        if hold:
+            self.consumer.hold_back(hold)
+            self.held_back |= hold
+        if let_go:
+            self.consumer.let_go(let_go)
+            self.held_back -= let_go
+
+    async def _step(self, partition: int, messages: list[InMessage]) -> BatchResult | None:
+        cache = self.caches.get(partition)
+        if cache is None:
+            cache = self._load(partition)
+        started = time.perf_counter()
+        record = cache.record if cache.record is not None else self._read_record(partition)
+        if not cache.loaded:
+            for role, offset in cache.load(record).items():
+                await self.consumer.rewind(TP(self.settings.topic(role), partition), offset)
+            self.caches[partition] = cache
+        now = time.time()  # the scale of the brokers' append times
+        result = process_batch(
+            record,
+            messages,
+            catalog=self._catalog(),
+            partitions=self.settings.partitions,
+            load_user=lambda user_id: self._load_user(partition, user_id),
+            cache=cache,
+            highwater=self._highwaters(partition),
+            max_pending=self.settings.max_pending,
+            now=now,
+            max_idle=self.max_idle,
+        )
+        if result.idle_until is None:
+            self.idle_due.pop(partition, None)
+        else:
+            self.idle_due[partition] = result.idle_until
+        if self._changed(result):
+            self._write(partition, result)
+            cache.record = result.record
+        for note in result.notes:
+            log.warning("partition %d: %s", partition, note)
+        metrics.observe_batch(partition, result, time.perf_counter() - started)
+        return result
+
+    @staticmethod
+    def _changed(result: BatchResult) -> bool:
+        stats = result.stats
+        # Only redeliveries or messages dropped for a rewind: nothing to write.
+        return bool(stats.accepted or stats.applied or result.outputs or result.rewinds)
+
+    def _write(self, partition: int, result: BatchResult) -> None:
+        """The redo record first, then the users and the partition record,
+        then the outputs (all handed to the producer; awaited in `_run`)."""
+        writes = writes_for(result)
+        redo = encode_redo(Redo(result.record.seq, tuple(writes), result.outputs))
+        self.store.write(partition, [(redo_key(partition), redo), *writes])
+        self._send(result.outputs)
+
+    def _send(self, outputs: Iterable[Output]) -> None:
+        send = self.producer.send
+        topics = self.output_topics
+        for output in outputs:
+            send(topics[output.role], output.key, output.value, output.partition)
+
+    # ------------------------------------------------------------ loading
+
+    def _load(self, partition: int) -> PartitionCache:
+        """After an assignment: finish the last batch if a crash cut it short,
+        and rebuild the tick index from the users stored here."""
+        started = time.monotonic()
+        record = self._read_record(partition)
+        raw_redo = self.store.get(partition, redo_key(partition))
+        if raw_redo is not None:
+            redo = decode_redo(raw_redo)
+            if redo.seq > record.seq:
+                log.warning(
+                    "partition %d: batch %d was cut short by a crash; re-applying its %d write(s)",
+                    partition,
+                    redo.seq,
+                    len(redo.writes),
+                )
+                self.store.write(partition, list(redo.writes))
+            self._send(redo.outputs)  # they may not have arrived
+        deadlines = rebuild_deadlines(self._stored_deadlines(partition))
+        log.info(
+            "partition %d loaded: %d user(s) with a deadline, %.2f s",
+            partition,
+            len(deadlines),
+            time.monotonic() - started,
+        )
+        return PartitionCache(deadlines=deadlines)
+
+    def _stored_deadlines(self, partition: int) -> Iterable[tuple[str, int | None]]:
+        for key, value in self.store.items_from(partition, USER_PREFIX):
+            yield key[len(USER_PREFIX) :].decode(), next_deadline_of_record(value)
+
+    def _read_record(self, partition: int) -> PartitionRecord:
+        raw = self.store.get(partition, partition_key(partition))
+        return PartitionRecord(partition) if raw is None else decode_partition(raw)
+
+    def _load_user(self, partition: int, user_id: str) -> UserState | None:
+        return decode_user(self.store.get(partition, user_key(user_id)))
+
+    def _highwaters(self, partition: int) -> dict[str, int | None]:
+        """Each input's high watermark as of the consumer's last fetch (None
+        until a fetch has reported one: the processor then holds events back).
+
+        Never asks the broker from here: that goes through the consumer
+        thread, which a rebalance can block while it waits for this batch."""
+        consumer = self.consumer
+        marks: dict[str, int | None] = {}
+        for role in INPUT_TOPICS:
+            try:
+                marks[role] = consumer.highwater(TP(self.settings.topic(role), partition))
+            except Exception:  # not assigned (any more)
+                marks[role] = None
+        return marks
+
+    # ---------------------------------------------------------- rebalance
+
+    def forget(self, partition: int) -> None:
+        self.caches.pop(partition, None)
+        self.idle_due.pop(partition, None)
+        held_back = {tp for tp in self.held_back if tp.partition == partition}
+        if held_back:
+            self.consumer.let_go(held_back)
+            self.held_back -= held_back
+
+    def on_revoked(self, revoked: Iterable[TP]) -> None:
+        revoked = list(revoked)
+        for tp in revoked:
+            if tp.topic in self.role_of_topic:
+                self.forget(tp.partition)
+        self.consumer.commit_positions.forget(revoked)
+
+
+_OUTPUT_ROLES = (TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_REQUESTS)

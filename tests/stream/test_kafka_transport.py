@@ -1,0 +1,192 @@
+"""streams.kafka: the bookkeeping behind repairs 4 and 5, batch delivery
+through a real faust consumer object, and the guard that fails when the
+pinned faust or aiokafka changes under our subclasses."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiokafka
+import faust
+import pytest
+from faust.tables import manager as faust_manager
+from faust.tables import recovery as faust_recovery
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.kafka import recovery, transport
+from streams.kafka.positions import CommitPositions
+from streams.kafka.read_offsets import RewindAwareReadOffsets
+
+ORDERS = TP("ts.orders", 3)
+CHANGELOG = TP("app-state-changelog", 3)
+
+# The faust/aiokafka code each override replaces or relies on, as pinned in
+# pyproject.toml. A new version changes a digest: read the new code, check
+# the override still does what its docstring says, then update the digest.
+PINNED = {"faust": "0.15.3", "aiokafka": "0.14.0"}
+REPLACED = {
+    "faust Consumer.getmany": (faust_consumer.Consumer.getmany, "4b168d84882a"),
+    "faust Consumer._wait_next_records": (
+        faust_consumer.Consumer._wait_next_records,
+        "6218e1969a63",
+    ),
+    "faust Consumer._drain_messages": (faust_consumer.Consumer._drain_messages, "44a2500309e8"),
+    "faust Consumer.seek": (faust_consumer.Consumer.seek, "b86a9fe05f95"),
+    "faust Consumer.on_partitions_revoked": (
+        faust_consumer.Consumer.on_partitions_revoked,
+        "d04b7ae72c6f",
+    ),
+    "faust ThreadDelegateConsumer._commit": (
+        faust_consumer.ThreadDelegateConsumer._commit,
+        "a20eec84e4b2",
+    ),
+    "faust AIOKafkaConsumerThread.seek_to_committed": (
+        faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed,
+        "775ab0adc4b0",
+    ),
+    "faust AIOKafkaConsumerThread._fetch_records": (
+        faust_aiokafka.AIOKafkaConsumerThread._fetch_records,
+        "39a2c6c79fc1",
+    ),
+    "faust Recovery._resume_streams": (faust_recovery.Recovery._resume_streams, "d986a6710c1a"),
+    "faust TableManager.recovery": (faust_manager.TableManager.recovery.fget, "f0bf5de78b4c"),
+    "aiokafka AIOKafkaConsumer.seek_to_committed": (
+        aiokafka.AIOKafkaConsumer.seek_to_committed,
+        "f6cd85c8b70a",
+    ),
+}
+
+
+def digest(function: Any) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:12]
+
+
+def test_the_pinned_versions_are_installed() -> None:
+    assert {"faust": faust.__version__, "aiokafka": aiokafka.__version__} == PINNED
+
+
+@pytest.mark.parametrize("name", sorted(REPLACED))
+def test_the_code_our_subclasses_replace_is_unchanged(name: str) -> None:
+    function, expected = REPLACED[name]
+    assert digest(function) == expected, (
+        f"{name} changed: re-check streams/kafka against it, then update its digest"
+    )
+
+
+def test_the_subclasses_are_registered_for_this_app_only() -> None:
+    scheme = transport.register()
+    from faust.transport.drivers import by_url
+
+    assert by_url(f"{scheme}://127.0.0.1:9092") is transport.Transport
+    assert by_url("kafka://127.0.0.1:9092") is faust_aiokafka.Transport
+    assert transport.Transport.Consumer is transport.Consumer
+    assert issubclass(recovery.TableManager, faust_manager.TableManager)
+
+
+# ---------------------------------------------------------------- repair 4
+
+
+def test_the_drain_loop_cannot_move_a_rewound_partition_until_the_awaited_record() -> None:
+    offsets = RewindAwareReadOffsets()
+    offsets[ORDERS] = 200  # read up to 200 before the rewind
+    offsets.rewind(ORDERS, 120)
+    assert offsets[ORDERS] is None  # every record passes the drain loop's filter
+    offsets[ORDERS] = 201  # a record fetched before the seek: ignored
+    offsets[ORDERS] = 119
+    assert offsets[ORDERS] is None
+    offsets[ORDERS] = 120  # the awaited record
+    assert offsets[ORDERS] == 120
+    offsets[ORDERS] = 121
+    assert offsets[ORDERS] == 121
+
+
+def test_a_revoke_forgets_the_rewind() -> None:
+    offsets = RewindAwareReadOffsets()
+    offsets.rewind(ORDERS, 50)
+    offsets.pop(ORDERS, None)
+    offsets[ORDERS] = 70  # faust's seek after the next assignment
+    assert offsets[ORDERS] == 70
+    assert offsets[TP("ts.orders", 9)] is None  # unknown partitions read as None, as in faust
+
+
+# ---------------------------------------------------------------- repair 5
+
+
+def test_commits_send_the_processors_positions_for_owned_topics_only() -> None:
+    positions = CommitPositions()
+    positions.record(ORDERS, 640)
+    positions.record(TP("ts.orders", 4), 10)  # not assigned here any more
+    acked = {ORDERS: 2011, TP("ts.orders", 5): 99, CHANGELOG: 7}
+    sent = positions.to_send(acked, {ORDERS, TP("ts.orders", 5), CHANGELOG}, {"ts.orders"})
+    # faust acked up to 2011, the table holds 640: the group gets 640; a
+    # partition the processor has not taken is not committed at all.
+    assert sent == {ORDERS: 640, CHANGELOG: 7}
+
+
+def test_only_moved_positions_are_committed_again() -> None:
+    positions = CommitPositions()
+    positions.record(ORDERS, 640)
+    assert positions.moved({ORDERS}) == {ORDERS: 640}
+    positions.sent({ORDERS: 640})
+    assert positions.moved({ORDERS}) == {}
+    positions.record(ORDERS, 700)
+    assert positions.moved({ORDERS}) == {ORDERS: 700}
+    positions.forget([ORDERS])
+    assert positions.moved({ORDERS}) == {}
+
+
+# ---------------------------------------------------------- batch delivery
+
+
+class _Record:
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.topic, self.partition, self.offset = tp.topic, tp.partition, offset
+        self.timestamp, self.timestamp_type, self.headers = 0, 0, []
+        self.key, self.value, self.checksum = b"k", b"v", None
+        self.serialized_key_size = self.serialized_value_size = 1
+
+
+class _Sink:
+    topics = frozenset({"ts.orders"})
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[dict[TP, list[int]], int]] = []
+
+    async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
+        self.fetches.append(
+            ({tp: [r.offset for r in rs] for tp, rs in records.items()}, generation)
+        )
+
+    async def drain(self) -> None:
+        return None
+
+
+async def test_a_fetch_reaches_the_sink_whole_and_other_topics_go_the_usual_way() -> None:
+    app = transport.BatchApp("batch-test", broker=f"{transport.register()}://127.0.0.1:1")
+    sink = _Sink()
+    app.batch_sink = sink
+    consumer = app.consumer
+    assert isinstance(consumer, transport.Consumer)
+    other = TP("ts.budget-requests", 0)
+    fetched = {
+        ORDERS: [_Record(ORDERS, 5), _Record(ORDERS, 6)],
+        TP("ts.orders", 4): [_Record(TP("ts.orders", 4), 0)],
+        other: [_Record(other, 9)],
+        TP("ts.orders", 7): [_Record(TP("ts.orders", 7), 1)],  # not active: dropped
+    }
+    active = {ORDERS, TP("ts.orders", 4), other}
+
+    async def wait_next_records(timeout: float) -> tuple[Any, Any]:
+        return fetched, active
+
+    consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
+    consumer.resume_flow()
+    consumer.highwater = lambda tp: 10  # type: ignore[method-assign]
+    handed_on = [(tp, m.offset) async for tp, m in consumer.getmany(timeout=0.1)]
+    assert sink.fetches == [({ORDERS: [5, 6], TP("ts.orders", 4): [0]}, app.consumer_generation_id)]
+    assert handed_on == [(other, 9)]

@@ -99,11 +99,10 @@ def summarise(stacks: list[tuple[list[str], int]], top: int) -> str:
 
 def record(dep: Deployment, out: Path, rate: int) -> tuple[float, int]:
     """Run one worker under py-spy until the backlog is in; return (seconds, messages)."""
-    web_port = broker.free_port()
     env = {
         **dep.env,
         "TASKSTREAM_DATA_DIR": str(dep.root / f"{dep.name}-profiled"),
-        "TASKSTREAM_WEB_PORT": str(web_port),
+        "TASKSTREAM_WEB_PORT": str(broker.free_port()),
     }
     raw = out / "profile.txt"
     log = (out / "worker.log").open("wb")
@@ -120,6 +119,21 @@ def record(dep: Deployment, out: Path, rate: int) -> tuple[float, int]:
     return done - began, end
 
 
+def _peer_deployment(bootstrap: str, root: Path, events: int, users: int) -> Deployment:
+    """A deployment set up as `bench peer` sets up taskstream, its log produced."""
+    from bench import peer, peer_log
+
+    system = peer.Taskstream(bootstrap, root)
+    peer.produce(
+        system.settings, peer_log.wire(peer_log.generate(peer_log.PeerShape(events, users)))
+    )
+    dep = Deployment.__new__(Deployment)  # its topics and settings, not a new deployment
+    dep.bootstrap, dep.root, dep.partitions = bootstrap, root, peer.PARTITIONS
+    dep.name, dep.env, dep.settings = system.settings.app_id, system.env, system.settings
+    dep.workers, dep.web_ports = [], {}
+    return dep
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench profile")
     parser.add_argument("--events", type=int, default=100_000, help="backlog size")
@@ -127,12 +141,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=Path(".cache/profile"))
+    parser.add_argument(
+        "--peer", action="store_true", help="the peer benchmark's log and template (bench peer)"
+    )
     args, _ = parser.parse_known_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with bench_broker("bench-profile-") as (bootstrap, root):
-        dep = Deployment(bootstrap, root)
-        try:
+        if args.peer:
+            dep = _peer_deployment(bootstrap, root, args.events, args.users)
+        else:
+            dep = Deployment(bootstrap, root)
             dep.produce(generate(LogShape(events=args.events, users=args.users, seed=20261123)))
+        try:
             seconds, messages = record(dep, args.out, args.rate)
         finally:
             dep.stop()

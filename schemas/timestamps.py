@@ -89,8 +89,12 @@ def _date_text(days: int) -> str:
     return date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
 
 
+@lru_cache(maxsize=1024)
 def format_utc(micros: int) -> str:
-    """The canonical wire form of an instant (fraction only when non-zero)."""
+    """The canonical wire form of an instant (fraction only when non-zero).
+
+    Cached: an input's outputs all carry its instant (a completing order
+    writes three or four events at the same `at`)."""
     seconds, fraction = divmod(micros, MICROS_PER_SECOND)
     days, second_of_day = divmod(seconds, 86_400)
     hour, rest = divmod(second_of_day, 3_600)

@@ -60,6 +60,10 @@ app = transport.BatchApp(
     producer_acks=-1,
     producer_max_request_size=MAX_MESSAGE_BYTES,
     broker_commit_interval=settings.commit_interval,
+    # One fetch is one batch of the worker (streams.kafka.transport): bounded,
+    # so its redo record, its memory and the event loop's time on it are too
+    # (unbounded, one fetch took a whole 200,000-message backlog: RSS 760 MiB).
+    broker_max_poll_records=settings.batch_max,
     # RocksDB tables read and write the current event's partition.
     table_standby_replicas=0,
     # A crashed worker's partitions move after this long; the broker's

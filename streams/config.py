@@ -51,10 +51,11 @@ class Settings:
     TASKSTREAM_BATCH_WINDOW    seconds a batch waits to fill up (default 0.02)
     TASKSTREAM_MAX_PENDING     events one partition may hold back for event-time
                                order before it releases them anyway (default 20000)
-    TASKSTREAM_MAX_IDLE_MS     how long an event waits for an input that is read to
-                               its end but behind it in event time, for what a live
-                               producer sends next (Kafka Streams' max.task.idle.ms;
-                               default 500; 0: not at all)
+    TASKSTREAM_MAX_IDLE_MS     how long an event waits, from when the broker appended
+                               it, for an input that is read to its end but behind it
+                               in event time: what a live producer sent to that topic
+                               just before may reach the broker a moment later (Kafka
+                               Streams' max.task.idle.ms; default 500; 0: not at all)
 
     Connecting to a secured cluster (docs/security.md; every client uses them):
     KAFKA_SECURITY_PROTOCOL    PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL

@@ -56,6 +56,7 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from app.bucketing import AwaitingBudget, PartitionBudget, master_partition
 from app.catalog import Catalog
@@ -110,8 +111,10 @@ _REWARD_TYPES = frozenset(cls.TYPE for cls in REWARD_RECORDS)
 DEFAULT_MAX_PENDING = 20_000
 
 
-@dataclass(frozen=True, slots=True)
-class InMessage:
+class InMessage(NamedTuple):
+    """One fetched message (a NamedTuple: built once per message, it is
+    three times cheaper to make than a frozen dataclass)."""
+
     role: str  # which input topic (one of INPUT_ROLES, or BUDGET)
     topic: str  # its full name, for dead letters
     partition: int
@@ -174,8 +177,7 @@ def decode_message(role: str, key: bytes | None, value: bytes | None) -> InputEv
     return event
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """An accepted input waiting for its turn in event-time order."""
 
     at: int

@@ -75,9 +75,9 @@ from bench.peer_log import (
 )
 from bench.stream import bench_broker
 from streams.config import CLAIMS, ORDERS, REFUNDS, REWARDS, TICKS, Settings
+from streams.kafka.partitioner import partition_for
 from taskstream import broker
 from taskstream.kafka_io import admin, ensure_topics, group_offsets, producer, route
-from taskstream.partitioner import partition_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKSTREAM = str(Path(sys.executable).with_name("taskstream"))

@@ -52,8 +52,8 @@ import orjson
 from bench.loggen import Line, LogShape, ample_sample_pools, mixed_log
 from streams.api_routing import routing_path
 from streams.config import BUDGET_TOPICS, INPUT_TOPICS
+from streams.kafka.partitioner import partition_for
 from taskstream import broker
-from taskstream.partitioner import partition_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.workers import TASKSTREAM, Deployment, TopicReader, WorkerProcess

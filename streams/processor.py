@@ -71,14 +71,22 @@ from schemas.records import (
     REWARD_RECORDS,
     TO_BUCKET_RECORDS,
     InputEvent,
-    OrderPaid,
-    OrderRefunded,
     RewardEvent,
-    TaskClaim,
     Tick,
     ToBucket,
     ToMaster,
 )
+from streams.config import BUDGET_GRANTS, INPUT_TOPIC_BY_TYPE, INPUT_TOPICS
+
+# Re-exported: the processor's callers and tests name roles from here.
+from streams.config import BUDGET_REQUESTS as BUDGET_REQUESTS
+from streams.config import CLAIMS as CLAIMS
+from streams.config import DEAD_LETTERS as DEAD_LETTERS
+from streams.config import ORDERS as ORDERS
+from streams.config import REFUNDS as REFUNDS
+from streams.config import REWARDS as REWARDS
+from streams.config import TASK_EVENTS as TASK_EVENTS
+from streams.config import TICKS as TICKS
 from streams.partition_state import (
     Output,
     PartitionRecord,
@@ -90,21 +98,13 @@ from streams.partition_state import (
 
 log = logging.getLogger(__name__)
 
+# Roles are the topics' short names (streams.config defines them once).
 # Input roles, in the order they are applied when two events share an instant.
-CLAIMS, ORDERS, REFUNDS, TICKS = "claims", "orders", "refunds", "ticks"
-INPUT_ROLES = (CLAIMS, ORDERS, REFUNDS, TICKS)
+INPUT_ROLES = INPUT_TOPICS
 RANK = {role: n for n, role in enumerate(INPUT_ROLES)}
-ROLE_OF_TYPE = {
-    TaskClaim.TYPE: CLAIMS,
-    OrderPaid.TYPE: ORDERS,
-    OrderRefunded.TYPE: REFUNDS,
-    Tick.TYPE: TICKS,
-}
+ROLE_OF_TYPE = INPUT_TOPIC_BY_TYPE
 # The fifth input: budget messages from the pools' masters (no event time).
-BUDGET = "budget-grants"
-# Output roles.
-TASK_EVENTS, REWARDS, DEAD_LETTERS = "task-events", "rewards", "dead-letters"
-BUDGET_REQUESTS = "budget-requests"  # to the masters
+BUDGET = BUDGET_GRANTS
 _TO_BUCKET_TYPES = frozenset(cls.TYPE for cls in TO_BUCKET_RECORDS)
 _REWARD_TYPES = frozenset(cls.TYPE for cls in REWARD_RECORDS)
 

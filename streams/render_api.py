@@ -78,10 +78,10 @@ from streams.api_routing import routing_path
 from streams.api_tables import RoutingView, SecondaryTables
 from streams.catalog_feed import CatalogFeed
 from streams.config import CLAIMS, TASK_EVENTS, TEMPLATES, Settings
+from streams.kafka.partitioner import partition_for
 from streams.partition_state import PartitionRecord, decode_partition, decode_user, partition_key
 from streams.partition_state import user_key as state_user_key
 from streams.shedding import Admission, AnswerCache, mark_fallback
-from taskstream.partitioner import partition_for
 
 log = logging.getLogger("taskstream.api")
 

@@ -49,6 +49,7 @@ from schemas.errors import SchemaError
 from schemas.records import Record
 from streams.catalog_feed import CatalogDocs
 from streams.config import BUDGET_TOPICS, INPUT_TOPICS, TEMPLATES, Settings
+from streams.kafka.partitioner import partition_for
 from streams.processor import decode_message
 from taskstream.catalog_files import load_catalog
 from taskstream.log_reader import (
@@ -57,7 +58,6 @@ from taskstream.log_reader import (
     partition_count,
     read_topics_with_progress,
 )
-from taskstream.partitioner import partition_for
 
 EXIT_FAILED = 1
 EXIT_DISAGREES = 3

@@ -48,6 +48,7 @@ from schemas.errors import SchemaError
 from schemas.records import InputEvent, Record
 from schemas.timestamps import format_utc
 from streams.config import INPUT_TOPICS, TEMPLATES
+from streams.kafka.partitioner import partition_for
 from streams.processor import decode_message
 from taskstream.audit import (
     EXIT_DISAGREES,
@@ -65,7 +66,6 @@ from taskstream.log_reader import (
     read_topics,
     read_topics_with_progress,
 )
-from taskstream.partitioner import partition_for
 from taskstream.replay import explain_event
 
 

@@ -44,8 +44,8 @@ from schemas.codec import decode_input, encode
 from schemas.errors import SchemaError
 from schemas.records import InputEvent, Tick
 from schemas.timestamps import format_utc
+from streams.kafka.partitioner import partition_for
 from taskstream.catalog_files import load_catalog
-from taskstream.partitioner import partition_for
 
 EXIT_FAILED = 1
 

@@ -37,7 +37,7 @@ from support.workers import TASKSTREAM, Deployment, WorkerProcess
 
 from app.access import sign_token
 from schemas.timestamps import format_utc
-from taskstream.partitioner import partition_for
+from streams.kafka.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 

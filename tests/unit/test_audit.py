@@ -41,6 +41,7 @@ from schemas.records import (
     RewardGranted,
     Tick,
 )
+from streams.kafka.partitioner import partition_for
 from streams.partition_state import PartitionRecord
 from streams.processor import (
     ROLE_OF_TYPE,
@@ -49,7 +50,6 @@ from streams.processor import (
     decode_message,
     process_batch,
 )
-from taskstream.partitioner import partition_for
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 TEMPLATES = orjson.loads((SAMPLES / "templates.json").read_bytes())

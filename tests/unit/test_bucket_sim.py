@@ -24,7 +24,7 @@ from app.replayer import Replayer
 from bench.loggen import LogShape, generate
 from schemas.codec import encode
 from schemas.records import InputEvent
-from taskstream.partitioner import partition_for
+from streams.kafka.partitioner import partition_for
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 TEMPLATES = orjson.loads((SAMPLES / "templates.json").read_bytes())

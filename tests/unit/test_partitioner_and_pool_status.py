@@ -7,6 +7,7 @@ import pytest
 from app.bucketing import Bucket, allocate, new_master
 from schemas.records import RefillRequested
 from streams.allocation import encode_master, master_key
+from streams.kafka.partitioner import murmur2, partition_for
 from streams.partition_state import (
     Output,
     PartitionRecord,
@@ -16,7 +17,6 @@ from streams.partition_state import (
     partition_key,
     redo_key,
 )
-from taskstream.partitioner import murmur2, partition_for
 from taskstream.pools import _masters, _partition_records
 
 

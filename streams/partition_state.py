@@ -185,21 +185,49 @@ class Redo:
     outputs: tuple[Output, ...]
 
 
+# Redo records, format 4: binary, length-prefixed (format 2/3, JSON with
+# base64 fields, are still read): a batch's redo record holds every write
+# and output of the batch, and base64 in JSON cost ~4 µs per event.
+_REDO_MAGIC = b"\x00R4"
+_REDO_HEAD = struct.Struct(">qII")  # seq, writes, outputs
+_WRITE_HEAD = struct.Struct(">Ii")  # key length, value length (-1: delete)
+_OUTPUT_HEAD = struct.Struct(">HiIi")  # role length, key length (-1: none), value length,
+# partition (-1: by key)
+
+
 def encode_redo(redo: Redo) -> bytes:
-    return orjson.dumps(
-        [
-            RECORD_FORMAT,
-            redo.seq,
-            [[_b64(k), _b64(v)] for k, v in redo.writes],
-            [[o.role, _b64(o.key), _b64(o.value), o.partition] for o in redo.outputs],
-        ]
-    )
+    parts = [_REDO_MAGIC, _REDO_HEAD.pack(redo.seq, len(redo.writes), len(redo.outputs))]
+    append = parts.append
+    write_head, output_head = _WRITE_HEAD.pack, _OUTPUT_HEAD.pack
+    for key, value in redo.writes:
+        append(write_head(len(key), -1 if value is None else len(value)))
+        append(key)
+        if value is not None:
+            append(value)
+    for o in redo.outputs:
+        role = o.role.encode()
+        key_len = -1 if o.key is None else len(o.key)
+        append(
+            output_head(
+                len(role), key_len, len(o.value), -1 if o.partition is None else o.partition
+            )
+        )
+        append(role)
+        if o.key is not None:
+            append(o.key)
+        append(o.value)
+    return b"".join(parts)
 
 
 def decode_redo(raw: bytes) -> Redo:
+    if raw.startswith(_REDO_MAGIC):
+        try:
+            return _decode_binary_redo(raw)
+        except struct.error:
+            raise ValueError("redo record of format 4 is cut short") from None
     doc = orjson.loads(raw)
-    if not isinstance(doc, list) or not doc or doc[0] not in (2, RECORD_FORMAT):
-        raise ValueError(f"not a redo record of format 2 or {RECORD_FORMAT}")
+    if not isinstance(doc, list) or not doc or doc[0] not in (2, 3):
+        raise ValueError("not a redo record of format 2, 3 or 4")
     _, seq, writes, outputs = doc
     return Redo(
         seq,
@@ -209,6 +237,42 @@ def decode_redo(raw: bytes) -> Redo:
             for o in outputs
         ),
     )
+
+
+def _decode_binary_redo(raw: bytes) -> Redo:
+    view = memoryview(raw)
+    at = len(_REDO_MAGIC)
+    seq, n_writes, n_outputs = _REDO_HEAD.unpack_from(view, at)
+    at += _REDO_HEAD.size
+    writes: list[tuple[bytes, bytes | None]] = []
+    for _ in range(n_writes):
+        key_len, value_len = _WRITE_HEAD.unpack_from(view, at)
+        at += _WRITE_HEAD.size
+        key = bytes(view[at : at + key_len])
+        at += key_len
+        value = None
+        if value_len >= 0:
+            value = bytes(view[at : at + value_len])
+            at += value_len
+        writes.append((key, value))
+    outputs: list[Output] = []
+    for _ in range(n_outputs):
+        role_len, key_len, value_len, partition = _OUTPUT_HEAD.unpack_from(view, at)
+        at += _OUTPUT_HEAD.size
+        role = bytes(view[at : at + role_len]).decode()
+        at += role_len
+        out_key = None
+        if key_len >= 0:
+            out_key = bytes(view[at : at + key_len])
+            at += key_len
+        out_value = bytes(view[at : at + value_len])
+        at += value_len
+        outputs.append(Output(role, out_key, out_value, None if partition < 0 else partition))
+    if at > len(raw):
+        raise ValueError("redo record of format 4 is cut short")
+    if at < len(raw):
+        raise ValueError(f"redo record of format 4 has {len(raw) - at} trailing byte(s)")
+    return Redo(seq, tuple(writes), tuple(outputs))
 
 
 def _b64(raw: bytes | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -66,6 +67,45 @@ def test_a_redo_record_keeps_each_output_partition() -> None:
         (Output("rewards", b"a", b"{}"), Output("budget-requests", b"cash", b"{}", 5)),
     )
     assert decode_redo(encode_redo(redo)) == redo
+
+
+@given(
+    writes=st.lists(st.tuples(st.binary(max_size=40), st.none() | st.binary(max_size=200))),
+    outputs=st.lists(
+        st.builds(
+            Output,
+            st.sampled_from(["rewards", "task-events", "dead-letters", "budget-requests"]),
+            st.none() | st.binary(max_size=40),
+            st.binary(max_size=200),
+            st.none() | st.integers(0, 1000),
+        )
+    ),
+    seq=st.integers(-1, 10**12),
+)
+def test_a_redo_record_survives_its_bytes(
+    writes: list[tuple[bytes, bytes | None]], outputs: list[Output], seq: int
+) -> None:
+    redo = Redo(seq, tuple(writes), tuple(outputs))
+    assert decode_redo(encode_redo(redo)) == redo
+
+
+def test_redo_records_of_format_3_are_still_read() -> None:
+    """Written by workers before the binary format (base64 fields in JSON)."""
+    old = orjson.dumps(
+        [3, 7, [["dTph", "eA=="], ["dTpi", None]], [["rewards", "YQ==", "e30=", None]]]
+    )
+    assert decode_redo(old) == Redo(
+        7, ((b"u:a", b"x"), (b"u:b", None)), (Output("rewards", b"a", b"{}"),)
+    )
+
+
+def test_a_cut_redo_record_is_refused() -> None:
+    raw = encode_redo(Redo(7, ((b"u:a", b"x"),), ()))
+    for cut in (1, 3, len(raw) - 5):
+        with pytest.raises(ValueError, match="cut short"):
+            decode_redo(raw[:-cut])
+    with pytest.raises(ValueError, match="trailing"):
+        decode_redo(raw + b"??")
 
 
 def test_inputs_are_fetched_from_the_oldest_held_offset_else_the_next_one() -> None:

@@ -7,7 +7,7 @@ same local broker, with `taskstream worker` processes as users run them:
   ticks to every partition) is produced first; then 1 (and 2) workers start.
   Throughput = input messages / (time the group's committed input offsets
   reach the end - time of the first output message). The committed offsets
-  are the processor's own positions (streams/faust_fixes.py, fix 5), so
+  are the processor's own positions (streams/kafka/positions.py), so
   "committed to the end" means every input is in the table.
 - **latency**: one worker runs; orders, claims and refunds are produced at a
   steady rate (half the one-worker throughput unless --rate is given). For

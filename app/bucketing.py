@@ -70,6 +70,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from app import ids
+from app.frozen import fast_init
 from schemas.records import (
     BucketGranted,
     BucketRecalled,
@@ -85,6 +86,7 @@ OPEN, CENTRAL, CLOSED = "open", "central", "closed"
 OPEN_COMMAND, CLOSE_COMMAND, CENTRAL_COMMAND = "open", "close", "central"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Allocation:
     """The grant-sizing parameters (see the module docstring)."""
@@ -108,6 +110,7 @@ def _msg_id(kind: str, pool_id: str, partition: int, seq: int) -> str:
 # ===================================================================== bucket
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Bucket:
     """One pool's sub-bucket in one partition (kept in the partition's record)."""
@@ -250,6 +253,7 @@ def apply_to_bucket(bucket: Bucket, message: ToBucket) -> tuple[Bucket, tuple[Bu
 # ===================================================================== master
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Waiting:
     """A request the master will answer when its recall round is over."""
@@ -262,6 +266,7 @@ class Waiting:
     span_us: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Master:
     """One pool's master bucket, owned by the allocator."""
@@ -559,6 +564,7 @@ def _open_buckets(
 # ============================================================ conservation
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PoolBalanceSheet:
     """Where every unit of a pool is: the conservation check, in numbers."""

@@ -27,6 +27,7 @@ from types import MappingProxyType
 from app import ids
 from app.budget import Budget
 from app.catalog import Catalog, Template
+from app.frozen import fast_init
 from app.rewards import settle
 from app.state import (
     COMPLETED,
@@ -64,6 +65,7 @@ MAX_CLAIMS_REACHED = "max_claims_reached"
 NOT_ELIGIBLE = "not_eligible"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     state: UserState | None

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from app.frozen import fast_init
+
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 EXPIRED = "expired"
@@ -32,6 +34,7 @@ REJECTED = "rejected"
 REVOKED = "revoked"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RewardSlot:
     """One payable unit of a plan: cumulative's completion (slot 0), the k-th
@@ -47,6 +50,7 @@ class RewardSlot:
     grants: int  # grants so far; the next grant's reward id is derived from it
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskInstance:
     task_id: str
@@ -105,6 +109,7 @@ class TaskInstance:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderRecord:
     amount_cents: int
@@ -125,6 +130,7 @@ EMPTY_ORDERS: Mapping[str, OrderRecord] = MappingProxyType({})
 EMPTY_HELD: Mapping[str, HeldRefunds] = MappingProxyType({})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UserState:
     user_id: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from app.frozen import fast_init
 from schemas.fields import Kind
 
 
@@ -30,6 +31,7 @@ class Record:
 # ------------------------------------------------------------------- inputs
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskClaim(Record):
     TYPE: ClassVar[str] = "task_claim"
@@ -41,6 +43,7 @@ class TaskClaim(Record):
     user_tags: tuple[str, ...] = _f(Kind.TAGS)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderPaid(Record):
     TYPE: ClassVar[str] = "order_paid"
@@ -53,6 +56,7 @@ class OrderPaid(Record):
     at: int = _f(Kind.TIME)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderRefunded(Record):
     TYPE: ClassVar[str] = "order_refunded"
@@ -65,6 +69,7 @@ class OrderRefunded(Record):
     at: int = _f(Kind.TIME)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Tick(Record):
     TYPE: ClassVar[str] = "tick"
@@ -76,6 +81,7 @@ class Tick(Record):
 # -------------------------------------------------------------- task events
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskClaimed(Record):
     TYPE: ClassVar[str] = "task_claimed"
@@ -91,6 +97,7 @@ class TaskClaimed(Record):
     deadline: int = _f(Kind.TIME)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClaimRejected(Record):
     TYPE: ClassVar[str] = "claim_rejected"
@@ -104,6 +111,7 @@ class ClaimRejected(Record):
     reason: str = _f(Kind.ID)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskAdvanced(Record):
     TYPE: ClassVar[str] = "task_advanced"
@@ -119,6 +127,7 @@ class TaskAdvanced(Record):
     order_id: str = _f(Kind.ID)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskCompleted(Record):
     TYPE: ClassVar[str] = "task_completed"
@@ -134,6 +143,7 @@ class TaskCompleted(Record):
     order_id: str = _f(Kind.ID)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskExpired(Record):
     TYPE: ClassVar[str] = "task_expired"
@@ -149,6 +159,7 @@ class TaskExpired(Record):
     deadline: int = _f(Kind.TIME)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskRolledBack(Record):
     TYPE: ClassVar[str] = "task_rolled_back"
@@ -171,6 +182,7 @@ class TaskRolledBack(Record):
 # ------------------------------------------------------------ reward events
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RewardGranted(Record):
     TYPE: ClassVar[str] = "reward_granted"
@@ -188,6 +200,7 @@ class RewardGranted(Record):
     caused_by: str = _f(Kind.ID)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RewardRevoked(Record):
     TYPE: ClassVar[str] = "reward_revoked"
@@ -205,6 +218,7 @@ class RewardRevoked(Record):
     caused_by: str = _f(Kind.ID)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RewardRejected(Record):
     TYPE: ClassVar[str] = "reward_rejected"
@@ -230,6 +244,7 @@ class RewardRejected(Record):
 # side drops a duplicate; `mode` tells a bucket how the pool is run now.
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RefillRequested(Record):
     TYPE: ClassVar[str] = "refill_requested"
@@ -248,6 +263,7 @@ class RefillRequested(Record):
     at: int = _f(Kind.TIME)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BucketReturned(Record):
     TYPE: ClassVar[str] = "bucket_returned"
@@ -263,6 +279,7 @@ class BucketReturned(Record):
     round: int = _f(Kind.COUNT)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PoolCommand(Record):
     TYPE: ClassVar[str] = "pool_command"
@@ -277,6 +294,7 @@ class PoolCommand(Record):
     at: int = _f(Kind.TIME)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BucketGranted(Record):
     TYPE: ClassVar[str] = "bucket_granted"
@@ -292,6 +310,7 @@ class BucketGranted(Record):
     mode: str = _f(Kind.ID)  # "open" | "central" | "closed"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RefillDenied(Record):
     TYPE: ClassVar[str] = "refill_denied"
@@ -307,6 +326,7 @@ class RefillDenied(Record):
     request_seq: int = _f(Kind.COUNT)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BucketRecalled(Record):
     TYPE: ClassVar[str] = "bucket_recalled"
@@ -324,6 +344,7 @@ class BucketRecalled(Record):
 # -------------------------------------------------------------- dead letter
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeadLetter(Record):
     TYPE: ClassVar[str] = "dead_letter"

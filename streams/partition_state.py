@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from app.bucketing import Bucket
+from app.frozen import fast_init
 from app.state import UserState
 from app.state_codec import decode_user_state, encode_user_state
 
@@ -166,6 +167,7 @@ def _expand(runs: list[list[int]]) -> tuple[int, ...]:
 # ------------------------------------------------------------------ redo
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Output:
     """One record to produce: to which output role's topic, its key and value,
@@ -178,6 +180,7 @@ class Output:
     partition: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Redo:
     seq: int

@@ -1,6 +1,8 @@
 """Atomic batches on a faust table: the redo record, the writes, the sends.
 
-Shared by the processor and the allocator agents. faust writes each key to
+The allocator agent's (the processor's worker writes its batches through
+streams.worker.state_store, one RocksDB write batch and the librdkafka
+producer, with the same redo record). faust writes each key to
 the changelog separately, so a crash can leave some keys of a batch written
 and others not; the redo record (every write and output of the batch, one
 changelog message, written first) makes the batch atomic: after a crash

@@ -39,15 +39,20 @@ class PartitionStateStore:
         self._table = table
         self._producer = producer
         self.changelog = table.changelog_topic.get_topic_name()
+        self._checked: FencedStore | None = None
 
     @property
     def _store(self) -> FencedStore:
-        store = self._table.data
-        if not isinstance(store, FencedStore):
-            raise RuntimeError(
-                f"the worker needs the RocksDB store (TASKSTREAM_STORE=rocksdb://), not {store!r}"
-            )
-        return store
+        """The table's store, checked once (it is read for every user loaded)."""
+        if self._checked is None:
+            store = self._table.data
+            if not isinstance(store, FencedStore):
+                raise RuntimeError(
+                    f"the worker needs the RocksDB store (TASKSTREAM_STORE=rocksdb://), "
+                    f"not {store!r}"
+                )
+            self._checked = store
+        return self._checked
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         value: bytes | None = self._store._db_for_partition(partition).get(key)

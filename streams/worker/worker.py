@@ -216,7 +216,7 @@ class Worker:
 
     async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> None:
         """Each partition's step, one delivery wait for all, then positions."""
-        done: list[tuple[int, BatchResult | None]] = []
+        done: list[tuple[int, BatchResult]] = []
         for partition, messages in sorted(by_partition.items()):
             try:
                 done.append((partition, await self._step(partition, messages)))
@@ -232,8 +232,6 @@ class Worker:
         self.store.acknowledge(delivered)
         positions = self.consumer.commit_positions
         for partition, result in done:
-            if result is None:
-                continue
             for role, position in result.record.fetch_positions().items():
                 positions.record(TP(self.settings.topic(role), partition), position)
             for role, offset in result.rewinds.items():
@@ -269,7 +267,7 @@ class Worker:
             self.consumer.let_go(let_go)
             self.held_back -= let_go
 
-    async def _step(self, partition: int, messages: list[InMessage]) -> BatchResult | None:
+    async def _step(self, partition: int, messages: list[InMessage]) -> BatchResult:
         cache = self.caches.get(partition)
         if cache is None:
             cache = self._load(partition)

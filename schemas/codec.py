@@ -75,11 +75,36 @@ def _outs(cls: type[Record]) -> tuple[FieldOut, ...]:
     return tuple((f.name, KINDS[_kind_of(f)].to_wire) for f in dataclasses.fields(cast(Any, cls)))
 
 
-# Computed once at import: the hot path only loops over these tuples.
+def _compile(name: str, source: str, namespace: dict[str, Any]) -> Callable[..., Any]:
+    """One function from generated source (as dataclasses builds __init__):
+    the record's fields unrolled, no per-field loop, lookup or tag test."""
+    exec(compile(source, f"<schemas.codec {name}>", "exec"), namespace)
+    return cast(Callable[..., Any], namespace[name])
+
+
+def _wire_writer(
+    cls: type[Record], outs: tuple[FieldOut, ...]
+) -> Callable[[Record], dict[str, Any]]:
+    """`to_wire` for one record type: a dict display of its fields in order."""
+    namespace: dict[str, Any] = {}
+    items = [f'"type": {cls.TYPE!r}', f'"v": {cls.V!r}']
+    for n, (name, convert) in enumerate(outs):
+        if convert is None:
+            items.append(f"{name!r}: record.{name}")
+        else:
+            namespace[f"convert_{n}"] = convert
+            items.append(f"{name!r}: convert_{n}(record.{name})")
+    source = f"def to_wire(record):\n    return {{{', '.join(items)}}}\n"
+    return cast(Callable[[Record], dict[str, Any]], _compile("to_wire", source, namespace))
+
+
+# Computed once at import: the hot path only runs these.
 _CHECKS: dict[str, tuple[FieldCheck, ...]] = {}
 _OUTS: dict[type[Record], tuple[FieldOut, ...]] = {}
+_WRITERS: dict[type[Record], Callable[[Record], dict[str, Any]]] = {}
 for _cls in RECORDS_BY_TYPE.values():
     _CHECKS[_cls.TYPE], _OUTS[_cls] = _checks(_cls, KINDS, _FAST), _outs(_cls)
+    _WRITERS[_cls] = _wire_writer(_cls, _OUTS[_cls])
 # `decode_input` (what upstream systems send) also holds the input events to
 # the explicit limits (docs/limits.md); `decode` reads any record as the
 # contract's kinds describe it (outputs, budget messages, or an input on the
@@ -87,6 +112,70 @@ for _cls in RECORDS_BY_TYPE.values():
 _INPUT_CHECKS = {cls.TYPE: _checks(cls, INPUT_KINDS, _INPUT_FAST) for cls in INPUT_RECORDS}
 _INPUT_TYPES = frozenset(cls.TYPE for cls in INPUT_RECORDS)
 _MISSING = object()
+
+_FAST_TESTS = {  # a fast-path tag -> the test its value must pass, inlined
+    _INPUT_ID: "type({v}) is str and 0 < len({v}) <= MAX_ID and {v}.isprintable()",
+    _STR_ID: "type({v}) is str and {v}",
+    _INPUT_CENTS: "type({v}) is int and 0 <= {v} <= MAX_CENTS",
+    _NONNEG_INT: "type({v}) is int and {v} >= 0",
+}
+
+
+def _fast_reader(
+    cls: type[Record], checks: tuple[FieldCheck, ...]
+) -> Callable[[dict[str, Any]], Any]:
+    """An input type's reader for the common case, its checks unrolled: the
+    current version with every field valid gives the record; anything else
+    gives None, and `_from_wire` (the one place that words errors and
+    upcasts) reads the message again."""
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "parse_utc": parse_utc,
+        "SchemaError": SchemaError,
+        "MISSING": _MISSING,
+        "MAX_ID": _MAX_ID,
+        "MAX_CENTS": _MAX_CENTS,
+        "MIN_AT": _MIN_AT,
+        "MAX_AT": _MAX_AT,
+    }
+    body = [
+        "def read(doc):",
+        "    get = doc.get",
+        '    version = get("v")',
+        f"    if type(version) is not int or version != {cls.V!r}:",
+        "        return None",
+    ]
+    for n, (name, check, fast) in enumerate(checks):
+        v = f"v{n}"
+        body.append(f"    {v} = get({name!r}, MISSING)")
+        if fast in _FAST_TESTS:
+            body += [f"    if not ({_FAST_TESTS[fast].format(v=v)}):", "        return None"]
+        elif fast is _INPUT_TIME:
+            body += [
+                f"    if type({v}) is not str:",
+                "        return None",
+                "    try:",
+                f"        {v} = parse_utc({v})",
+                "    except SchemaError:",
+                "        return None",
+                f"    if not (MIN_AT <= {v} < MAX_AT):",
+                "        return None",
+            ]
+        else:
+            namespace[f"check_{n}"] = check
+            body += [
+                f"    if {v} is MISSING:",
+                "        return None",
+                "    try:",
+                f"        {v} = check_{n}({v})",
+                "    except SchemaError:",
+                "        return None",
+            ]
+    body.append(f"    return cls({', '.join(f'v{n}' for n in range(len(checks)))})")
+    return _compile("read", "\n".join(body) + "\n", namespace)
+
+
+_INPUT_READERS = {cls.TYPE: _fast_reader(cls, _INPUT_CHECKS[cls.TYPE]) for cls in INPUT_RECORDS}
 
 
 def parse_json_object(raw: bytes | str) -> dict[str, Any]:
@@ -114,8 +203,14 @@ def decode_input(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> I
     doc = parse_json_object(raw)
     event_type = doc.get("type")
     # `type(...) is str` first: a list or an object is unhashable (found by the fuzz).
-    if type(event_type) is str and event_type not in _INPUT_TYPES and event_type in RECORDS_BY_TYPE:
-        raise SchemaError(f"type: {event_type!r} is an output event, not an input")
+    if type(event_type) is str:
+        read = _INPUT_READERS.get(event_type)
+        if read is not None:
+            record = read(doc)
+            if record is not None:
+                return cast(InputEvent, record)
+        elif event_type in RECORDS_BY_TYPE:
+            raise SchemaError(f"type: {event_type!r} is an output event, not an input")
     return cast(InputEvent, _from_wire(doc, upcasters, _INPUT_CHECKS))
 
 
@@ -201,13 +296,9 @@ def _upcast(
 
 def to_wire(record: Record) -> dict[str, Any]:
     """The JSON object of a record: `type` and `v` first, then its fields in order."""
-    doc: dict[str, Any] = {"type": record.TYPE, "v": record.V}
-    for name, convert in _OUTS[type(record)]:
-        value = getattr(record, name)
-        doc[name] = value if convert is None else convert(value)
-    return doc
+    return _WRITERS[type(record)](record)
 
 
 def encode(record: Record) -> bytes:
     """One record as compact JSON bytes (no newline), identical on every run."""
-    return orjson.dumps(to_wire(record))
+    return orjson.dumps(_WRITERS[type(record)](record))

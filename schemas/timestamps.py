@@ -59,7 +59,13 @@ def parse_utc(text: object) -> int:
         except ValueError:
             return _parse_general(text)  # the careful path says precisely what is wrong
         delta = moment - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds
+        micros = (delta.days * 86_400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds
+        # Canonical (no fraction, or one without trailing zeros): it is what
+        # `format_utc` would write, so an output at this instant (most are at
+        # their input's) reuses the text instead of formatting it again.
+        if len(text) == 20 or (text[-2] != "0" and text[20:-1].isdigit()):
+            _remember(micros, text)
+        return micros
     return _parse_general(text)
 
 
@@ -89,12 +95,30 @@ def _date_text(days: int) -> str:
     return date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
 
 
-@lru_cache(maxsize=1024)
-def format_utc(micros: int) -> str:
-    """The canonical wire form of an instant (fraction only when non-zero).
+# Instant -> its canonical text: a memo of a pure function, filled by both
+# directions (an output's `at` is nearly always its input's, whose text
+# `parse_utc` has just read; a completing order writes three or four events
+# at that instant). Bounded: emptied when full, never wrong, only colder.
+_TEXTS: dict[int, str] = {}
+_TEXTS_MAX = 16_384
 
-    Cached: an input's outputs all carry its instant (a completing order
-    writes three or four events at the same `at`)."""
+
+def _remember(micros: int, text: str) -> None:
+    if len(_TEXTS) >= _TEXTS_MAX:
+        _TEXTS.clear()
+    _TEXTS[micros] = text
+
+
+def format_utc(micros: int) -> str:
+    """The canonical wire form of an instant (fraction only when non-zero)."""
+    text = _TEXTS.get(micros)
+    if text is None:
+        text = _format(micros)
+        _remember(micros, text)
+    return text
+
+
+def _format(micros: int) -> str:
     seconds, fraction = divmod(micros, MICROS_PER_SECOND)
     days, second_of_day = divmod(seconds, 86_400)
     hour, rest = divmod(second_of_day, 3_600)

@@ -98,6 +98,8 @@ class Settings:
     batch_window: float = 0.02
     max_pending: int = 20_000
     max_idle_ms: int = 500
+    # Decoded users kept in memory per partition between batches (0: none).
+    user_cache: int = 8_192
     # TLS and SASL of every Kafka client; its secrets are kept out of repr.
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -136,6 +138,7 @@ class Settings:
             batch_window=_positive_float(env, "TASKSTREAM_BATCH_WINDOW", cls.batch_window),
             max_pending=_positive_int(env, "TASKSTREAM_MAX_PENDING", cls.max_pending),
             max_idle_ms=_non_negative_int(env, "TASKSTREAM_MAX_IDLE_MS", cls.max_idle_ms),
+            user_cache=_non_negative_int(env, "TASKSTREAM_USER_CACHE", cls.user_cache),
             kafka_security=KafkaSecurity.from_env(env),
         )
 

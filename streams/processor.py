@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -211,6 +212,23 @@ class PartitionCache:
     # not decode it from the table: with many held offsets that is costly).
     record: PartitionRecord | None = None
     loaded: bool = False
+    # Users as last written or read here, most recently used last, at most
+    # `users_max` (0: none kept): a user seen in an earlier batch is neither
+    # read from the table nor decoded again (Kafka Streams keeps a record
+    # cache; Flink's heap backend keeps objects). The table stays the truth:
+    # the shell drops the whole cache when a batch fails or the partition moves.
+    users: OrderedDict[str, UserState | None] = field(default_factory=OrderedDict)
+    users_max: int = 0
+
+    def keep_users(self, states: Mapping[str, UserState | None]) -> None:
+        if not self.users_max:
+            return
+        users = self.users
+        for user_id, state in states.items():
+            users[user_id] = state
+            users.move_to_end(user_id)
+        while len(users) > self.users_max:
+            users.popitem(last=False)
 
     def load(self, record: PartitionRecord) -> dict[str, int]:
         """Start from a stored record; return where each input must be fetched
@@ -528,7 +546,8 @@ class _Batch:
     def _user(self, user_id: str) -> UserState | None:
         if user_id in self.users:
             return self.users[user_id]
-        state = self.load_user(user_id)
+        kept = self.cache.users
+        state = kept[user_id] if user_id in kept else self.load_user(user_id)
         self.users[user_id] = state
         return state
 
@@ -552,6 +571,7 @@ class _Batch:
             dict(sorted(self.budget.buckets.items())),
         )
         self.stats.outputs = len(self.outputs)
+        self.cache.keep_users(self.users)
         return BatchResult(
             record,
             {user_id: self.users[user_id] for user_id in sorted(self.changed)},

@@ -348,7 +348,7 @@ class Worker:
             len(deadlines),
             time.monotonic() - started,
         )
-        return PartitionCache(deadlines=deadlines)
+        return PartitionCache(deadlines=deadlines, users_max=self.settings.user_cache)
 
     def _stored_deadlines(self, partition: int) -> Iterable[tuple[str, int | None]]:
         for key, value in self.store.items_from(partition, USER_PREFIX):

@@ -33,14 +33,20 @@ class PartitionSim:
     """One partition's table and cache; `run` is one batch, applied like the agent does."""
 
     def __init__(
-        self, catalog: Catalog, partition: int = 0, partitions: int = 1, max_pending: int = 20_000
+        self,
+        catalog: Catalog,
+        partition: int = 0,
+        partitions: int = 1,
+        max_pending: int = 20_000,
+        users_max: int = 3,  # small: the tests cross evictions of the user cache
     ) -> None:
         self.catalog = catalog
         self.partition = partition
         self.partitions = partitions
         self.max_pending = max_pending
+        self.users_max = users_max
         self.store: dict[bytes, bytes] = {}
-        self.cache = PartitionCache()
+        self.cache = PartitionCache(users_max=users_max)
         self.outputs: list[Output] = []
 
     def record(self) -> PartitionRecord:
@@ -55,7 +61,8 @@ class PartitionSim:
                 (key[len(USER_PREFIX) :].decode(), next_deadline_of_record(value))
                 for key, value in self.store.items()
                 if key.startswith(USER_PREFIX)
-            )
+            ),
+            users_max=self.users_max,
         )
         return self.cache.load(self.record())
 
@@ -87,6 +94,9 @@ class PartitionSim:
             else:
                 self.store[key] = value
         self.outputs.extend(result.outputs)
+        for user_id, state in self.cache.users.items():  # the cache never disagrees with the table
+            assert state == decode_user(self.store.get(user_key(user_id))), user_id
+        assert len(self.cache.users) <= self.users_max
         return result
 
 

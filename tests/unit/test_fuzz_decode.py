@@ -32,6 +32,7 @@ from app.catalog import Catalog, parse_catalog
 from app.dead_letters import dead_letter_for
 from app.replayer import Replayer
 from bench.loggen import LogShape, ample_sample_pools, generate
+from schemas import codec
 from schemas.codec import decode_input, encode, to_wire
 from schemas.errors import SchemaError
 from schemas.limits import (
@@ -182,6 +183,38 @@ def _assert_within_limits(event: InputEvent) -> None:
         elif name == "user_tags":
             assert len(value) <= MAX_TAGS
     assert parse_utc("2000-01-01T00:00:00Z") <= event.at < parse_utc("2100-01-01T00:00:00Z")
+
+
+@FUZZ
+@given(
+    good=st.sampled_from(GOOD),
+    changes=st.dictionaries(
+        st.sampled_from(
+            [
+                *("type", "v", "event_id", "user_id", "order_id", "refund_id", "template_id"),
+                *("channel", "amount_cents", "at", "user_tags", "extra"),
+            ]
+        ),
+        json_values,
+        max_size=3,
+    ),
+)
+def test_the_unrolled_input_readers_agree_with_the_careful_decoder(
+    good: InputEvent, changes: dict[str, Any]
+) -> None:
+    """A fast reader gives the careful decoder's record, or None (then the
+    careful decoder reads the message and words the error)."""
+    doc = {**to_wire(good), **changes}
+    read = codec._INPUT_READERS.get(doc["type"]) if isinstance(doc["type"], str) else None
+    fast = None if read is None else read(doc)
+    try:
+        careful = codec._from_wire(doc, codec.UPCASTERS, codec._INPUT_CHECKS)
+    except SchemaError:
+        assert fast is None
+        return
+    assert fast is None or fast == careful
+    if not changes:
+        assert fast == good
 
 
 @FUZZ

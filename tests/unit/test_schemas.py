@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,9 +16,10 @@ from hypothesis import strategies as st
 
 from schemas.codec import decode, decode_input, encode, from_wire, to_wire
 from schemas.errors import SchemaError
+from schemas.fields import KINDS
 from schemas.jsonschema import JSON_DIR, render, schema_for
 from schemas.records import ALL_RECORDS, OrderPaid, TaskClaim, Tick
-from schemas.timestamps import _parse_general, format_utc, parse_utc, to_datetime
+from schemas.timestamps import _format, _parse_general, format_utc, parse_utc, to_datetime
 from taskstream.catalog_files import load_catalog
 from taskstream.replay import replay_lines
 
@@ -284,3 +286,42 @@ def test_the_fast_timestamp_path_accepts_exactly_what_the_careful_parser_accepts
             return "refused"
 
     assert outcome(parse_utc) == outcome(_parse_general)
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789-:TZz+. ", min_size=18, max_size=28),
+        st.integers(EARLIEST, LATEST).map(lambda m: _format(m)[:-1] + "0" * (m % 3) + "Z"),
+    )
+)
+def test_a_parsed_text_is_reused_as_formatted_text_only_when_it_is_canonical(text: str) -> None:
+    """parse_utc lends its input text to format_utc's memo: only ever the
+    text format_utc would have written itself."""
+    try:
+        micros = parse_utc(text)
+    except SchemaError:
+        return
+    assert format_utc(micros) == _format(micros)
+
+
+def test_the_generated_wire_writers_write_what_the_field_specs_say() -> None:
+    """Each record type's unrolled `to_wire` against a plain loop over its fields."""
+
+    def by_the_specs(record: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": record.TYPE, "v": record.V}
+        for f in dataclasses.fields(record):
+            convert = KINDS[f.metadata["kind"]].to_wire
+            value = getattr(record, f.name)
+            doc[f.name] = value if convert is None else convert(value)
+        return doc
+
+    lines = sample_outputs() + (SAMPLES / "events.jsonl").read_bytes().splitlines()
+    seen = set()
+    for line in lines:
+        try:
+            record = decode(line)
+        except SchemaError:
+            continue
+        seen.add(type(record))
+        assert list(to_wire(record).items()) == list(by_the_specs(record).items())
+    assert len(seen) >= 12

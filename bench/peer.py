@@ -137,7 +137,14 @@ class System:
 class Taskstream(System):
     """A deployment as bench/stream.py's Deployment makes one, with our template."""
 
-    def __init__(self, bootstrap: str, root: Path) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        root: Path,
+        templates: Path = TEMPLATES,
+        pools: Path = POOLS,
+        label: str = "taskstream",
+    ) -> None:
         name = f"t{uuid.uuid4().hex[:8]}"
         self.env = {
             **os.environ,
@@ -148,15 +155,14 @@ class Taskstream(System):
             "TASKSTREAM_COMMIT_INTERVAL": "0.5",
             "TASKSTREAM_PROGRESS_SECONDS": "5",
         }
-        super().__init__("taskstream", Settings.from_env(self.env), root)
+        super().__init__(label, Settings.from_env(self.env), root)
         # The rewards topic first, with the broker's append time; the rest as
         # the worker would create them.
         create_topics(self.settings, [REWARDS], {REWARDS})
         ensure_topics(self.settings)
-        for command in (
-            ["templates", "publish", "--templates", str(TEMPLATES), "--pools", str(POOLS)],
-            ["pools", "open", "peer_cash"],  # warm buckets, as Deployment does
-        ):
+        publish = ["templates", "publish", "--templates", str(templates), "--pools", str(pools)]
+        opened = [["pools", "open", p["pool_id"]] for p in orjson.loads(pools.read_bytes())]
+        for command in [publish, *opened]:  # warm buckets, as Deployment does
             done = subprocess.run([TASKSTREAM, *command], env=self.env, capture_output=True)
             if done.returncode:
                 raise RuntimeError(
@@ -486,7 +492,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each, alternating")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
     parser.add_argument("--logs", type=Path, help="copy the workers' logs to this folder")
+    parser.add_argument(
+        "--pools",
+        action="store_true",
+        help="taskstream alone on the same log three ways: no pool, an ample pool, a hot pool "
+        "(every reward paid from one finite pool over 8 partitions, refilled by its master)",
+    )
     args, _ = parser.parse_known_args(argv)
+    if args.pools:
+        return pool_variants(args)
     print(f"command: `{command_line()}`\n")
     began = time.monotonic()
     tree = taskstream_tree()
@@ -603,4 +617,99 @@ def main(argv: list[str]) -> int:
         say("FAIL: the systems do not agree (see above)")
         return 1
     say("both systems emitted the reference's rewards")
+    return 0
+
+
+# ------------------------------------------------------------- pool variants
+
+
+def pool_files(root: Path, demand_cents: int) -> dict[str, tuple[Path, Path]]:
+    """(templates, pools) for: no pool, the shipped ample pool, a hot pool.
+
+    The hot pool holds 1.25x the log's demand: every reward draws on it, its
+    buckets start with total / (8 partitions x 64) and live on refills from the
+    master (progressive bucketing at work), and it never runs dry, so all
+    three pay the same rewards."""
+    (template,) = orjson.loads(TEMPLATES.read_bytes())
+    unbudgeted = {**template, "reward": {**template["reward"], "pool_id": None}}
+    files = {}
+    for name, doc, pools in (
+        ("no pool", unbudgeted, []),
+        ("ample pool", template, orjson.loads(POOLS.read_bytes())),
+        (
+            "hot pool",
+            template,
+            [{**orjson.loads(POOLS.read_bytes())[0], "total": demand_cents * 5 // 4}],
+        ),
+    ):
+        stem = name.replace(" ", "-")
+        t, p = root / f"{stem}-templates.json", root / f"{stem}-pools.json"
+        t.write_bytes(orjson.dumps([doc]))
+        p.write_bytes(orjson.dumps(pools))
+        files[name] = (t, p)
+    return files
+
+
+def refill_requests(system: Taskstream) -> int:
+    """Refill requests the pool's master received (`pools status --json`, a line per pool)."""
+    done = subprocess.run(
+        [TASKSTREAM, "pools", "status", "--json"], env=system.env, capture_output=True
+    )
+    if done.returncode:
+        return -1
+    return sum(int(orjson.loads(line)["requests"]) for line in done.stdout.splitlines())
+
+
+def pool_variants(args: argparse.Namespace) -> int:
+    print(f"command: `{command_line()}`\n")
+    began = time.monotonic()
+    tree = taskstream_tree()
+    shape = PeerShape(events=args.events, users=args.users, seed=args.seed)
+    log = generate(shape)
+    lines = wire(log)
+    template = PeerTemplate.load()
+    expected = expected_rewards(log, template)
+    want = sum(expected.values())
+    granted = by_type(expected)[GRANTED] - by_type(expected)[REVOKED]
+    results: dict[str, list[Result]] = {}
+    requests: dict[str, list[int]] = {}
+    problems = 0
+    with bench_broker("bench-peer-pools-") as (bootstrap, root):
+        files = pool_files(root, granted * template.amount_cents)
+        for n in range(args.repeat):
+            names = list(files) if n % 2 == 0 else list(files)[::-1]
+            for name in names:
+                system = Taskstream(bootstrap, root, *files[name], label=name)
+                seconds = produce(system.settings, lines)
+                result = run(system, len(lines), want, args.timeout)
+                result.produce_s = seconds
+                results.setdefault(name, []).append(result)
+                requests.setdefault(name, []).append(refill_requests(system))
+                diff = differences(result.counts, expected)
+                if diff:
+                    problems += 1
+                    say(f"{name} run {n + 1}: {len(diff)} (user, type) differ, e.g. {diff[:3]}")
+                say(
+                    f"{name} run {n + 1}: {result.span_rate:,.0f} ev/s (span), "
+                    f"{result.wall_rate:,.0f} ev/s (wall), CPU {result.cpu_s:.1f}s"
+                )
+    print(
+        f"{len(lines):,} input messages, {args.users:,} users, {PARTITIONS} partitions, one "
+        f"taskstream worker; {args.repeat} run(s) each, medians; {os.cpu_count()} cores; {tree}\n"
+    )
+    print(
+        "| variant | events/s (first→last reward) | events/s (start→last reward) "
+        "| CPU µs/event | refill requests | vs no pool (span) |\n|---|---|---|---|---|---|"
+    )
+    rows = {name: median_row(runs) for name, runs in results.items()}
+    base = rows["no pool"]["span"]
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['span']:,.0f} | {r['wall']:,.0f} | {r['cpu_ev']:.0f} "
+            f"| {statistics.median(requests[name]):,.0f} | {r['span'] / base:.2f} |"
+        )
+    print(f"\n(whole benchmark {time.monotonic() - began:.0f} s)")
+    if problems:
+        say("FAIL: a variant did not pay the reference's rewards")
+        return 1
     return 0

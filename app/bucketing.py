@@ -36,6 +36,8 @@ Grant sizing (the progressive part), for a request from partition p:
     rate  = used / span                 units per µs of event time the bucket
                                         paid since its last grant
     want  = rate * lease_us             enough for `lease_us` of event time
+    want  = max(want, used * lease_us / wall_span)
+                                        and of the worker's clock (0: unknown)
     want  = clamp(want, initial, growth * previous grant to p)
     cap   = ceil(master * drain / partitions)
     grant = max(need, min(want, cap))   need = what the waiting reward lacks
@@ -130,6 +132,9 @@ class Bucket:
     last_grant: int = 0  # size of the last non-zero grant (top-up threshold)
     mode: str = OPEN
     refuse_from: int = 0  # the pool is dry for rewards of this many units or more (0: ask)
+    # The worker's clock (µs) when the last grant was applied (-1: none, or
+    # no clock, as in a replay): with `used`, its paying rate in real time.
+    lease_wall: int = -1
 
     @property
     def balance(self) -> int:
@@ -140,9 +145,10 @@ def new_bucket(pool_id: str, partition: int) -> Bucket:
     return Bucket(pool_id, partition)
 
 
-def _request(bucket: Bucket, units: int, at: int) -> tuple[Bucket, RefillRequested]:
+def _request(bucket: Bucket, units: int, at: int, now: int) -> tuple[Bucket, RefillRequested]:
     seq = bucket.out_seq + 1
     span = max(0, at - bucket.lease_at) if bucket.lease_at >= 0 else 0
+    wall_span = max(0, now - bucket.lease_wall) if bucket.lease_wall >= 0 and now > 0 else 0
     message = RefillRequested(
         _msg_id("refill_requested", bucket.pool_id, bucket.partition, seq),
         bucket.pool_id,
@@ -153,6 +159,7 @@ def _request(bucket: Bucket, units: int, at: int) -> tuple[Bucket, RefillRequest
         bucket.used,
         span,
         at,
+        wall_span,
     )
     return replace(bucket, out_seq=seq, waiting=seq), message
 
@@ -174,11 +181,14 @@ def _return(bucket: Bucket, units: int, round_: int) -> tuple[Bucket, BucketRetu
 PAID, WAIT, REJECT = "paid", "wait", "reject"
 
 
-def debit(bucket: Bucket, units: int, at: int) -> tuple[Bucket, str, tuple[RefillRequested, ...]]:
+def debit(
+    bucket: Bucket, units: int, at: int, now: int = 0
+) -> tuple[Bucket, str, tuple[RefillRequested, ...]]:
     """Pay `units` here if the balance allows; otherwise WAIT for the master
     (asking it, unless a request is already out), or REJECT when the master
     has refused at least this many units for the event being applied, has
-    said the pool is dry for this size, or has closed the pool."""
+    said the pool is dry for this size, or has closed the pool. `now` is the
+    worker's clock in µs (0: none), reported with a request."""
     if units <= bucket.balance:
         paid = replace(
             bucket,
@@ -187,7 +197,7 @@ def debit(bucket: Bucket, units: int, at: int) -> tuple[Bucket, str, tuple[Refil
             last_at=max(bucket.last_at, at),
         )
         if paid.mode == OPEN and not paid.waiting and paid.balance < paid.last_grant // 2:
-            paid, top_up = _request(paid, 0, at)
+            paid, top_up = _request(paid, 0, at, now)
             return paid, PAID, (top_up,)
         return paid, PAID, ()
     if bucket.denied and units >= bucket.denied:
@@ -196,7 +206,7 @@ def debit(bucket: Bucket, units: int, at: int) -> tuple[Bucket, str, tuple[Refil
         return bucket, REJECT, ()  # refused here: no round trip per reward once dry
     if bucket.waiting:
         return bucket, WAIT, ()
-    asked, request = _request(bucket, units, at)
+    asked, request = _request(bucket, units, at, now)
     return asked, WAIT, (request,)
 
 
@@ -217,8 +227,11 @@ def end_event(bucket: Bucket) -> tuple[Bucket, tuple[BucketReturned, ...]]:
     return bucket, ()
 
 
-def apply_to_bucket(bucket: Bucket, message: ToBucket) -> tuple[Bucket, tuple[BucketReturned, ...]]:
-    """Apply one message from the master (a duplicate changes nothing)."""
+def apply_to_bucket(
+    bucket: Bucket, message: ToBucket, now: int = 0
+) -> tuple[Bucket, tuple[BucketReturned, ...]]:
+    """Apply one message from the master (a duplicate changes nothing); `now`
+    is the worker's clock in µs (0: none)."""
     if message.seq <= bucket.in_seq:
         return bucket, ()
     if type(message) is BucketGranted:
@@ -230,7 +243,13 @@ def apply_to_bucket(bucket: Bucket, message: ToBucket) -> tuple[Bucket, tuple[Bu
             mode=message.mode,
         )
         if message.units:
-            bucket = replace(bucket, used=0, lease_at=bucket.last_at, last_grant=message.units)
+            bucket = replace(
+                bucket,
+                used=0,
+                lease_at=bucket.last_at,
+                last_grant=message.units,
+                lease_wall=now if now > 0 else -1,
+            )
         if message.request_seq == 0:  # unasked: the pool opened, or budget came back
             bucket = replace(bucket, refuse_from=0)
         if answered:
@@ -264,6 +283,7 @@ class Waiting:
     balance: int
     used: int
     span_us: int
+    wall_span_us: int = 0
 
 
 @fast_init
@@ -391,6 +411,11 @@ def grant_size(master: Master, waiting: Waiting, params: Allocation) -> int:
         want = waiting.used * params.lease_us // waiting.span_us
     else:
         want = waiting.used * params.growth  # no event time passed: grow by the factor
+    if waiting.wall_span_us > 0:
+        # Enough for a lease of the worker's own time as well: a backlog
+        # worked off races through event time, and a grant sized for 2 s of
+        # it lasts one fetch; every refill would then stall the partition.
+        want = max(want, waiting.used * params.lease_us // waiting.wall_span_us)
     want = min(max(want, initial), params.growth * max(previous, initial))
     return min(max(need, min(want, _fair_cap(master, params))), master.master)
 
@@ -511,7 +536,13 @@ def allocate(
     assert type(message) is RefillRequested
     master = replace(master, requests=master.requests + 1)
     waiting = Waiting(
-        partition, message.seq, message.units, message.balance, message.used, message.span_us
+        partition,
+        message.seq,
+        message.units,
+        message.balance,
+        message.used,
+        message.span_us,
+        message.wall_span_us,
     )
     if master.in_round:
         return replace(master, queue=(*master.queue, waiting)), []
@@ -642,6 +673,7 @@ class PartitionBudget:
 
     __slots__ = (
         "_at",
+        "_now",
         "_snapshot",
         "_staged",
         "_touched",
@@ -651,8 +683,9 @@ class PartitionBudget:
         "partition",
     )
 
-    def __init__(self, partition: int, buckets: Mapping[str, Bucket]) -> None:
+    def __init__(self, partition: int, buckets: Mapping[str, Bucket], now: int = 0) -> None:
         self.partition = partition
+        self._now = now  # the worker's clock in µs for this batch (0: none, as in a replay)
         self.buckets: dict[str, Bucket] = dict(buckets)
         self.outbox: list[ToMaster] = []
         self._snapshot: dict[str, Bucket] = {}
@@ -689,7 +722,7 @@ class PartitionBudget:
         return bucket
 
     def try_debit(self, pool_id: str, units: int, reward_id: str = "") -> bool:
-        bucket, verdict, requests = debit(self._touch(pool_id), units, self._at)
+        bucket, verdict, requests = debit(self._touch(pool_id), units, self._at, self._now)
         self.buckets[pool_id] = bucket
         self._staged.extend(requests)
         if verdict == PAID:
@@ -754,7 +787,7 @@ class PartitionBudget:
 
     def apply(self, message: ToBucket) -> None:
         """A message from a master (between events)."""
-        bucket, returns = apply_to_bucket(self.bucket(message.pool_id), message)
+        bucket, returns = apply_to_bucket(self.bucket(message.pool_id), message, self._now)
         self.buckets[message.pool_id] = bucket
         self.outbox.extend(returns)
         self._unsettled = True

@@ -302,3 +302,13 @@ def to_wire(record: Record) -> dict[str, Any]:
 def encode(record: Record) -> bytes:
     """One record as compact JSON bytes (no newline), identical on every run."""
     return orjson.dumps(_WRITERS[type(record)](record))
+
+
+# ------------------------------------------------------------- upcasters
+
+
+@register_upcaster("refill_requested", 1)
+def _refill_requested_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """v2 added the worker's clock over the payments; a v1 request had none."""
+    doc["wall_span_us"] = 0
+    return doc

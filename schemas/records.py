@@ -248,6 +248,7 @@ class RewardRejected(Record):
 @dataclass(frozen=True, slots=True)
 class RefillRequested(Record):
     TYPE: ClassVar[str] = "refill_requested"
+    V: ClassVar[int] = 2
     DESCRIPTION: ClassVar[str] = (
         "A bucket asks its pool's master for budget: units > 0 when a reward waits "
         "for it (units is that reward's cost), 0 for a top-up before it runs dry."
@@ -261,6 +262,9 @@ class RefillRequested(Record):
     used: int = _f(Kind.COUNT)  # units it paid since its last grant
     span_us: int = _f(Kind.COUNT)  # event time those payments took
     at: int = _f(Kind.TIME)
+    # v2: the worker's own clock over those payments (0: unknown, as in a
+    # replay). Recorded here, so the master's answer is a fold of the log.
+    wall_span_us: int = _f(Kind.COUNT)
 
 
 @fast_init

@@ -106,7 +106,7 @@ def encode_master(master: Master) -> bytes:
             master.round,
             sorted(master.awaiting),
             [
-                [w.partition, w.request_seq, w.units, w.balance, w.used, w.span_us]
+                [w.partition, w.request_seq, w.units, w.balance, w.used, w.span_us, w.wall_span_us]
                 for w in master.queue
             ],
             [master.requests, master.grants, master.denials, master.rounds],

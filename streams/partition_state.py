@@ -144,6 +144,7 @@ def _bucket_fields(bucket: Bucket) -> list[object]:
         bucket.last_grant,
         bucket.mode,
         bucket.refuse_from,
+        bucket.lease_wall,
     ]
 
 

@@ -303,7 +303,9 @@ class _Batch:
         self.max_at = dict(record.max_at)
         self.partitions = partitions
         self.pending = cache.pending
-        self.budget = PartitionBudget(self.partition, record.buckets)
+        # The clock reaches the buckets only to size grants (in the refill
+        # requests, which record it); it decides nothing else.
+        self.budget = PartitionBudget(self.partition, record.buckets, int(now * 1_000_000))
         self.users: dict[str, UserState | None] = {}
         self.changed: set[str] = set()
         self.outputs: list[Output] = []

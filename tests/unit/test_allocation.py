@@ -60,7 +60,7 @@ def _run(messages, record=None, masters=None, cache=None):
 
 
 def test_a_request_gets_a_grant_addressed_to_its_partition() -> None:
-    result = _run([_msg(0, RefillRequested("r1", "cash", 2, 1, 500, 0, 0, 0, 0))])
+    result = _run([_msg(0, RefillRequested("r1", "cash", 2, 1, 500, 0, 0, 0, 0, 0))])
     assert [(o.role, o.partition) for o in result.outputs] == [(BUDGET_GRANTS, 2)]
     grant = orjson.loads(result.outputs[0].value)
     assert grant["type"] == "bucket_granted"
@@ -74,9 +74,9 @@ def test_a_request_gets_a_grant_addressed_to_its_partition() -> None:
 
 def test_offsets_are_accepted_once_and_a_gap_rewinds() -> None:
     cache = AllocatorCache()
-    first = _run([_msg(0, RefillRequested("r1", "cash", 2, 1, 0, 0, 0, 0, 0))], cache=cache)
+    first = _run([_msg(0, RefillRequested("r1", "cash", 2, 1, 0, 0, 0, 0, 0, 0))], cache=cache)
     again = _run(
-        [_msg(0, RefillRequested("r1", "cash", 2, 1, 0, 0, 0, 0, 0))],
+        [_msg(0, RefillRequested("r1", "cash", 2, 1, 0, 0, 0, 0, 0, 0))],
         record=first.record,
         masters=dict(first.masters),
         cache=cache,
@@ -84,7 +84,7 @@ def test_offsets_are_accepted_once_and_a_gap_rewinds() -> None:
     assert again.stats.redelivered == 1
     assert again.outputs == ()
     gap = _run(
-        [_msg(5, RefillRequested("r2", "cash", 2, 2, 0, 0, 0, 0, 0))],
+        [_msg(5, RefillRequested("r2", "cash", 2, 2, 0, 0, 0, 0, 0, 0))],
         record=first.record,
         masters=dict(first.masters),
         cache=cache,
@@ -95,7 +95,7 @@ def test_offsets_are_accepted_once_and_a_gap_rewinds() -> None:
 
 def test_a_first_request_skipped_at_a_rebalance_is_noticed() -> None:
     """The topic starts at 0: a first message at offset 3 means 0-2 were skipped."""
-    result = _run([_msg(3, RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0))])
+    result = _run([_msg(3, RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0, 0))])
     assert result.rewind == 0
 
 
@@ -105,8 +105,8 @@ def test_bad_messages_are_dead_letters() -> None:
         [
             _msg(0, Tick("t", 0)),
             _msg(1, PoolCommand("cmd", NOPE, "open", 0)),
-            _msg(2, RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0), partition=other),
-            _msg(3, RefillRequested("r", "cash", 9, 1, 0, 0, 0, 0, 0)),
+            _msg(2, RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0, 0), partition=other),
+            _msg(3, RefillRequested("r", "cash", 9, 1, 0, 0, 0, 0, 0, 0)),
         ]
     )
     reasons = [orjson.loads(o.value)["reason"] for o in result.outputs]
@@ -120,8 +120,10 @@ def test_bad_messages_are_dead_letters() -> None:
 
 def test_a_request_for_a_pool_not_published_here_yet_waits_for_the_catalog() -> None:
     cache = AllocatorCache()
-    early = _msg(0, RefillRequested("r", FRESH, 1, 1, 100, 0, 0, 0, 0))
-    result = _run([early, _msg(1, RefillRequested("s", "cash", 1, 1, 0, 0, 0, 0, 0))], cache=cache)
+    early = _msg(0, RefillRequested("r", FRESH, 1, 1, 100, 0, 0, 0, 0, 0))
+    result = _run(
+        [early, _msg(1, RefillRequested("s", "cash", 1, 1, 0, 0, 0, 0, 0, 0))], cache=cache
+    )
     assert result.waiting_for_pool == FRESH
     assert result.rewind == 0
     assert result.outputs == ()
@@ -131,7 +133,7 @@ def test_a_request_for_a_pool_not_published_here_yet_waits_for_the_catalog() -> 
 def test_a_master_survives_its_bytes() -> None:
     master = new_master("cash", 100_000, PARTITIONS)
     master, _ = allocate(master, PoolCommand("cmd-1", "cash", "open", 0))
-    master, _ = allocate(master, RefillRequested("r", "cash", 1, 1, 99_000, 0, 0, 0, 0))
+    master, _ = allocate(master, RefillRequested("r", "cash", 1, 1, 99_000, 0, 0, 0, 0, 0))
     master, _ = allocate(master, BucketReturned("b", "cash", 2, 1, 0, master.round))
     master = replace(master, queue=(Waiting(3, 4, 500, 10, 20, 30),))
     assert decode_master(encode_master(master)) == master

@@ -8,6 +8,7 @@ import itertools
 import random
 from dataclasses import dataclass, field, replace
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -223,20 +224,62 @@ def test_first_grants_are_small_and_grow_with_the_rate() -> None:
     params = Allocation()
     master = new_master(POOL, 1_000_000, 8)
     initial = params.initial(1_000_000, 8)
-    master, out = allocate(master, RefillRequested("a", POOL, 0, 1, 10, 0, 0, 0, 0), params)
+    master, out = allocate(master, RefillRequested("a", POOL, 0, 1, 10, 0, 0, 0, 0, 0), params)
     first = out[0].units
     assert first == initial == 1953
     # The partition spent all of it in 0.1 s of event time: at that rate 2 s
     # needs 20x, but a grant at most doubles.
     master, out = allocate(
-        master, RefillRequested("b", POOL, 0, 2, 0, 0, first, 100_000, 0), params
+        master, RefillRequested("b", POOL, 0, 2, 0, 0, first, 100_000, 0, 0), params
     )
     assert out[0].units == 2 * first
     # A slow partition (its grant lasted 20 s) gets what 2 s at its rate needs.
     master, out = allocate(
-        master, RefillRequested("c", POOL, 1, 1, 0, 0, 1_000, 20_000_000, 0), params
+        master, RefillRequested("c", POOL, 1, 1, 0, 0, 1_000, 20_000_000, 0, 0), params
     )
     assert out[0].units == initial  # 100 would do, but never under the initial slice
+
+
+def test_a_backlog_worked_off_fast_gets_grants_sized_by_the_workers_clock() -> None:
+    """Sparse event time (the grant lasted 20 s of it) but the worker paid it
+    all in 0.05 s of its own clock: sized for 2 s of that, at most doubling."""
+    params = Allocation()
+    master = new_master(POOL, 1_000_000, 8)
+    initial = params.initial(1_000_000, 8)
+    master, _ = allocate(master, RefillRequested("a", POOL, 1, 1, 10, 0, 0, 0, 0, 0), params)
+    sparse = RefillRequested("b", POOL, 1, 2, 0, 0, initial, 20_000_000, 0, 50_000)
+    assert allocate(master, sparse, params)[1][0].units == 2 * initial
+    # The same request from a replay (no clock) or a slow worker: the floor.
+    no_clock = replace(sparse, wall_span_us=0)
+    assert allocate(master, no_clock, params)[1][0].units == initial
+    slow = replace(sparse, wall_span_us=40_000_000)
+    assert allocate(master, slow, params)[1][0].units == initial
+
+
+def test_a_bucket_reports_the_workers_clock_since_its_last_grant() -> None:
+    bucket = replace(new_bucket(POOL, 0), received=100, last_grant=100, in_seq=1)
+    granted = BucketGranted("g", POOL, 0, 2, 100, 0, "open")
+    bucket, _ = apply_to_bucket(bucket, granted, now=5_000_000)
+    assert bucket.lease_wall == 5_000_000
+    bucket, verdict, requests = debit(bucket, 160, at=10, now=5_250_000)  # under half left
+    assert verdict == "paid"
+    assert requests[0].wall_span_us == 250_000
+    # Without a clock (a replay) the request says 0: unknown.
+    unclocked, _ = apply_to_bucket(replace(bucket, waiting=0), replace(granted, seq=3))
+    assert unclocked.lease_wall == -1
+    assert debit(unclocked, 100, at=11, now=0)[2][0].wall_span_us == 0
+
+
+def test_a_v1_refill_request_reads_as_one_without_a_clock() -> None:
+    v1 = {
+        **{"type": "refill_requested", "v": 1, "event_id": "r", "pool_id": POOL},
+        **{"partition": 1, "seq": 1, "units": 0, "balance": 0, "used": 5, "span_us": 9},
+        "at": "2024-03-01T00:00:00Z",
+    }
+    request = decode(orjson.dumps(v1))
+    assert isinstance(request, RefillRequested)
+    assert request.wall_span_us == 0
+    assert orjson.loads(encode(request))["v"] == 2
 
 
 def test_grants_shrink_as_the_master_drains() -> None:
@@ -274,7 +317,7 @@ def test_close_drains_every_bucket_and_refuses_after() -> None:
 
 def test_duplicates_change_nothing() -> None:
     master = new_master(POOL, 1_000, 2)
-    request = RefillRequested("a", POOL, 1, 1, 10, 0, 0, 0, 0)
+    request = RefillRequested("a", POOL, 1, 1, 10, 0, 0, 0, 0, 0)
     master, out = allocate(master, request)
     assert allocate(master, request) == (master, [])
     bucket = new_bucket(POOL, 1)
@@ -284,7 +327,7 @@ def test_duplicates_change_nothing() -> None:
 
 def test_budget_messages_round_trip_the_wire() -> None:
     master = new_master(POOL, 1_000, 2)
-    _, out = allocate(master, RefillRequested("a", POOL, 1, 1, 10, 0, 0, 0, 0))
+    _, out = allocate(master, RefillRequested("a", POOL, 1, 1, 10, 0, 0, 0, 0, 0))
     assert decode(encode(out[0])) == out[0]
 
 

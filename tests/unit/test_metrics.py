@@ -89,8 +89,8 @@ def test_the_allocators_dead_letter_reasons_fall_into_their_classes() -> None:
     messages = [
         msg(0, tick(t(2))),
         msg(1, PoolCommand("cmd", nope, "open", 0)),
-        msg(2, RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0), partition=other),
-        msg(3, RefillRequested("r", "cash", 9, 1, 0, 0, 0, 0, 0)),  # no partition 9 of 4
+        msg(2, RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0, 0), partition=other),
+        msg(3, RefillRequested("r", "cash", 9, 1, 0, 0, 0, 0, 0, 0)),  # no partition 9 of 4
         InMessage(BUDGET_REQUESTS, "ts.budget-requests", owner, 4, b"cash", b"{nope"),
     ]
     result = process_requests(

@@ -59,7 +59,7 @@ def test_status_prefers_a_newer_redo_record_to_the_stored_partition_record() -> 
 
 def test_status_reads_the_masters() -> None:
     master, _ = allocate(
-        new_master("cash", 5_000, 2), RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0)
+        new_master("cash", 5_000, 2), RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0, 0)
     )
     latest = {master_key("cash"): encode_master(master), b"a:0": b"[1,0,4,9]"}
     assert _masters(latest) == {"cash": master}

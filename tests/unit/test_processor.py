@@ -321,7 +321,7 @@ def test_a_restart_while_stalled_asks_once_and_finishes_after_the_answer() -> No
 def test_bad_budget_messages_are_dead_letters() -> None:
     sim = PartitionSim(POOLED)
     _, replies = allocate(
-        new_master("cash", 10, 2), RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0)
+        new_master("cash", 10, 2), RefillRequested("r", "cash", 1, 1, 0, 0, 0, 0, 0, 0)
     )
     result = sim.run(
         [

@@ -264,8 +264,12 @@ def test_a_bucket_reports_the_workers_clock_since_its_last_grant() -> None:
     bucket, verdict, requests = debit(bucket, 160, at=10, now=5_250_000)  # under half left
     assert verdict == "paid"
     assert requests[0].wall_span_us == 250_000
+    # Half a grant gone in the batch it arrived in (one clock reading per
+    # batch): as fast as the clock can tell, not "unknown".
+    same_batch, _ = apply_to_bucket(replace(bucket, waiting=0), replace(granted, seq=3), 6_000_000)
+    assert debit(same_batch, 100, at=11, now=6_000_000)[2][0].wall_span_us == 1
     # Without a clock (a replay) the request says 0: unknown.
-    unclocked, _ = apply_to_bucket(replace(bucket, waiting=0), replace(granted, seq=3))
+    unclocked, _ = apply_to_bucket(replace(bucket, waiting=0), replace(granted, seq=4))
     assert unclocked.lease_wall == -1
     assert debit(unclocked, 100, at=11, now=0)[2][0].wall_span_us == 0
 

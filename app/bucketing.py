@@ -148,9 +148,12 @@ def new_bucket(pool_id: str, partition: int) -> Bucket:
 def _request(bucket: Bucket, units: int, at: int, now: int) -> tuple[Bucket, RefillRequested]:
     seq = bucket.out_seq + 1
     span = max(0, at - bucket.lease_at) if bucket.lease_at >= 0 else 0
-    # 0 says "no clock"; with one, at least 1 µs: a grant half used up in the
-    # batch it arrived in (one reading of the clock per batch) went fast.
-    wall_span = max(1, now - bucket.lease_wall) if bucket.lease_wall >= 0 and now > 0 else 0
+    # 0 says "no clock" (a replay), or a clock that went back (a host behind
+    # the one the grant arrived on): unknown, never "fast". A grant half used
+    # up in the batch it arrived in (one reading of the clock per batch) went
+    # fast: at least 1 µs.
+    known = bucket.lease_wall >= 0 and now >= bucket.lease_wall and now > 0
+    wall_span = max(1, now - bucket.lease_wall) if known else 0
     message = RefillRequested(
         _msg_id("refill_requested", bucket.pool_id, bucket.partition, seq),
         bucket.pool_id,

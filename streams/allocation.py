@@ -57,6 +57,10 @@ BUDGET_GRANTS = BUDGET  # what the allocator writes is the processors' fifth inp
 MASTER_PREFIX = b"m:"
 _TO_MASTER_TYPES = frozenset(cls.TYPE for cls in TO_MASTER_RECORDS)
 _FORMAT = 1
+# 2: a queued request's 7th field (wall_span_us). Format 1 is still read; an
+# older build refuses format 2 by its number, not with a TypeError.
+_MASTER_FORMAT = 2
+_MASTER_READABLE = (1, _MASTER_FORMAT)
 
 
 def master_key(pool_id: str) -> bytes:
@@ -92,7 +96,7 @@ def decode_allocator(raw: bytes) -> AllocatorRecord:
 def encode_master(master: Master) -> bytes:
     return orjson.dumps(
         [
-            _FORMAT,
+            _MASTER_FORMAT,
             master.pool_id,
             master.total,
             master.partitions,
@@ -118,8 +122,8 @@ def encode_master(master: Master) -> bytes:
 
 def decode_master(raw: bytes) -> Master:
     doc = orjson.loads(raw)
-    if doc[0] != _FORMAT:
-        raise ValueError(f"not a master record of format {_FORMAT}")
+    if doc[0] not in _MASTER_READABLE:
+        raise ValueError(f"not a master record of format {_MASTER_READABLE}")
     (_, pool_id, total, partitions, master, mode, granted, returned, in_seq, out_seq) = doc[:10]
     last_grant, round_, awaiting, queue, counters, commands = doc[10:16]
     floor = doc[16] if len(doc) > 16 else 0

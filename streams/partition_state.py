@@ -31,11 +31,12 @@ from app.frozen import fast_init
 from app.state import UserState
 from app.state_codec import decode_user_state, encode_user_state
 
-# 3: progressive buckets; 2: held offsets as runs; 1: lists. Formats 1 and 2
-# are still read; their buckets (a static split's plain counters) are not,
-# since a static share was never granted by a master.
-RECORD_FORMAT = 3
-_READABLE = (1, 2, RECORD_FORMAT)
+# 4: a bucket's 16th field (lease_wall); 3: progressive buckets; 2: held
+# offsets as runs; 1: lists. Formats 1-3 are still read (a format-3 bucket
+# reads with no clock); the buckets of 1 and 2 (a static split's plain
+# counters) are not, since a static share was never granted by a master.
+RECORD_FORMAT = 4
+_READABLE = (1, 2, 3, RECORD_FORMAT)
 USER_PREFIX = b"u:"
 _NO_DEADLINE = -1
 _HEADER = struct.Struct(">q")

@@ -135,6 +135,10 @@ def test_a_master_survives_its_bytes() -> None:
     master, _ = allocate(master, PoolCommand("cmd-1", "cash", "open", 0))
     master, _ = allocate(master, RefillRequested("r", "cash", 1, 1, 99_000, 0, 0, 0, 0, 0))
     master, _ = allocate(master, BucketReturned("b", "cash", 2, 1, 0, master.round))
-    master = replace(master, queue=(Waiting(3, 4, 500, 10, 20, 30),))
+    master = replace(master, queue=(Waiting(3, 4, 500, 10, 20, 30, 40),))
     assert decode_master(encode_master(master)) == master
+    # Format 1 (before requests carried the worker's clock) is still read.
+    old = orjson.loads(encode_master(master))
+    old[0], old[13] = 1, [w[:6] for w in old[13]]
+    assert decode_master(orjson.dumps(old)).queue == (Waiting(3, 4, 500, 10, 20, 30, 0),)
     assert decode_allocator(b"[1,2,3,null]") == AllocatorRecord(2, 3, None)

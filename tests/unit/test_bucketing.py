@@ -476,3 +476,10 @@ def test_a_central_grant_left_unused_goes_back_to_the_master() -> None:
     budget.commit()  # an event that did not need y
     assert budget.bucket("y").balance == 0
     assert [m.TYPE for m in budget.take_outbox()] == ["bucket_returned"]
+
+
+def test_a_clock_behind_the_grants_reads_as_no_clock() -> None:
+    """A partition moved to a host whose clock is behind: unknown, not 'fast'."""
+    bucket = replace(new_bucket(POOL, 0), received=100, last_grant=100, in_seq=1)
+    bucket, _ = apply_to_bucket(bucket, BucketGranted("g", POOL, 0, 2, 100, 0, "open"), 9_000_000)
+    assert debit(bucket, 160, at=10, now=8_000_000)[2][0].wall_span_us == 0

@@ -60,6 +60,13 @@ def test_records_of_earlier_formats_are_still_read_without_their_static_shares()
     assert decode_partition(second).held == {"orders": (10, 11)}
 
 
+def test_format_3_buckets_read_with_no_clock() -> None:
+    bucket = [*("cash", 2), *(100, 0, 30, 1, 1, 0, 0, 30, 5, 9, 100, "open", 0)]
+    third = orjson.dumps([3, 2, 9, {"orders": 12}, {}, {}, [bucket]])
+    assert decode_partition(third).buckets["cash"].lease_wall == -1
+    assert decode_partition(third).buckets["cash"].balance == 70
+
+
 def test_a_redo_record_keeps_each_output_partition() -> None:
     redo = Redo(
         7,

@@ -473,6 +473,7 @@ class Chaos:
         report.different = sum(
             1 for i, body in contents.items() if i in self.expected and body != self.expected[i]
         )
+        self._show_differences(contents)
         granted = Counter(
             orjson.loads(body)["reward_id"]
             for body in contents.values()
@@ -492,6 +493,35 @@ class Chaos:
         report.audit_exit = self._audit()
         report.api_asked, report.api_answered = self._ask_the_api(users=40)
         report.seconds = time.monotonic() - began
+
+    def _show_differences(self, contents: dict[str, bytes]) -> None:
+        """What differs from replay, in full, to differences.jsonl (kept with
+        TASKSTREAM_CHAOS_KEEP) and the first few on stderr: a failed run says
+        which outputs, not only how many."""
+        rows = [
+            {"kind": "missing", "expected": orjson.loads(self.expected[i])}
+            for i in sorted(set(self.expected) - set(contents))
+        ]
+        rows += [
+            {"kind": "extra", "found": orjson.loads(contents[i])}
+            for i in sorted(set(contents) - set(self.expected))
+        ]
+        rows += [
+            {
+                "kind": "different",
+                "expected": orjson.loads(self.expected[i]),
+                "found": orjson.loads(b),
+            }
+            for i, b in sorted(contents.items())
+            if i in self.expected and b != self.expected[i]
+        ]
+        if not rows:
+            return
+        (self.root / "differences.jsonl").write_bytes(
+            b"".join(orjson.dumps(r) + b"\n" for r in rows)
+        )
+        for row in rows[:6]:
+            say(f"differs from replay: {orjson.dumps(row).decode()[:600]}")
 
     def _lag_behind(self, wait: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + wait

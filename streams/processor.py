@@ -398,7 +398,12 @@ class _Batch:
 
     # ---------------------------------------------------------- release
 
-    def release(self, highwater: Mapping[str, int | None], max_pending: int) -> None:
+    def release(
+        self,
+        highwater: Mapping[str, int | None],
+        max_pending: int,
+        highwater_seen: Mapping[str, float | None] | None = None,
+    ) -> None:
         pending = self.pending
         held = self.cache.held
         cache = self.cache
@@ -408,7 +413,7 @@ class _Batch:
                     break  # nothing passes a stalled event, however full the buffer
                 cache.stalled_on = None
             head = pending[0][3]
-            if not self._may_release(head, highwater):
+            if not self._may_release(head, highwater, highwater_seen):
                 if len(pending) <= max_pending:
                     break
                 self.stats.forced += 1
@@ -428,7 +433,12 @@ class _Batch:
                 "ahead of a lagging input (event-time order not guaranteed for them)"
             )
 
-    def _may_release(self, head: Pending, highwater: Mapping[str, int | None]) -> bool:
+    def _may_release(
+        self,
+        head: Pending,
+        highwater: Mapping[str, int | None],
+        highwater_seen: Mapping[str, float | None] | None,
+    ) -> bool:
         if any(self.cache.refetch.values()):
             return False  # events held before a restart are still on their way back
         for role in INPUT_ROLES:
@@ -447,6 +457,16 @@ class _Batch:
             if self.now < ready_at:
                 self.idle_until = ready_at
                 return False
+            # ... and only with a high watermark read after the wait was over:
+            # one read before it (the last fetch before a broker restart, or
+            # before this worker froze or reconnected) does not cover what was
+            # appended meanwhile, and a backlog appended at the restart would
+            # pass its idle wait at once.
+            if highwater_seen is not None:
+                seen = highwater_seen.get(role)
+                if seen is None or seen < ready_at:
+                    self.idle_until = self.now  # look again after the next fetch
+                    return False
         return True
 
     # ------------------------------------------------------------ apply
@@ -607,6 +627,7 @@ def process_batch(
     load_user: Callable[[str], UserState | None],
     cache: PartitionCache,
     highwater: Mapping[str, int | None],
+    highwater_seen: Mapping[str, float | None] | None = None,
     max_pending: int = DEFAULT_MAX_PENDING,
     now: float = 0.0,
     max_idle: float = 0.0,
@@ -615,7 +636,9 @@ def process_batch(
 
     `messages` must be in offset order per topic (as a consumer delivers
     them); `highwater` is each input role's high watermark for this
-    partition (None: unknown, which holds back events that might need it).
+    partition (None: unknown, which holds back events that might need it),
+    and `highwater_seen` when the consumer last read it (the shell's clock;
+    None: not tracked, as in a replay, where the log is complete).
     `now` is the shell's clock in seconds since the epoch (the scale of
     the messages' `appended_at`) and
     `max_idle` how long an event waits for an input that is caught up but
@@ -625,7 +648,7 @@ def process_batch(
     batch = _Batch(record, catalog, partitions, load_user, cache, now, max_idle)
     for message in messages:
         batch.accept(message)
-    batch.release(highwater, max_pending)
+    batch.release(highwater, max_pending, highwater_seen)
     return batch.result(record.seq + 1)
 
 

@@ -286,6 +286,7 @@ class Worker:
             load_user=lambda user_id: self._load_user(partition, user_id),
             cache=cache,
             highwater=self._highwaters(partition),
+            highwater_seen=self._highwaters_seen(partition),
             max_pending=self.settings.max_pending,
             now=now,
             max_idle=self.max_idle,
@@ -360,6 +361,18 @@ class Worker:
 
     def _load_user(self, partition: int, user_id: str) -> UserState | None:
         return decode_user(self.store.get(partition, user_key(user_id)))
+
+    def _highwaters_seen(self, partition: int) -> dict[str, float | None]:
+        """When the consumer last read each input's high watermark (a fetch
+        response, this clock's scale; None: not yet)."""
+        consumer = self.consumer
+        seen: dict[str, float | None] = {}
+        for role in INPUT_TOPICS:
+            try:
+                seen[role] = consumer.highwater_seen(TP(self.settings.topic(role), partition))
+            except Exception:  # not assigned (any more)
+                seen[role] = None
+        return seen
 
     def _highwaters(self, partition: int) -> dict[str, int | None]:
         """Each input's high watermark as of the consumer's last fetch (None

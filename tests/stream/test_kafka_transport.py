@@ -12,6 +12,7 @@ from typing import Any
 import aiokafka
 import faust
 import pytest
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 from faust.tables import manager as faust_manager
 from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
@@ -59,6 +60,23 @@ REPLACED = {
         aiokafka.AIOKafkaConsumer.seek_to_committed,
         "f6cd85c8b70a",
     ),
+    # Relied on, not replaced: Consumer.highwater_seen reads the time the
+    # fetcher stamps (time.time(), per response) on each partition's state.
+    "aiokafka AIOKafkaConsumer.last_poll_timestamp": (
+        aiokafka.AIOKafkaConsumer.last_poll_timestamp,
+        "da0864319962",
+    ),
+    "aiokafka Fetcher._proc_fetch_request": (
+        aiokafka_fetcher.Fetcher._proc_fetch_request,
+        "59bf948fff47",
+    ),
+    # ConsumerThread._create_worker_consumer sets the fetch wait that
+    # AIOKafkaConsumer.start hands its fetcher (faust passes a constant).
+    "faust AIOKafkaConsumerThread._create_worker_consumer": (
+        faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer,
+        "c2701bfc3e6f",
+    ),
+    "aiokafka AIOKafkaConsumer.start": (aiokafka.AIOKafkaConsumer.start, "2f1ba7044332"),
 }
 
 

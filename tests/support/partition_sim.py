@@ -73,6 +73,7 @@ class PartitionSim:
         *,
         now: float = 0.0,
         max_idle: float = 0.0,
+        highwater_seen: Mapping[str, float | None] | None = None,
     ) -> BatchResult:
         if not self.cache.loaded:
             self.cache.load(self.record())
@@ -84,6 +85,7 @@ class PartitionSim:
             load_user=lambda user_id: decode_user(self.store.get(user_key(user_id))),
             cache=self.cache,
             highwater=highwater,
+            highwater_seen=highwater_seen,
             max_pending=self.max_pending,
             now=now,
             max_idle=max_idle,

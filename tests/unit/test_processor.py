@@ -123,6 +123,29 @@ def test_a_live_event_waits_from_when_the_broker_appended_it() -> None:
     assert result.idle_until == 1000.3  # 0.5 s after the append, 0.3 s from now
 
 
+def test_a_backlog_appended_at_a_restart_waits_for_a_high_watermark_read_after_it() -> None:
+    """A broker came back at 999.0 and took a producer's backlog at once; this
+    worker reconnected only at 1000.0. The high watermarks it knows for the
+    other inputs were read before the restart: they do not cover what was
+    appended at it, so the claim waits past its idle wait until a fetch
+    reads them again."""
+    sim = PartitionSim(catalog(template(target=1)))
+    marks = {CLAIMS: 1, ORDERS: 0, REFUNDS: 0, TICKS: 0}
+    stale = {CLAIMS: 1000.0, ORDERS: 990.0, REFUNDS: 990.0, TICKS: 990.0}
+    held = sim.run(
+        [appended(CLAIMS, 0, claim(at=t(1)), at=999.0)],
+        marks,
+        now=1000.0,
+        max_idle=0.5,
+        highwater_seen=stale,
+    )
+    assert sim.outputs == []
+    assert held.idle_until == 1000.0  # run again soon: the next fetch reads them
+    fresh = dict.fromkeys(stale, 1000.01)
+    sim.run([], marks, now=1000.02, max_idle=0.5, highwater_seen=fresh)
+    assert types(sim) == ["task_claimed"]
+
+
 def test_a_broker_clock_ahead_of_ours_never_lengthens_the_wait() -> None:
     sim = PartitionSim(catalog(template(target=1)))
     marks = {CLAIMS: 1, ORDERS: 0, REFUNDS: 0, TICKS: 0}

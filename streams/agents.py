@@ -81,6 +81,8 @@ async def start_catalog_feed() -> None:
 
 
 IDLE_LOOK_SECONDS = 0.01
+# How often the worker looks for input messages lost between fetch and processor.
+LOST_FETCH_LOOK_SECONDS = 2.0
 
 
 @app.timer(0.2)  # type: ignore[untyped-decorator]
@@ -102,6 +104,12 @@ async def release_idle_waits() -> None:
         if app.should_stop:
             break
         await worker.release_idle_waits()
+
+
+@app.timer(LOST_FETCH_LOOK_SECONDS)  # type: ignore[untyped-decorator]
+async def refetch_lost_inputs() -> None:
+    """Waiting input messages that never reached the processor are fetched again."""
+    await worker.refetch_lost_inputs()
 
 
 @app.timer(settings.commit_interval)  # type: ignore[untyped-decorator]

@@ -120,6 +120,12 @@ FREEZES = Counter(
     "the session timeout, and held processing back until the group settled.",
     registry=REGISTRY,
 )
+LOST_FETCHES = Counter(
+    "taskstream_input_refetches",
+    "Times an input partition's waiting messages had not reached the processor for "
+    "a while and were fetched again (streams/worker/lost_fetches.py).",
+    registry=REGISTRY,
+)
 ALLOCATOR_MESSAGES = Counter(
     "taskstream_allocator_messages",
     "Messages the masters on this worker handled: requests accepted and grants, "
@@ -177,6 +183,10 @@ def observe_batch(partition: int, result: BatchResult, seconds: float) -> None:
 
 def observe_freeze() -> None:
     FREEZES.inc()
+
+
+def observe_refetch() -> None:
+    LOST_FETCHES.inc()
 
 
 def observe_stale(events: int) -> None:

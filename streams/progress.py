@@ -9,6 +9,9 @@ never disagree.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from faust.types import TP
 
 from streams import metrics
 from streams.app import app, settings
@@ -46,9 +49,60 @@ class _Progress:
         )
 
 
+def stall_details(tps: list[Any]) -> str:
+    """Where each of these input partitions stands in faust and in aiokafka:
+    what an operator (or a bug report) needs when lag stays while nothing is
+    processed. Reads private state of both libraries, so it never raises."""
+    consumer: Any = app.consumer
+    parts = []
+    for tp in tps:
+        try:
+            aio = consumer._thread._ensure_consumer()
+            state = aio._subscriptions.subscription.assignment.state_value(tp)
+            fetched = aio._fetcher._records.get(tp)
+            parts.append(
+                f"{tp.topic}/{tp.partition}: active={tp in (consumer._active_partitions or ())} "
+                f"paused={tp in consumer._paused_partitions} "
+                f"buffered={tp in consumer._buffered_partitions} "
+                f"aiokafka paused={state.paused} position={state.position} "
+                f"highwater={state.highwater} undrained={fetched!r}"
+            )
+        except Exception as exc:  # diagnostics only
+            parts.append(f"{tp.topic}/{tp.partition}: ({exc!r})")
+    return "; ".join(parts)
+
+
+class _StallWatch:
+    """Input partitions with lag whose lag has not moved for a while."""
+
+    def __init__(self, after: int = 3) -> None:
+        self.after = after
+        self.seen: dict[tuple[str, int], tuple[int, int]] = {}  # -> (lag, times seen)
+
+    def stalled(self, lags: dict[tuple[str, int], int]) -> list[tuple[str, int]]:
+        seen: dict[tuple[str, int], tuple[int, int]] = {}
+        for key, lag in lags.items():
+            if not lag:
+                continue
+            before, times = self.seen.get(key, (-1, 0))
+            seen[key] = (lag, times + 1 if lag == before else 1)
+        self.seen = seen
+        return sorted(key for key, (_, times) in seen.items() if times == self.after)
+
+
 _progress = _Progress()
+_stalls = _StallWatch()
 
 
 @app.timer(PROGRESS_INTERVAL_SECONDS)  # type: ignore[untyped-decorator]
 async def report_progress() -> None:
     log.info("%s", _progress.line())
+    stalled = _stalls.stalled(metrics.input_lags())
+    if stalled and not (app.rebalancing or app.in_recovery):
+        tps = [TP(settings.topic(role), partition) for role, partition in stalled]
+        log.warning(
+            "input partition(s) with messages waiting and no progress for %d progress "
+            "intervals: %s",
+            _stalls.after,
+            stall_details(tps),
+        )

@@ -70,6 +70,7 @@ from streams.processor import (
     rebuild_deadlines,
     writes_for,
 )
+from streams.worker.lost_fetches import LostFetchWatch
 from streams.worker.state_store import PartitionStateStore
 
 log = logging.getLogger("taskstream.worker")
@@ -80,6 +81,10 @@ log = logging.getLogger("taskstream.worker")
 # ahead of another in event time; without this its events pile up in memory
 # until the other catches up (RSS 772 MiB on the peer benchmark's log).
 BUFFER_PER_INPUT = 1000
+# How long an input partition's waiting messages may go without reaching the
+# processor before it fetches them again (streams/worker/lost_fetches.py):
+# well above a batch or a budget round trip, well below any test's patience.
+LOST_FETCH_SECONDS = 10.0
 
 # aiokafka's ConsumerRecord.timestamp_type of a topic that stamps append times.
 LOG_APPEND_TIME = 1
@@ -122,6 +127,8 @@ class Worker:
         self.idle_due: dict[int, float] = {}
         # Input partitions not fetched for now (BUFFER_PER_INPUT).
         self.held_back: set[TP] = set()
+        # Input partitions whose waiting messages never reach the processor.
+        self.lost_fetches: LostFetchWatch[TP] = LostFetchWatch(quiet_for=LOST_FETCH_SECONDS)
         # Fetches and idle releases take turns: both run partition steps.
         self.lock = asyncio.Lock()
         # A frozen worker (SIGSTOP, a suspended host) must not process its
@@ -190,6 +197,64 @@ class Worker:
             runs: dict[int, list[InMessage]] = {p: [] for p in due if p in self.caches}
             if runs:
                 await self._run(runs)
+
+    # ------------------------------------------------- lost fetches
+
+    async def refetch_lost_inputs(self) -> None:
+        """Fetch again input partitions whose waiting messages have not
+        reached the processor for a while (streams/worker/lost_fetches.py)."""
+        if self._busy_elsewhere():
+            return
+        async with self.lock:
+            if self._busy_elsewhere():
+                return
+            next_offsets, highwaters = self._input_positions()
+            due = self.lost_fetches.due(
+                time.monotonic(), next_offsets, highwaters, exempt=self.held_back
+            )
+            for tp, offset in due:
+                waiting = (highwaters[tp] or 0) - offset
+                metrics.observe_refetch()
+                log.warning(
+                    "%s[%d]: %d message(s) from offset %d have waited %.0f s without reaching "
+                    "the processor (a fetch lost in a rebalance?); fetching them again",
+                    tp.topic,
+                    tp.partition,
+                    waiting,
+                    offset,
+                    self.lost_fetches.quiet_for,
+                )
+                await self.consumer.rewind(tp, offset)
+
+    def _busy_elsewhere(self) -> bool:
+        app = self.app
+        return bool(app.rebalancing or app.in_recovery or self.check_for_freeze() > 0)
+
+    def _input_positions(self) -> tuple[dict[TP, int], dict[TP, int | None]]:
+        """Per assigned input partition: where the processor expects its next
+        message (an awaited rewind first), and the high watermark."""
+        consumer = self.consumer
+        next_offsets: dict[TP, int] = {}
+        highwaters: dict[TP, int | None] = {}
+        records: dict[int, PartitionRecord] = {}
+        for tp in consumer.assignment():
+            role = self.role_of_topic.get(tp.topic)
+            if role is None:
+                continue
+            cache = self.caches.get(tp.partition)
+            record = records.get(tp.partition)
+            if record is None:
+                record = cache.record if cache is not None else None
+                records[tp.partition] = record = record or self._read_record(tp.partition)
+            offset = record.next_offset.get(role)
+            awaited = cache.rewinding.get(role) if cache is not None else None
+            if awaited is not None:
+                offset = awaited if offset is None else min(offset, awaited)
+            if offset is None:
+                continue  # never processed here: the group's committed offset decides
+            next_offsets[tp] = offset
+            highwaters[tp] = consumer.highwater(tp)
+        return next_offsets, highwaters
 
     # ------------------------------------------------------------ freezing
 

@@ -177,11 +177,20 @@ def test_a_hot_pool_drains_exactly_under_crashes(pools: Pools) -> None:
     rejected = [e for e in events if e["type"] == "reward_rejected"]
     issued = sum(e["amount_cents"] for e in granted) - sum(e["amount_cents"] for e in revoked)
     assert len({e["reward_id"] for e in granted}) == len(granted)
+    assert len({e["reward_id"] for e in revoked}) == len(revoked), "a reward revoked twice"
     assert {e["reward_id"] for e in revoked} <= {e["reward_id"] for e in granted}
     assert {e["user_id"] for e in revoked} <= set(refunded)
     assert len(granted) + len(rejected) == FIRST_USERS + LATE_USERS  # one decision each
     assert revoked, "some refunded users had been paid"
-    assert issued == POOL_TOTAL, f"issued {issued} of {POOL_TOTAL}: budget stranded or oversold"
+    if issued != POOL_TOTAL:  # say where the difference sits before failing
+        _, sheets = pools.deployment.pools_status()
+        rejected_late = sorted(str(e["user_id"]) for e in rejected if str(e["user_id"]) in late)
+        raise AssertionError(
+            f"issued {issued} of {POOL_TOTAL}: budget stranded or oversold\n"
+            f"pools status: {sheets.get('prizes')}\n"
+            f"{len(revoked)} revoked, late users rejected: {len(rejected_late)}\n"
+            + "\n\n".join(f"--- {w.label} ---\n{w.log_tail()}" for w in pools.workers.values())
+        )
     # Net, exactly as many rewards as the pool holds: what refunds returned
     # was paid again (to first users still waiting in other partitions, or
     # to late users).

@@ -1,0 +1,104 @@
+"""The worker fetches again input messages that never reached its processor
+(streams/worker/lost_fetches.py), with a fake consumer and store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.types import TP
+
+from streams.config import Settings
+from streams.partition_state import PartitionRecord, encode_partition, partition_key
+from streams.worker import worker as worker_module
+from streams.worker.worker import Worker
+
+SETTINGS = Settings.from_env({})
+CLAIMS, ORDERS = SETTINGS.topic("claims"), SETTINGS.topic("orders")
+
+
+class FakeApp:
+    rebalancing = False
+    in_recovery = False
+
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+
+
+class FakeConsumer:
+    def __init__(self, highwaters: dict[TP, int]) -> None:
+        self.highwaters = highwaters
+        self.rewinds: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: TP) -> int:
+        return self.highwaters[tp]
+
+    async def rewind(self, tp: TP, offset: int) -> None:
+        self.rewinds.append((tp, offset))
+
+
+class FakeStore:
+    def __init__(self, records: dict[int, PartitionRecord]) -> None:
+        self.records = records
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        record = self.records.get(partition)
+        assert key == partition_key(partition)
+        return None if record is None else encode_partition(record)
+
+
+def _worker(consumer: FakeConsumer, records: dict[int, PartitionRecord]) -> Worker:
+    store: Any = FakeStore(records)
+    return Worker(
+        FakeApp(consumer),
+        SETTINGS,
+        store,
+        producer=None,  # type: ignore[arg-type]  # not reached
+        catalog=lambda: None,  # type: ignore[arg-type, return-value]
+        role_of_topic={CLAIMS: "claims", ORDERS: "orders"},
+    )
+
+
+def test_messages_waiting_past_a_still_next_offset_are_fetched_again(monkeypatch: Any) -> None:
+    clock = [1_000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    claims6, orders6 = TP(CLAIMS, 6), TP(ORDERS, 6)
+    consumer = FakeConsumer({claims6: 252, orders6: 209})
+    record = PartitionRecord(6, seq=40, next_offset={"claims": 209, "orders": 209})
+    worker = _worker(consumer, {6: record})
+
+    async def looks() -> None:
+        for _ in range(6):  # every 2 s, as the agent's timer
+            await worker.refetch_lost_inputs()
+            clock[0] += 2
+
+    asyncio.run(looks())
+    # claims/6 has 43 messages beyond offset 209, which never moved: fetched
+    # again once, after 10 s; orders/6 has nothing waiting.
+    assert consumer.rewinds == [(claims6, 209)]
+
+
+def test_held_back_or_moving_inputs_and_rebalances_are_left_alone(monkeypatch: Any) -> None:
+    clock = [1_000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    claims1, orders1 = TP(CLAIMS, 1), TP(ORDERS, 1)
+    consumer = FakeConsumer({claims1: 5_000, orders1: 5_000})
+    records = {1: PartitionRecord(1, seq=1, next_offset={"claims": 10, "orders": 10})}
+    worker = _worker(consumer, records)
+    worker.held_back.add(claims1)  # waiting in the buffer on purpose
+
+    async def looks() -> None:
+        for step in range(12):
+            worker.app.rebalancing = 4 <= step < 6
+            await worker.refetch_lost_inputs()
+            clock[0] += 2
+            # orders/1 is being processed: its next offset moves.
+            records[1] = PartitionRecord(
+                1, seq=1 + step, next_offset={"claims": 10, "orders": 11 + step}
+            )
+
+    asyncio.run(looks())
+    assert consumer.rewinds == []

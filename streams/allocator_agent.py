@@ -61,9 +61,12 @@ async def allocate_budgets(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
 
 async def _run_batch(events: Sequence[faust.EventT[bytes]]) -> None:
     by_partition: dict[int, list[faust.EventT[bytes]]] = {}
+    consumer = cast(Consumer, app.consumer)
     for event in events:
         if from_an_earlier_assignment(event):
-            continue  # fetched again by offset once the partition is processed here
+            # Fetched again once the rebalance is over (Consumer.refetch_skipped).
+            consumer.note_skipped(event.message.tp, event.message.offset)
+            continue
         by_partition.setdefault(event.message.partition, []).append(event)
     await table_commit.run_by_partition(
         by_partition, _run_partition, lambda partition: _caches.pop(partition, None)

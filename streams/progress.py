@@ -14,6 +14,7 @@ from typing import Any
 from faust.types import TP
 
 from streams import metrics
+from streams.agents import worker
 from streams.app import app, settings
 
 log = logging.getLogger("taskstream.progress")
@@ -58,14 +59,16 @@ def stall_details(tps: list[Any]) -> str:
     for tp in tps:
         try:
             aio = consumer._thread._ensure_consumer()
-            state = aio._subscriptions.subscription.assignment.state_value(tp)
+            state = aio._subscription.subscription.assignment.state_value(tp)
             fetched = aio._fetcher._records.get(tp)
             parts.append(
                 f"{tp.topic}/{tp.partition}: active={tp in (consumer._active_partitions or ())} "
                 f"paused={tp in consumer._paused_partitions} "
                 f"buffered={tp in consumer._buffered_partitions} "
                 f"aiokafka paused={state.paused} position={state.position} "
-                f"highwater={state.highwater} undrained={fetched!r}"
+                f"highwater={state.highwater} undrained={fetched!r} "
+                f"worker: batch running={worker.lock.locked()} held back={tp in worker.held_back} "
+                f"watched={worker.lost_fetches.since.get(tp)}"
             )
         except Exception as exc:  # diagnostics only
             parts.append(f"{tp.topic}/{tp.partition}: ({exc!r})")

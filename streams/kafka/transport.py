@@ -160,6 +160,7 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._read_offset = RewindAwareReadOffsets()  # repair 4
         self.commit_positions = CommitPositions()  # repair 5
+        self._skipped: dict[TP, int] = {}  # tp -> first offset skipped in a rebalance
 
     @property
     def batch_sink(self) -> BatchSink | None:
@@ -216,6 +217,32 @@ class Consumer(faust_aiokafka.Consumer):
         if self.batch_sink is not None:
             await self.batch_sink.drain()  # no batch writes a partition being revoked
         await super().on_partitions_revoked(revoked)
+
+    # ---------------------------------------------- skipped in a rebalance
+
+    def note_skipped(self, tp: TP, offset: int) -> None:
+        """Records of `tp` from `offset` on were fetched but not processed:
+        they arrived while the group rebalanced (`refetch_skipped`)."""
+        earlier = self._skipped.get(tp)
+        self._skipped[tp] = offset if earlier is None else min(earlier, offset)
+
+    async def refetch_skipped(self) -> int:
+        """Fetch again, once the rebalance is over, what was skipped during it
+        in partitions still assigned here. faust seeks every partition to its
+        committed offset near the end of a rebalance, but a fetch can still
+        complete after that seek and before the rebalance ends: skipping its
+        records moved aiokafka's position past them, and with no later
+        message in that partition nothing would ever fetch them again (seen
+        in the pools test: late claims of 3 partitions never processed).
+        Returns how many partitions were rewound."""
+        if not self._skipped or self.app.rebalancing or self.app.in_recovery:
+            return 0
+        skipped, self._skipped = self._skipped, {}
+        assigned = self.assignment()
+        again = {tp: offset for tp, offset in skipped.items() if tp in assigned}
+        for tp, offset in sorted(again.items()):
+            await self.rewind(tp, offset)
+        return len(again)
 
     # -------------------------------------------------------- back pressure
 

@@ -11,7 +11,9 @@ position has moved past them, and the processor only notices a hole when a
 *later* message of that partition arrives. When none does, the messages
 wait forever.
 
-The rule here does not depend on which of those paths lost them: an input
+`Consumer.refetch_skipped` repairs the path that was found (records skipped
+after faust's last seek of a rebalance). This rule is the safety net that
+does not depend on which path lost them: an input
 partition that has messages beyond the processor's next offset (high
 watermark > next offset) while that next offset has not moved for
 `quiet_for` seconds is fetched again from the next offset. A rewind costs

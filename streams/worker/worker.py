@@ -154,7 +154,11 @@ class Worker:
                 # Fetched before a rebalance: the partition may now be another
                 # worker's or still recovering here. Skipping is safe: the
                 # processor fetches again any offset it never accepted.
-                stale = sum(len(r) for r in records.values())
+                stale = 0
+                for tp, tp_records in records.items():
+                    if tp_records:
+                        self.consumer.note_skipped(tp, tp_records[0].offset)
+                        stale += len(tp_records)
                 metrics.observe_stale(stale)
                 log.info("skipped %d message(s) fetched before the last rebalance", stale)
                 return
@@ -208,6 +212,9 @@ class Worker:
         async with self.lock:
             if self._busy_elsewhere():
                 return
+            rewound = await self.consumer.refetch_skipped()
+            if rewound:
+                log.info("fetching again %d partition(s) skipped in the last rebalance", rewound)
             next_offsets, highwaters = self._input_positions()
             due = self.lost_fetches.due(
                 time.monotonic(), next_offsets, highwaters, exempt=self.held_back

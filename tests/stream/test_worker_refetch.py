@@ -9,6 +9,7 @@ from typing import Any
 from faust.types import TP
 
 from streams.config import Settings
+from streams.kafka.transport import Consumer
 from streams.partition_state import PartitionRecord, encode_partition, partition_key
 from streams.worker import worker as worker_module
 from streams.worker.worker import Worker
@@ -38,6 +39,9 @@ class FakeConsumer:
 
     async def rewind(self, tp: TP, offset: int) -> None:
         self.rewinds.append((tp, offset))
+
+    async def refetch_skipped(self) -> int:
+        return 0
 
 
 class FakeStore:
@@ -102,3 +106,35 @@ def test_held_back_or_moving_inputs_and_rebalances_are_left_alone(monkeypatch: A
 
     asyncio.run(looks())
     assert consumer.rewinds == []
+
+
+class SkippingConsumer(FakeConsumer):
+    """The real note_skipped/refetch_skipped over the fake's assignment and rewind."""
+
+    note_skipped = Consumer.note_skipped
+    refetch_skipped = Consumer.refetch_skipped  # type: ignore[assignment]
+
+    def __init__(self, highwaters: dict[TP, int]) -> None:
+        super().__init__(highwaters)
+        self._skipped: dict[TP, int] = {}
+        self.app = FakeApp(self)
+
+
+def test_records_skipped_in_a_rebalance_are_fetched_again_once_it_is_over() -> None:
+    claims4, claims5, gone = TP(CLAIMS, 4), TP(CLAIMS, 5), TP(CLAIMS, 0)
+    consumer = SkippingConsumer({claims4: 300, claims5: 300})
+    consumer.app.rebalancing = True
+    consumer.note_skipped(claims4, 250)
+    consumer.note_skipped(claims4, 200)  # an earlier fetch of it, skipped later
+    consumer.note_skipped(claims5, 120)
+    consumer.note_skipped(gone, 7)  # revoked meanwhile: its new owner seeks it
+
+    async def run() -> list[int]:
+        during = await consumer.refetch_skipped()  # still rebalancing: later
+        consumer.app.rebalancing = False
+        after = await consumer.refetch_skipped()
+        again = await consumer.refetch_skipped()  # each skip is fetched again once
+        return [during, after, again]
+
+    assert asyncio.run(run()) == [0, 2, 0]
+    assert consumer.rewinds == [(claims4, 200), (claims5, 120)]

@@ -39,6 +39,7 @@ def _connected_settings() -> Settings:
 
 
 EXIT_UNBALANCED = 3
+EXIT_MISSING_TOPICS = 3  # `topics list`: some of our topics do not exist
 
 
 def _fail(message: str) -> None:
@@ -244,6 +245,37 @@ def kafka_fetch(version: str | None) -> None:
 @main.group()
 def topics() -> None:
     """Create and list taskstream's topics."""
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Each of taskstream's topics: full name, partitions and messages, or missing.
+
+    Exit codes: 0 every topic exists; 3 some are missing (`topics create`).
+    """
+    from taskstream import kafka_io
+
+    settings = _connected_settings()
+    consumer = kafka_io.reader(settings)
+    missing = 0
+    try:
+        for short in kafka_io.short_names():
+            full = settings.topic(short)
+            try:
+                size = kafka_io.topic_size(consumer, full)
+            except kafka_io.UnknownTopic:
+                missing += 1
+                click.echo(f"{short:<16} {full:<40} missing")
+                continue
+            click.echo(
+                f"{short:<16} {full:<40} {size.partitions:>3} partition(s) "
+                f"{size.messages:>10,} message(s)"
+            )
+    finally:
+        consumer.close()
+    if missing:
+        click.echo(f"{missing} topic(s) missing: run `taskstream topics create`", err=True)
+        sys.exit(EXIT_MISSING_TOPICS)
 
 
 @topics.command("create")
@@ -453,19 +485,41 @@ def templates_publish(templates_path: Path, pools_path: Path | None) -> None:
 def tail(topic: str, from_beginning: bool, idle_timeout: float | None) -> None:
     """Print the events of TOPIC as they arrive, one JSON object per line.
 
-    TOPIC is a short name (task-events, rewards, dead-letters, ...) or a full name.
+    TOPIC is a short name (claims, orders, refunds, ticks, task-events,
+    rewards, dead-letters, budget-grants, budget-requests, templates) or a
+    full name. Every partition is read, without a consumer group: two tails
+    of one topic each print all of it, and nothing is committed.
+
+    Exit codes: 0 done; 1 read nothing from a topic that has messages (with
+    --from-beginning and --idle-timeout); 2 no such topic.
     """
     from taskstream import kafka_io
 
     settings = _connected_settings()
-    full = topic if topic.startswith(settings.topic_prefix) else settings.topic(topic)
+    full = kafka_io.resolve_topic(settings, topic)
     try:
-        for _partition, _offset, _key, value in kafka_io.tail(
-            settings, full, from_beginning=from_beginning, idle_timeout=idle_timeout
+        reader = kafka_io.open_tail(settings, full)
+    except kafka_io.UnknownTopic:
+        raise click.BadParameter(
+            f"no topic {full!r} on {settings.bootstrap}. taskstream's topics: "
+            f"{', '.join(kafka_io.short_names())} (`taskstream topics list` shows them; "
+            "`taskstream topics create` makes the missing ones)",
+            param_hint="TOPIC",
+        ) from None
+    try:
+        for _partition, _offset, _key, value in reader.messages(
+            from_beginning=from_beginning, idle_timeout=idle_timeout
         ):
             click.echo(value.decode("utf-8", "replace") if value is not None else "null")
     except KeyboardInterrupt:
-        pass
+        return
+    finally:
+        reader.consumer.close()
+    if from_beginning and reader.printed == 0 and reader.size.messages > 0:
+        _fail(
+            f"read nothing from {full} in {idle_timeout} s although it held "
+            f"{reader.size.messages} message(s) when tail started"
+        )
 
 
 # -------------------------------------------------------------------- token

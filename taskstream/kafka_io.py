@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import (
@@ -226,45 +235,99 @@ def producer(settings: Settings, **extra: Any) -> Producer:
     return Producer(config)
 
 
-def tail(
-    settings: Settings,
-    topic: str,
-    *,
-    from_beginning: bool,
-    idle_timeout: float | None,
-    group: str | None = None,
-) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
-    """Yield (partition, offset, key, value) as messages arrive.
+class UnknownTopic(LookupError):
+    """A topic name the brokers do not have."""
 
-    Stops after `idle_timeout` seconds without a message (None: never).
-    """
-    consumer = Consumer(
+
+def short_names() -> tuple[str, ...]:
+    """Every topic of ours by its short name (what `tail` and `topics list` take)."""
+    return (*TOPICS, TEMPLATES)
+
+
+def resolve_topic(settings: Settings, name: str) -> str:
+    """A short name (`rewards`) or a full one (`taskstream.rewards`), as the full name."""
+    if name in short_names():
+        return settings.topic(name)
+    return name
+
+
+@dataclass(frozen=True)
+class TopicSize:
+    partitions: int
+    messages: int  # high watermark minus low, summed over the partitions (compaction aside)
+
+
+def topic_size(consumer: Consumer, topic: str, timeout: float = 10.0) -> TopicSize:
+    """How many partitions and messages `topic` has; raises UnknownTopic."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise UnknownTopic(topic)
+    messages = 0
+    for partition in metadata.partitions:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout, cached=False
+        )
+        messages += max(0, high - low)
+    return TopicSize(len(metadata.partitions), messages)
+
+
+def reader(settings: Settings) -> Consumer:
+    """A consumer that never joins a group nor commits: it is given its
+    partitions (`assign`), so two readers of a topic each read all of it."""
+    return Consumer(
         client_config(
             settings,
             **{
-                "group.id": group or f"taskstream-tail-{topic}",
+                # librdkafka wants a group id even for assigned partitions;
+                # a fresh one per reader, and it never commits.
+                "group.id": f"taskstream-reader-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
-                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "enable.partition.eof": False,
             },
         )
     )
-    try:
-        consumer.subscribe([topic])
+
+
+@dataclass
+class Tail:
+    """`taskstream tail`: what is in a topic, read without a consumer group."""
+
+    topic: str
+    size: TopicSize
+    consumer: Consumer
+    printed: int = 0
+
+    def messages(
+        self, *, from_beginning: bool, idle_timeout: float | None
+    ) -> Iterator[tuple[int, int, bytes | None, bytes | None]]:
+        """Yield (partition, offset, key, value) as messages arrive; stops
+        after `idle_timeout` seconds without one (None: never)."""
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self.consumer.assign(
+            [TopicPartition(self.topic, p, start) for p in range(self.size.partitions)]
+        )
         idle = 0.0
         while idle_timeout is None or idle < idle_timeout:
-            message = consumer.poll(0.5)
+            message = self.consumer.poll(0.5)
             if message is None:
                 idle += 0.5
                 continue
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
                 raise KafkaException(error)
             idle = 0.0
+            self.printed += 1
             yield message.partition() or 0, message.offset() or 0, message.key(), message.value()
-    finally:
+
+
+def open_tail(settings: Settings, topic: str) -> Tail:
+    """A Tail of `topic` (full name); raises UnknownTopic."""
+    consumer = reader(settings)
+    try:
+        return Tail(topic, topic_size(consumer, topic), consumer)
+    except BaseException:
         consumer.close()
+        raise
 
 
 def group_offsets(settings: Settings, short_topic: str) -> dict[int, tuple[int, int]]:

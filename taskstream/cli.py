@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -42,7 +43,7 @@ EXIT_UNBALANCED = 3
 EXIT_MISSING_TOPICS = 3  # `topics list`: some of our topics do not exist
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"taskstream: {message}", err=True)
     sys.exit(EXIT_FAILED)
 
@@ -582,13 +583,50 @@ def pools() -> None:
     """Budget pools: open, close, central, and where every unit is (progressive bucketing)."""
 
 
+def _require_topic(settings: Settings, short: str, partitions: int) -> None:
+    """Fail (exit 1) unless topic `short` exists with `partitions` partitions:
+    a write to a missing topic would create it with the broker's defaults on
+    a broker that auto-creates topics, and break co-partitioning."""
+    from taskstream import kafka_io
+
+    full = settings.topic(short)
+    consumer = kafka_io.reader(settings)
+    try:
+        size = kafka_io.topic_size(consumer, full)
+    except kafka_io.UnknownTopic:
+        _fail(f"topic {full} does not exist: run `taskstream topics create` first")
+    finally:
+        consumer.close()
+    if size.partitions != partitions:
+        _fail(
+            f"topic {full} has {size.partitions} partition(s), the deployment "
+            f"{partitions} (TASKSTREAM_PARTITIONS): fix the topic or the setting first"
+        )
+
+
 def _pool_command(pool_id: str, command: str) -> None:
     from datetime import UTC, datetime
 
     from schemas.timestamps import parse_utc
+    from streams.config import BUDGET_REQUESTS, TEMPLATES
+    from taskstream.audit import catalog_from_topic
+    from taskstream.log_reader import TopicMissing, read_topics
     from taskstream.pools import send_command
 
     settings = _connected_settings()
+    # Only a published pool has a master to obey: a command for another one
+    # would be a dead letter in some worker's log, after "sent" here.
+    _require_topic(settings, BUDGET_REQUESTS, settings.partitions)
+    try:
+        published = catalog_from_topic(read_topics(settings, [TEMPLATES], timeout=60)).pools
+    except TopicMissing as exc:
+        _fail(f"{exc}: run `taskstream topics create` first")
+    if pool_id not in published:
+        known = ", ".join(sorted(published)) or "none (`taskstream templates publish`)"
+        raise click.BadParameter(
+            f"no pool {pool_id!r} is published; the published pools: {known}",
+            param_hint="POOL_ID",
+        )
     now = parse_utc(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
     message = send_command(settings, pool_id, command, now)
     click.echo(f"sent {command} for pool {pool_id} ({message.event_id})", err=True)

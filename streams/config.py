@@ -16,7 +16,8 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 class Settings:
     """Everything a worker needs to know about where it runs.
 
-    KAFKA_BOOTSTRAP            brokers, host:port[,host:port] (default 127.0.0.1:19092)
+    KAFKA_BOOTSTRAP            brokers, host:port[,host:port] (default: the local
+                               broker, 127.0.0.1:$KAFKA_PORT, KAFKA_PORT default 19092)
     TASKSTREAM_APP_ID          consumer group and table namespace (default taskstream)
     TASKSTREAM_TOPIC_PREFIX    prefix of every topic name (default taskstream.)
     TASKSTREAM_PARTITIONS      partitions of the input topics (default 8)
@@ -109,7 +110,7 @@ class Settings:
         app_id = env.get("TASKSTREAM_APP_ID", cls.app_id)
         web_port = _positive_int(env, "TASKSTREAM_WEB_PORT", cls.web_port)
         return cls(
-            bootstrap=env.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+            bootstrap=_bootstrap(env),
             app_id=app_id,
             topic_prefix=env.get("TASKSTREAM_TOPIC_PREFIX", cls.topic_prefix),
             partitions=_positive_int(env, "TASKSTREAM_PARTITIONS", cls.partitions),
@@ -167,6 +168,22 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be a positive number, got {raw!r}")
     return value
+
+
+def _bootstrap(env: Mapping[str, str]) -> str:
+    """The one place every command learns where the brokers are:
+    KAFKA_BOOTSTRAP, else the local broker's KAFKA_PORT (what `make run
+    KAFKA_PORT=...` and `taskstream kafka up --port` start it on), else
+    127.0.0.1:19092."""
+    bootstrap = env.get("KAFKA_BOOTSTRAP", "").strip()
+    if bootstrap:
+        return bootstrap
+    port = env.get("KAFKA_PORT", "").strip()
+    if not port:
+        return DEFAULT_BOOTSTRAP
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"KAFKA_PORT must be a port number (1-65535), not {port!r}")
+    return f"127.0.0.1:{int(port)}"
 
 
 def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -548,7 +548,11 @@ def token(user_id: str, ttl: int) -> None:
 
     settings = _settings()
     if not settings.api_secret:
-        raise click.UsageError("set TASKSTREAM_API_SECRET (or TASKSTREAM_API_SECRET_FILE)")
+        hint = ""
+        dev_secret = Path(".data") / "dev-api-secret"
+        if dev_secret.exists():  # written by `make run` for its worker's API
+            hint = f"; for `make run`'s worker: export TASKSTREAM_API_SECRET_FILE={dev_secret}"
+        raise click.UsageError(f"set TASKSTREAM_API_SECRET (or TASKSTREAM_API_SECRET_FILE){hint}")
     if not 0 < len(user_id) <= MAX_USER_ID_LENGTH:
         raise click.BadParameter(f"1 to {MAX_USER_ID_LENGTH} characters", param_hint="USER_ID")
     click.echo(sign_token(user_id, int(time.time()) + ttl, settings.api_secret.encode()))

@@ -155,14 +155,14 @@ def main() -> int:
     secret = dev_api_secret(Path(".data"))
     web = f"http://127.0.0.1:{settings.web_port}"
     api = f"http://127.0.0.1:{settings.api_port}"  # the worker's render API process
-    token = (
-        f"TASKSTREAM_API_SECRET_FILE={secret} .venv/bin/taskstream token u_alice"
-        if secret is not None
-        else ".venv/bin/taskstream token u_alice"
-    )
+    token = ".venv/bin/taskstream token u_alice"
+    exports = f"    export KAFKA_BOOTSTRAP={settings.bootstrap}\n"
+    if secret is not None:
+        exports += f"    export TASKSTREAM_API_SECRET_FILE={secret.resolve()}\n"
     say(
-        "the worker starts now; in a second terminal:\n"
-        "    .venv/bin/taskstream tail task-events --from-beginning\n"
+        "the worker starts now; in a second terminal, from this folder:\n"
+        + exports
+        + "    .venv/bin/taskstream tail task-events --from-beginning\n"
         "    .venv/bin/taskstream tail rewards --from-beginning\n"
         "    .venv/bin/taskstream tail dead-letters --from-beginning\n"
         "    .venv/bin/taskstream tick            # time passes: due tasks expire\n"

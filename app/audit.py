@@ -330,6 +330,15 @@ class PoolAudit:
     burn_down: tuple[tuple[int, int], ...]  # (at, issued so far), in event time
     dry_at: int | None  # the first refusal's event time
     problems: tuple[str, ...]
+    # The refill_denied messages split: answers to a bucket's request (what
+    # `pools status` counts as the master's refusals), and the unasked
+    # "dry for rewards of N or more" notices it broadcast to every bucket.
+    refused_requests: int = 0
+    dry_notices: int = 0
+
+    @property
+    def granted_units(self) -> int:
+        return self.issued + self.revoked_units
 
     @property
     def at_master(self) -> int:
@@ -414,6 +423,7 @@ def _pool_audit(
         paid_by_partition[partition] = paid_by_partition.get(partition, 0) + sign * units
         burn_down.append((record.at, issued))
     to_buckets = from_buckets = requests = denials = recalls = 0
+    refused_requests = dry_notices = 0
     received_by_partition: dict[int, int] = {}
     denied_by_partition: dict[int, list[int]] = {}
     commands: list[str] = []
@@ -434,6 +444,10 @@ def _pool_audit(
             requests += 1
         elif isinstance(message, RefillDenied):
             denials += 1
+            if message.request_seq:
+                refused_requests += 1
+            else:
+                dry_notices += 1
             denied_by_partition.setdefault(message.partition, []).append(message.units)
         elif isinstance(message, BucketRecalled):
             recalls += 1
@@ -464,5 +478,5 @@ def _pool_audit(
     return PoolAudit(
         pid, pool.unit, pool.total, granted, revoked, rejected, issued, revoked_units,
         to_buckets, from_buckets, requests, denials, recalls, tuple(commands),
-        tuple(burn_down), dry_at, tuple(problems),
+        tuple(burn_down), dry_at, tuple(problems), refused_requests, dry_notices,
     )  # fmt: skip

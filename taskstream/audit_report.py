@@ -74,11 +74,15 @@ def _finding_line(finding: Finding) -> str:
 
 def _pool_line(pool: PoolAudit) -> str:
     dry = "never ran dry" if pool.dry_at is None else f"first refusal {format_utc(pool.dry_at)}"
+    unit = pool.unit
     return (
-        f"pool {pool.pool_id}: total {pool.total} {pool.unit}, issued {pool.issued} "
-        f"({pool.granted} granted, {pool.revoked} revoked = {pool.revoked_units}, "
-        f"{pool.rejected} refused), at master {pool.at_master}, in buckets {pool.in_buckets}; "
-        f"{pool.refill_requests} refill requests, {pool.denials} denials, {dry}"
+        f"pool {pool.pool_id}: total {pool.total} {unit}; issued {pool.issued} {unit} = "
+        f"granted {pool.granted_units} {unit} ({pool.granted} rewards) - revoked "
+        f"{pool.revoked_units} {unit} ({pool.revoked} rewards); {pool.rejected} rewards "
+        f"refused for budget; at master {pool.at_master} {unit}, in buckets "
+        f"{pool.in_buckets} {unit}; {pool.refill_requests} refill requests, "
+        f"{pool.refused_requests} requests refused by the master (+{pool.dry_notices} "
+        f"dry notices to buckets); {dry}"
     )
 
 
@@ -107,17 +111,18 @@ def _markdown(result: AuditResult, chart: str | None) -> Iterator[str]:
     yield "## Pools"
     yield ""
     yield (
-        "| pool | unit | total | issued | granted | revoked | refused | at master "
-        "| in buckets | refill requests | denials | first refusal | problems |"
+        "| pool | unit | total | issued (units) | granted (rewards) | revoked (rewards) "
+        "| refused for budget (rewards) | at master (units) | in buckets (units) "
+        "| refill requests | requests refused | dry notices | first refusal | problems |"
     )
-    yield "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    yield "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
     for p in result.pools:
         dry = "" if p.dry_at is None else format_utc(p.dry_at)
         problems = "; ".join(p.problems) or "none"
         yield (
             f"| {p.pool_id} | {p.unit} | {p.total} | {p.issued} | {p.granted} | {p.revoked} "
             f"| {p.rejected} | {p.at_master} | {p.in_buckets} | {p.refill_requests} "
-            f"| {p.denials} | {dry} | {problems} |"
+            f"| {p.refused_requests} | {p.dry_notices} | {dry} | {problems} |"
         )
     if chart is not None:
         yield ""
@@ -194,6 +199,9 @@ def as_json(result: AuditResult) -> bytes:
                 "in_buckets": p.in_buckets,
                 "refill_requests": p.refill_requests,
                 "denials": p.denials,
+                "refused_requests": p.refused_requests,
+                "dry_notices": p.dry_notices,
+                "granted_units": p.granted_units,
                 "recalls": p.recalls,
                 "dry_at": None if p.dry_at is None else format_utc(p.dry_at),
                 "problems": list(p.problems),

@@ -691,7 +691,7 @@ def pools_status(as_json: bool, progress: bool) -> None:
             f"{sheet.pool_id} ({master.mode}): total {sheet.total}, issued {sheet.issued}, "
             f"master {sheet.master}, in buckets {sum(sheet.buckets.values())} [{buckets}], "
             f"in flight {sheet.in_flight}; {master.requests} requests, {master.grants} grants, "
-            f"{master.denials} refusals, {master.rounds} recall rounds"
+            f"{master.denials} requests refused, {master.rounds} recall rounds"
             + ("" if sheet.balanced else "  ** does not add up **")
         )
     if not all(sheet.balanced for _, sheet in sheets):

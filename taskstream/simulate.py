@@ -191,13 +191,13 @@ def report_lines(report: SimulationReport) -> list[str]:
         f"{report.synthetic_claims} synthesised claims",
         "",
         f"{'template':<24} {'eligible':>9} {'claimed':>8} {'complete':>9} "
-        f"{'payout ¢':>14} {'rejected':>9} {'¢ per draw':>10}",
+        f"{'payout ¢':>14} {'rejected #':>10} {'¢ per draw':>10}",
     ]
     for t in report.templates:
         per_draw = "" if t.cost_per_draw is None else _cents(round(t.cost_per_draw))
         lines.append(
             f"{t.template_id:<24} {len(t.eligible_users):>9} {len(t.claimed_users):>8} "
-            f"{t.completions:>9} {_cents(t.payout_cents):>14} {t.rejected:>9} {per_draw:>10}"
+            f"{t.completions:>9} {_cents(t.payout_cents):>14} {t.rejected:>10} {per_draw:>10}"
         )
         lines.extend(f"    {detail}" for detail in _template_details(t))
     lines += ["", f"{'pool':<24} {'unit':<6} {'total':>12} {'issued':>12} {'left':>12}  runs dry"]

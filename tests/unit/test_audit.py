@@ -217,11 +217,16 @@ def test_the_replay_follows_the_processors_order_and_dead_letters() -> None:
     assert sum(1 for topic, _ in expected.outputs if topic == DEAD_LETTERS) == 2
 
 
-def _bucketed_run(catalog: Catalog, log: list[InputEvent], partitions: int):  # type: ignore[no-untyped-def]
+def _bucketed_replayer(catalog: Catalog, log: list[InputEvent], partitions: int):  # type: ignore[no-untyped-def]
     replayer = PartitionedReplayer(
         catalog, partitions, lambda user: partition_for(user.encode(), partitions)
     )
     outputs = [o for e in log for _, outcome in replayer.apply(e) for o in outcome.events]
+    return outputs, replayer
+
+
+def _bucketed_run(catalog: Catalog, log: list[InputEvent], partitions: int):  # type: ignore[no-untyped-def]
+    outputs, replayer = _bucketed_replayer(catalog, log, partitions)
     return outputs, list(replayer.network.sent)
 
 
@@ -312,3 +317,26 @@ def test_reconcile_ties_each_refusal_to_a_denial_of_its_own_partition() -> None:
     assert any(isinstance(m, RefillDenied) and m.pool_id == "cash" for m in without)
     cash = next(a for a in reconcile(catalog.pools, rewards, without, part) if a.pool_id == "cash")
     assert any(f"[{victim}]" in p for p in cash.problems), cash.problems
+
+
+def test_the_audits_refused_requests_are_the_masters_refusals_and_units_add_up() -> None:
+    """`pools status` counts the master's refusals of requests; the audit
+    must name the same number the same way, apart from its dry notices."""
+    catalog = _catalog(3_000, 500, 1)
+    partitions = 4
+    outputs, replayer = _bucketed_replayer(catalog, _log(11, events=800), partitions)
+    rewards = [r for r in outputs if r.TYPE in _REWARD_TYPES]
+    audits = reconcile(
+        catalog.pools,
+        rewards,
+        list(replayer.network.sent),
+        lambda u: partition_for(u.encode(), partitions),
+    )
+    for audit in audits:
+        master = replayer.network.masters[audit.pool_id]
+        assert audit.refused_requests == master.denials
+        assert audit.refused_requests + audit.dry_notices == audit.denials
+        assert audit.granted_units - audit.revoked_units == audit.issued
+    cash = next(a for a in audits if a.pool_id == "cash")
+    assert cash.refused_requests >= 1
+    assert cash.dry_notices >= 1  # the master announced the pool dry to every bucket

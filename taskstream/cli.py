@@ -90,11 +90,14 @@ def worker(loglevel: str) -> None:
     from streams import api_worker  # the routing file of the render API process
     from streams.api_routing import ApiSidecar
     from streams.app import app, settings
-    from taskstream.kafka_io import ensure_topics
+    from taskstream.kafka_io import TopicMismatch, ensure_topics
 
     # Every topic and changelog exists before this worker joins the group
     # (see ensure_topics for why faust's own creation is not enough).
-    created = ensure_topics(settings)
+    try:
+        created = ensure_topics(settings)
+    except TopicMismatch as exc:
+        _fail(str(exc))
     if created:
         click.echo(f"created {', '.join(created)}", err=True)
     api_worker.reset()  # no stale routing from a previous run reaches the API process
@@ -281,11 +284,16 @@ def topics_list() -> None:
 
 @topics.command("create")
 def topics_create() -> None:
-    """Create every taskstream topic that does not exist yet (idempotent)."""
-    from taskstream.kafka_io import ensure_topics
+    """Create every taskstream topic that does not exist yet (idempotent), and
+    check that the others have this deployment's partitions and settings
+    (compaction, retention, append times): exit 1 naming each difference."""
+    from taskstream.kafka_io import TopicMismatch, ensure_topics
 
     settings = _connected_settings()
-    created = ensure_topics(settings)
+    try:
+        created = ensure_topics(settings)
+    except TopicMismatch as exc:
+        _fail(str(exc))
     click.echo(
         f"created {', '.join(created)}" if created else "all topics exist already",
     )
@@ -457,9 +465,12 @@ def templates_publish(templates_path: Path, pools_path: Path | None) -> None:
     except CatalogError as exc:
         _fail(str(exc))
     settings = _connected_settings()
-    from taskstream.kafka_io import ensure_topics
+    from taskstream.kafka_io import TopicMismatch, ensure_topics
 
-    ensure_topics(settings)
+    try:
+        ensure_topics(settings)
+    except TopicMismatch as exc:
+        _fail(str(exc))
     sender = _Sender(settings)
     topic = settings.topic(TEMPLATES)
     names = []

@@ -19,7 +19,11 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
 
 from streams.config import (
     INPUT_TOPIC_BY_TYPE,
@@ -168,17 +172,79 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         for table in TABLES
     )
     missing = [topic for topic in wanted if topic.topic not in existing]
-    if not missing:
-        return []
     created = []
-    for name, future in client.create_topics(missing, operation_timeout=timeout).items():
-        try:
-            future.result()
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+    if missing:
+        for name, future in client.create_topics(missing, operation_timeout=timeout).items():
+            try:
+                future.result()
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    problems = topic_problems(client, wanted, timeout)
+    if problems:
+        raise TopicMismatch(problems)
     return created
+
+
+class TopicMismatch(ValueError):
+    """Topics that exist with other partitions or settings than the deployment's."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "topics disagree with this deployment (Kafka Streams refuses to start "
+            "on mis-partitioned co-partitioned topics, and so does taskstream): "
+            + "; ".join(problems)
+            + ". Recreate them (or alter their settings), or set TASKSTREAM_PARTITIONS "
+            "to what they have"
+        )
+
+
+# Settings whose value must be at least the one asked for; the others must be equal.
+_AT_LEAST = frozenset({"max.message.bytes"})
+
+
+def topic_problems(client: AdminClient, wanted: list[NewTopic], timeout: float) -> list[str]:
+    """How the existing topics differ from `wanted`: partition counts, and the
+    settings taskstream relies on (compaction, retention, append times)."""
+    names = {topic.topic for topic in wanted}
+    deadline = time.monotonic() + timeout
+    while True:  # topics just created take a moment to show in the metadata
+        metadata = client.list_topics(timeout=timeout).topics
+        ready = all(n in metadata and metadata[n].error is None for n in names)
+        if ready or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    problems: list[str] = []
+    resources = []
+    for topic in wanted:
+        found = metadata.get(topic.topic)
+        if found is None or found.error is not None:
+            problems.append(f"{topic.topic} does not exist")
+            continue
+        if len(found.partitions) != topic.num_partitions:
+            problems.append(
+                f"{topic.topic} has {len(found.partitions)} partition(s), not "
+                f"{topic.num_partitions}"
+            )
+        if topic.config:
+            resources.append((topic, ConfigResource(ConfigResource.Type.TOPIC, topic.topic)))
+    if resources:
+        futures = client.describe_configs([resource for _, resource in resources])
+        for topic, resource in resources:
+            entries = futures[resource].result(timeout=timeout)
+            for name, value in sorted((topic.config or {}).items()):
+                entry = entries.get(name)
+                actual = None if entry is None else entry.value
+                ok = (
+                    actual is not None and int(actual) >= int(value)
+                    if name in _AT_LEAST
+                    else actual == value
+                )
+                if not ok:
+                    problems.append(f"{topic.topic} has {name}={actual}, not {value}")
+    return problems
 
 
 class UnroutableEvent(ValueError):

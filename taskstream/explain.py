@@ -45,9 +45,16 @@ from app.catalog import Catalog, CatalogError
 from app.state import UserState
 from schemas.codec import decode, to_wire
 from schemas.errors import SchemaError
-from schemas.records import InputEvent, Record
+from schemas.records import (
+    BucketGranted,
+    BucketRecalled,
+    InputEvent,
+    Record,
+    RefillDenied,
+    RewardRejected,
+)
 from schemas.timestamps import format_utc
-from streams.config import INPUT_TOPICS, TEMPLATES
+from streams.config import BUDGET_GRANTS, INPUT_TOPICS, TEMPLATES
 from streams.kafka.partitioner import partition_for
 from streams.processor import decode_message
 from taskstream.audit import (
@@ -108,6 +115,8 @@ def explain_user(
     replayer = None if partition is None else expected.replayers.get(partition)
     lines += _tasks(None if replayer is None else replayer.states.get(user_id), catalog)
     lines += _rewards(rewards, {a.event.event_id: a.event for a in applied})
+    if partition is not None:
+        lines += _refusals(rewards, partition, messages)
     lines += _differences(comparison)
     return lines, comparison
 
@@ -187,6 +196,63 @@ def _rewards(rewards: Sequence[Record], causes: Mapping[str, InputEvent]) -> Ite
         )
 
 
+def _refusals(
+    rewards: Sequence[Record], partition: int, messages: Sequence[LogMessage]
+) -> Iterator[str]:
+    """For each pool that refused this user a reward: what the partition's
+    bucket heard from the pool's master (budget-grants, this partition),
+    and when this partition first refused a reward of that pool."""
+    refused_pools = sorted(
+        {str(r.pool_id) for r in rewards if isinstance(r, RewardRejected) and r.pool_id is not None}
+    )
+    if not refused_pools:
+        return
+    heard: list[Record] = []
+    first_refusal: dict[str, int] = {}
+    for m in messages:
+        if m.partition != partition or m.topic not in (BUDGET_GRANTS, REWARDS):
+            continue
+        try:
+            record = decode(m.value or b"")
+        except SchemaError:
+            continue
+        if isinstance(record, RewardRejected) and record.pool_id is not None:
+            pool = str(record.pool_id)
+            first_refusal[pool] = min(first_refusal.get(pool, record.at), record.at)
+        elif m.topic == BUDGET_GRANTS:
+            heard.append(record)
+    yield ""
+    yield f"Why pools refused (the bucket of partition {partition}, from budget-grants):"
+    for pool in refused_pools:
+        mine = [r for r in heard if getattr(r, "pool_id", None) == pool]
+        answers = [r for r in mine if isinstance(r, RefillDenied) and r.request_seq]
+        notices = [r for r in mine if isinstance(r, RefillDenied) and not r.request_seq]
+        recalls = [r for r in mine if isinstance(r, BucketRecalled)]
+        granted = sum(r.units for r in mine if isinstance(r, BucketGranted))
+        parts = [f"the master granted this bucket {granted} units in all"]
+        if answers:
+            parts.append(
+                f"refused {len(answers)} of its refill requests (the last for "
+                f"{answers[-1].units} units)"
+            )
+        if notices:
+            floor = notices[-1].units
+            held = "closed" if floor <= 1 else f"the master held {floor - 1} units"
+            parts.append(
+                f"told it {len(notices)} time(s) the pool was dry for rewards of "
+                f"{floor} units or more (last: {held})"
+            )
+        if recalls:
+            parts.append(
+                f"recalled its units {len(recalls)} time(s) (last to mode {recalls[-1].mode})"
+            )
+        if not answers and not notices:
+            parts.append("never refused it: the pool was closed, or see `pools status`")
+        since = first_refusal.get(pool)
+        when = "" if since is None else f"; this partition's first refusal: {format_utc(since)}"
+        yield f"  pool {pool}: " + "; ".join(parts) + when
+
+
 def _short(event: InputEvent) -> str:
     from taskstream.replay import describe_event
 
@@ -226,7 +292,7 @@ def explain(
         partition = partition_for(user_id.encode(), partitions)
         messages = read_topics_with_progress(
             settings,
-            [*INPUT_TOPICS, TASK_EVENTS, REWARDS, DEAD_LETTERS],
+            [*INPUT_TOPICS, TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_GRANTS],
             progress=progress,
             partitions=[partition],
         )

@@ -81,3 +81,37 @@ def test_explain_of_a_stranger() -> None:
     lines, comparison = explain_user("nobody", CATALOG, _messages(EVENTS), "x.")
     assert comparison.agrees
     assert any("no events for this user" in line for line in lines)
+
+
+def test_a_refused_reward_says_what_the_partitions_bucket_heard_from_the_master() -> None:
+    from schemas.records import BucketGranted, RefillDenied, RewardRejected
+
+    messages = _messages(EVENTS)
+    rejected = RewardRejected(
+        "evt-r", "rwd-1", "u1", "t", "task-1", 500, None, "cash", "budget_exhausted", t(2, 16),
+        "o3",
+    )  # fmt: skip
+    other = RewardRejected(  # another user of the partition, refused earlier
+        "evt-o", "rwd-2", "u2", "t", "task-2", 500, None, "cash", "budget_exhausted", t(2, 11),
+        "x",
+    )  # fmt: skip
+    budget = [
+        BucketGranted("g1", "cash", 0, 1, 1_000, 0, "open"),
+        RefillDenied("d1", "cash", 0, 2, 500, 4),
+        RefillDenied("d2", "cash", 0, 3, 201, 0),
+        RefillDenied("d3", "cash", 1, 1, 500, 2),  # another partition's bucket
+    ]
+    messages += [LogMessage("rewards", 0, 90, 0, b"u1", encode(rejected))]
+    messages += [LogMessage("rewards", 0, 91, 0, b"u2", encode(other))]
+    messages += [
+        LogMessage("budget-grants", m.partition, i, 0, b"cash", encode(m))
+        for i, m in enumerate(budget)
+    ]
+    lines, _ = explain_user("u1", CATALOG, messages, "x.")
+    text = "\n".join(lines)
+    assert "Why pools refused (the bucket of partition 0, from budget-grants):" in text
+    line = next(line for line in lines if line.startswith("  pool cash:"))
+    assert "granted this bucket 1000 units in all" in line
+    assert "refused 1 of its refill requests (the last for 500 units)" in line
+    assert "dry for rewards of 201 units or more (last: the master held 200 units)" in line
+    assert "this partition's first refusal: 2024-03-02T11:00:00Z" in line, line

@@ -364,9 +364,12 @@ def produce(path: str, progress: bool) -> None:
     """
     from tqdm import tqdm
 
+    from streams.config import INPUT_TOPICS
     from taskstream.kafka_io import UnroutableEvent, route
 
     settings = _connected_settings()
+    for short in INPUT_TOPICS:  # never create one by writing to it
+        _require_topic(settings, short, settings.partitions)
     sender = _Sender(settings)
     lines = skipped = 0
     stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
@@ -382,7 +385,8 @@ def produce(path: str, progress: bool) -> None:
                 else:
                     sender.send(routed.topic, routed.value, routed.key)
             except UnroutableEvent as exc:
-                click.echo(f"line {number}: {exc}", err=True)
+                # Through the bar, so the line does not run into it.
+                bar.write(f"line {number}: {exc}", file=sys.stderr)
                 skipped += 1
                 continue
             lines += 1

@@ -147,6 +147,11 @@ def main() -> int:
     if _inputs_hold_messages(settings):
         say("the sample events are already in the input topics: not produced again")
     else:
+        say(
+            "producing samples/events.jsonl: its line 28 is cut short on purpose (produce "
+            "reports it and sends nothing), and one order breaks the contract on purpose "
+            "(the worker turns it into a dead letter)"
+        )
         produced = subprocess.run(
             [command, "produce", "--no-progress", str(SAMPLES / "events.jsonl")], check=False
         )

@@ -43,6 +43,22 @@ log = logging.getLogger(__name__)
 RDKAFKA_LOGGER = logging.getLogger("rdkafka")
 
 
+class _TransientNotices(logging.Filter):
+    """librdkafka warns about states it retries through by itself (a fresh
+    broker's coordinators still loading): debug detail, not a user's problem."""
+
+    RETRIED = ("Coordinator load in progress", "Not coordinator")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        message = record.getMessage()
+        return not any(text in message for text in self.RETRIED)
+
+
+RDKAFKA_LOGGER.addFilter(_TransientNotices())
+
+
 def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """The confluent-kafka config of every client: brokers, TLS/SASL, our logger."""
     return {

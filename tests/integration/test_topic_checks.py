@@ -63,3 +63,17 @@ def test_the_local_broker_creates_no_topic_on_a_write(kafka: str, tmp_path: Path
     assert len(failures) == 1
     assert failures[0] is not None  # not delivered: there is no such topic
     assert topic not in AdminClient({"bootstrap.servers": kafka}).list_topics(timeout=10).topics
+
+
+def test_produce_refuses_before_topics_create(kafka: str, tmp_path: Path) -> None:
+    deployment = Deployment(kafka, tmp_path, partitions=4)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b'{"type":"task_claim","v":1,"event_id":"c1","user_id":"u1","template_id":"t",'
+        b'"at":"2024-03-07T08:00:00Z","user_tags":[]}\n'
+    )
+    done = _run(deployment, "produce", "--no-progress", str(events))
+    assert done.returncode == 1
+    assert "does not exist: run `taskstream topics create` first" in done.stderr
+    listed = AdminClient({"bootstrap.servers": kafka}).list_topics(timeout=10).topics
+    assert deployment.settings.topic("claims") not in listed

@@ -51,3 +51,21 @@ def test_token_without_a_secret_points_at_make_runs_dev_secret(
     signed = runner.invoke(main, ["token", "u_alice"])
     assert signed.exit_code == 0, signed.output
     assert signed.output.strip()
+
+
+def test_librdkafkas_self_retried_coordinator_notices_are_not_shown() -> None:
+    import logging
+
+    from taskstream.kafka_io import RDKAFKA_LOGGER
+
+    def shown(level: int, text: str) -> bool:
+        record = logging.LogRecord("rdkafka", level, __file__, 1, text, None, None)
+        return RDKAFKA_LOGGER.filter(record)
+
+    notice = (
+        "GETPID [rdkafka#producer-30] [thrd:main]: Failed to acquire idempotence PID from "
+        "broker 127.0.0.1:11434/1: Broker: Coordinator load in progress: retrying"
+    )
+    assert not shown(logging.WARNING, notice)
+    assert shown(logging.ERROR, notice)  # an error is always shown
+    assert shown(logging.WARNING, "FAIL [rdkafka#producer-1]: Connect to 127.0.0.1:1 failed")

@@ -113,6 +113,20 @@ def worker(loglevel: str) -> None:
         sidecar.start()
     else:
         click.echo("render API off (no TASKSTREAM_API_SECRET)", err=True)
+    if loglevel == "info":
+        # faust's and mode's start-up chatter (every service "Starting...",
+        # tables of offsets, "opening partition") ran to ~130 lines before
+        # the first line of ours; at info an operator sees taskstream's own
+        # lines (partitions loaded, progress, dead letters) and aiokafka's
+        # group changes. `--loglevel debug` shows everything again.
+        from taskstream.worker_logs import quiet_faust
+
+        quiet_faust()
+        click.echo(
+            "faust's start-up details are at --loglevel debug; "
+            "a progress line follows every TASKSTREAM_PROGRESS_SECONDS",
+            err=True,
+        )
     try:
         Worker(app, loglevel=loglevel).execute_from_commandline()
     finally:

@@ -69,3 +69,31 @@ def test_librdkafkas_self_retried_coordinator_notices_are_not_shown() -> None:
     assert not shown(logging.WARNING, notice)
     assert shown(logging.ERROR, notice)  # an error is always shown
     assert shown(logging.WARNING, "FAIL [rdkafka#producer-1]: Connect to 127.0.0.1:1 failed")
+
+
+def test_the_workers_info_log_drops_faust_chatter_and_keeps_ours() -> None:
+    import logging
+
+    from taskstream.worker_logs import FaustChatter
+
+    def kept(level: int, text: str) -> bool:
+        record = logging.LogRecord("streams.kafka.transport", level, __file__, 1, text, None, None)
+        return FaustChatter().filter(record)
+
+    assert not kept(logging.INFO, "[^--Consumer]: Starting... ")
+    assert not kept(logging.INFO, "Updating subscribed topics to: \n+Requested---+\n| t |\n+---+")
+    assert kept(logging.INFO, "rewinding 8 input partition(s) without a committed offset")
+    assert kept(logging.WARNING, "[^--Consumer]: Stopping... ")  # warnings always
+
+
+def test_aiokafkas_sets_of_topics_are_logged_as_their_size() -> None:
+    import logging
+
+    from taskstream.worker_logs import FaustChatter
+
+    record = logging.LogRecord(
+        "aiokafka.consumer.group_coordinator", logging.INFO, __file__, 1,
+        "Setting newly assigned partitions %s for group %s", ({("a", 0), ("a", 1)}, "g"), None,
+    )  # fmt: skip
+    assert FaustChatter().filter(record)
+    assert record.getMessage() == "Setting newly assigned partitions (2 in all) for group g"

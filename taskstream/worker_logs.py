@@ -1,0 +1,60 @@
+"""What `taskstream worker` logs at info: taskstream's own lines, aiokafka's
+group changes and every warning, without faust's start-up chatter.
+
+faust and mode log every service's "Starting..." / "Stopping...", tables of
+subscriptions, offsets and highwaters, and "opening partition" lines: about
+130 lines before the first line of ours on a 4-partition worker. Their own
+loggers are lowered to warning. The subclasses this app registers
+(streams/kafka/, streams/fenced_store.py) log through their own modules'
+loggers, which also carry lines of ours, so there only the chatter is
+dropped, by its shape. `--loglevel debug` shows everything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+CHATTY_LIBRARIES = ("faust", "mode")
+SUBCLASS_MODULES = (
+    "streams.kafka.transport",
+    "streams.kafka.recovery",
+    "streams.fenced_store",
+    "streams.rocksdb_memory",
+    # aiokafka's group changes stay, without their tables of topics.
+    "aiokafka.consumer.subscription_state",
+    "aiokafka.consumer.group_coordinator",
+    "aiokafka.consumer.consumer",
+)
+# aiokafka's lines whose first argument is a set of topics or partitions
+# (faust's formatter prints each as a table): the set becomes its size.
+_COUNTED = (
+    "Updating subscribed topics to: %s",
+    "Subscribed to topic(s): %s",
+    "Setting newly assigned partitions %s for group %s",
+)
+_LIFECYCLE = ("Starting...", "Stopping...", "Restarting...", "Shutting down...")
+
+
+class FaustChatter(logging.Filter):
+    """Drops info-level lifecycle lines and tables; keeps everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        if record.msg in _COUNTED and isinstance(record.args, tuple) and record.args:
+            first, *rest = record.args
+            size = len(first) if hasattr(first, "__len__") else first
+            record.args = (f"({size} in all)", *rest)
+            return True
+        message = record.getMessage().rstrip()
+        if message.endswith(_LIFECYCLE) or message.startswith("opening partition"):
+            return False
+        return "\n+" not in message and "\n|" not in message  # a table
+
+
+def quiet_faust() -> None:
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    chatter = FaustChatter()
+    for name in SUBCLASS_MODULES:
+        logging.getLogger(name).addFilter(chatter)

@@ -232,9 +232,11 @@ class Consumer(faust_aiokafka.Consumer):
         committed offset near the end of a rebalance, but a fetch can still
         complete after that seek and before the rebalance ends: skipping its
         records moved aiokafka's position past them, and with no later
-        message in that partition nothing would ever fetch them again (seen
-        in the pools test: late claims of 3 partitions never processed).
-        Returns how many partitions were rewound."""
+        message in that partition no batch runs there: what was never
+        processed is never fetched again, and what was (before the
+        rebalance) never has its position committed (seen in the pools
+        test: 3 partitions' committed offsets stuck for minutes). Returns
+        how many partitions were rewound."""
         if not self._skipped or self.app.rebalancing or self.app.in_recovery:
             return 0
         skipped, self._skipped = self._skipped, {}

@@ -1,15 +1,11 @@
 """Input partitions whose waiting messages never reach the processor.
 
-Symptom (the pools test, about one run in four with a CPU hog beside it):
-right after a rebalance that kept a worker's partitions, messages appended
-to one input partition around that moment were never processed. The
-partition had lag, the worker sat idle with it for minutes, and nothing
-logged an error. A fetch that completes in the last moments of a rebalance
-hands its records to a group generation or an active set that is already
-gone: faust (and our batch delivery, the same way) drops them, aiokafka's
-position has moved past them, and the processor only notices a hole when a
-*later* message of that partition arrives. When none does, the messages
-wait forever.
+A fetch that completes in the last moments of a rebalance hands its
+records to a group generation or an active set that is already gone: faust
+(and our batch delivery, the same way) drops them, aiokafka's position has
+moved past them, and the processor only notices a hole when a *later*
+message of that partition arrives. When none does, messages the table has
+not applied would wait forever (docs/streams.md, "Rebalances").
 
 `Consumer.refetch_skipped` repairs the path that was found (records skipped
 after faust's last seek of a rebalance). This rule is the safety net that

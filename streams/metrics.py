@@ -151,6 +151,13 @@ _masters: dict[int, dict[str, Master]] = {}
 _event_lag = event_lag_histogram()
 
 
+def observe_stored_record(partition: int, record: PartitionRecord) -> None:
+    """A partition assigned here but not processed yet in this generation:
+    its stored record, so lag and bucket gauges show the table's view rather
+    than the group's committed offsets. A batch's record always wins."""
+    _records.setdefault(partition, record)
+
+
 def observe_batch(partition: int, result: BatchResult, seconds: float) -> None:
     """One processor partition batch: a few counter updates per distinct label."""
     stats = result.stats

@@ -252,7 +252,10 @@ class Worker:
             record = records.get(tp.partition)
             if record is None:
                 record = cache.record if cache is not None else None
-                records[tp.partition] = record = record or self._read_record(tp.partition)
+                if record is None:
+                    record = self._read_record(tp.partition)
+                    metrics.observe_stored_record(tp.partition, record)
+                records[tp.partition] = record
             offset = record.next_offset.get(role)
             awaited = cache.rewinding.get(role) if cache is not None else None
             if awaited is not None:

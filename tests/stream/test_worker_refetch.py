@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from faust.types import TP
 
+from streams import metrics
 from streams.config import Settings
 from streams.kafka.transport import Consumer
 from streams.partition_state import PartitionRecord, encode_partition, partition_key
@@ -15,6 +18,14 @@ from streams.worker import worker as worker_module
 from streams.worker.worker import Worker
 
 SETTINGS = Settings.from_env({})
+
+
+@pytest.fixture(autouse=True)
+def _no_records_left_behind() -> Iterator[None]:
+    yield
+    metrics._records.clear()  # the worker's metrics are process-wide
+
+
 CLAIMS, ORDERS = SETTINGS.topic("claims"), SETTINGS.topic("orders")
 
 
@@ -83,6 +94,9 @@ def test_messages_waiting_past_a_still_next_offset_are_fetched_again(monkeypatch
     # claims/6 has 43 messages beyond offset 209, which never moved: fetched
     # again once, after 10 s; orders/6 has nothing waiting.
     assert consumer.rewinds == [(claims6, 209)]
+    # Not processed here yet: the lag gauges read the table's record, not
+    # the group's committed offsets.
+    assert metrics._records[6] == record
 
 
 def test_held_back_or_moving_inputs_and_rebalances_are_left_alone(monkeypatch: Any) -> None:

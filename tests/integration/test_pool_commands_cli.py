@@ -3,30 +3,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
-from support.workers import TASKSTREAM, Deployment
+from support.workers import Deployment
 
 from taskstream import kafka_io
 
 pytestmark = pytest.mark.integration
 
 POOLS = [{"pool_id": "prizes", "total": 30_000, "unit": "cents"}]
-
-
-def _run(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TASKSTREAM, *args],
-        env={**os.environ, **deployment.env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _budget_requests(deployment: Deployment) -> kafka_io.TopicSize | None:
@@ -43,7 +30,7 @@ def test_before_topics_create_nothing_is_sent_and_no_topic_appears(
     kafka: str, tmp_path: Path
 ) -> None:
     deployment = Deployment(kafka, tmp_path, partitions=4)
-    done = _run(deployment, "pools", "close", "prizes")
+    done = deployment.cli("pools", "close", "prizes")
     assert done.returncode == 1
     assert "does not exist: run `taskstream topics create` first" in done.stderr
     assert "Traceback" not in done.stderr
@@ -59,14 +46,14 @@ def test_an_unpublished_pool_is_refused_with_the_published_ones(kafka: str, tmp_
     pools.write_bytes(orjson.dumps(POOLS))
     deployment.publish_templates(templates, pools)
 
-    refused = _run(deployment, "pools", "close", "no_such_pool")
+    refused = deployment.cli("pools", "close", "no_such_pool")
     assert refused.returncode == 2
     assert "no pool 'no_such_pool' is published; the published pools: prizes" in refused.stderr
     size = _budget_requests(deployment)
     assert size is not None
     assert size.messages == 0  # nothing sent
 
-    sent = _run(deployment, "pools", "close", "prizes")
+    sent = deployment.cli("pools", "close", "prizes")
     assert sent.returncode == 0, sent.stderr
     assert "sent close for pool prizes" in sent.stderr
     size = _budget_requests(deployment)

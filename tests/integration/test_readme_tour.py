@@ -6,7 +6,6 @@ the repository's folder."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.workers import TASKSTREAM, Deployment, WorkerProcess
+from support.workers import Deployment, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +58,6 @@ def test_the_readme_tour_runs_as_written(
     assert len(lines) == 10
     assert all(line.startswith(BIN + " ") for line in lines), lines
     deployment = Deployment(kafka, tmp_path, partitions=4)
-    env = {**os.environ, **deployment.env}
     seen: dict[str, subprocess.CompletedProcess[str]] = {}
     for line in lines:
         args = shlex.split(line[len(BIN) + 1 :])
@@ -72,15 +70,7 @@ def test_the_readme_tour_runs_as_written(
             continue
         if args[0] in ("pools", "explain", "audit"):
             _caught_up(deployment)  # a reader of the README types slower than this test
-        done = subprocess.run(
-            [TASKSTREAM, *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        done = deployment.cli(*args, timeout=180, cwd=ROOT)
         seen[command] = done
         expected = 1 if args[0] == "produce" else 0  # the README says why
         assert done.returncode == expected, (line, done.stdout[-2000:], done.stderr[-2000:])

@@ -16,17 +16,6 @@ from support.workers import TASKSTREAM, Deployment
 pytestmark = pytest.mark.integration
 
 
-def _run(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TASKSTREAM, *args],
-        env={**os.environ, **deployment.env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def _claim(i: int) -> bytes:
     return orjson.dumps(
         {"type": "task_claim", "v": 1, "event_id": f"c-{i}", "user_id": f"u{i:03d}",
@@ -68,7 +57,7 @@ def test_a_tail_stopped_by_sigterm_leaves_the_next_one_whole(deployment: Deploym
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=60)
     started = time.monotonic()
-    done = _run(deployment, "tail", "claims", "--from-beginning", "--idle-timeout", "3")
+    done = deployment.cli("tail", "claims", "--from-beginning", "--idle-timeout", "3")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 30
     assert time.monotonic() - started < 30  # no group to wait for
@@ -77,7 +66,7 @@ def test_a_tail_stopped_by_sigterm_leaves_the_next_one_whole(deployment: Deploym
 def test_an_unknown_topic_lists_the_valid_names_without_a_traceback(
     deployment: Deployment,
 ) -> None:
-    done = _run(deployment, "tail", "no-such-topic", "--idle-timeout", "1")
+    done = deployment.cli("tail", "no-such-topic", "--idle-timeout", "1")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "no topic 'no-such-topic'" in done.stderr
@@ -87,13 +76,13 @@ def test_an_unknown_topic_lists_the_valid_names_without_a_traceback(
 
 def test_topics_list_shows_every_topic_and_its_messages(kafka: str, tmp_path: Path) -> None:
     deployment = Deployment(kafka, tmp_path, partitions=4)
-    before = _run(deployment, "topics", "list")
+    before = deployment.cli("topics", "list")
     assert before.returncode == 3  # nothing created yet
     assert "missing" in before.stdout
     assert "topics create" in before.stderr
     deployment.create_topics()
     deployment.produce(_claims(30))
-    after = _run(deployment, "topics", "list")
+    after = deployment.cli("topics", "list")
     assert after.returncode == 0, after.stderr
     lines = {line.split()[0]: line for line in after.stdout.splitlines()}
     assert set(lines) >= {"claims", "orders", "rewards", "budget-requests", "templates"}

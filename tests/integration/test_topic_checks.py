@@ -3,29 +3,14 @@ worker; the local broker creates no topic by itself (issue 16, problem 11)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from support.workers import TASKSTREAM, Deployment
+from support.workers import Deployment
 
 pytestmark = pytest.mark.integration
-
-
-def _run(
-    deployment: Deployment, *args: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TASKSTREAM, *args],
-        env={**os.environ, **deployment.env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_a_mis_partitioned_topic_stops_topics_create_and_the_worker(
@@ -39,17 +24,17 @@ def test_a_mis_partitioned_topic_stops_topics_create_and_the_worker(
         requests
     ].result()
 
-    created = _run(deployment, "topics", "create")
+    created = deployment.cli("topics", "create")
     assert created.returncode == 1
     assert f"{requests} has 1 partition(s), not 4" in created.stderr
     assert f"{requests} has retention.ms=" in created.stderr  # kept for good: -1
     assert "Traceback" not in created.stderr
 
-    worker = _run(deployment, "worker", timeout=180)
+    worker = deployment.cli("worker", timeout=180)
     assert worker.returncode == 1
     assert f"{requests} has 1 partition(s), not 4" in worker.stderr
 
-    listed = _run(deployment, "topics", "list")  # the rest was created meanwhile
+    listed = deployment.cli("topics", "list")  # the rest was created meanwhile
     assert listed.returncode == 0, listed.stderr
 
 
@@ -72,7 +57,7 @@ def test_produce_refuses_before_topics_create(kafka: str, tmp_path: Path) -> Non
         b'{"type":"task_claim","v":1,"event_id":"c1","user_id":"u1","template_id":"t",'
         b'"at":"2024-03-07T08:00:00Z","user_tags":[]}\n'
     )
-    done = _run(deployment, "produce", "--no-progress", str(events))
+    done = deployment.cli("produce", "--no-progress", str(events))
     assert done.returncode == 1
     assert "does not exist: run `taskstream topics create` first" in done.stderr
     listed = AdminClient({"bootstrap.servers": kafka}).list_topics(timeout=10).topics

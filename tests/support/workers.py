@@ -146,6 +146,20 @@ class Deployment:
         """partition -> (committed offset of the workers' group, log end offset)."""
         return group_offsets(self.settings, short_topic)
 
+    def cli(
+        self, *args: str, timeout: float = 120, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`taskstream ARGS...` against this deployment: exit code, stdout, stderr."""
+        return subprocess.run(
+            [TASKSTREAM, *args],
+            cwd=cwd,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def reader(self, short_topic: str) -> TopicReader:
         return TopicReader(self.bootstrap, self.settings.topic(short_topic))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from bench.loggen import Line
 from streams.config import Settings
@@ -262,7 +262,22 @@ class TopicReader:
                 **({"log_level": 0} if quiet else {}),
             }
         )
-        self._consumer.subscribe([topic])
+        # Assigned, not subscribed: no consumer group to rejoin after a broker
+        # restart (a subscribed reader of the short fault suite once stopped
+        # reading for good after one, while the workers' outputs were whole).
+        self._consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in self._partitions()]
+        )
+
+    def _partitions(self, timeout: float = 30.0) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if found is not None and found.error is None and found.partitions:
+                return sorted(found.partitions)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {self.topic} does not exist")
+            time.sleep(0.2)
 
     def poll(self, seconds: float = 0.5) -> int:
         """Read what is there now; return how many new messages arrived."""

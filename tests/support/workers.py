@@ -265,25 +265,28 @@ class TopicReader:
         # Assigned, not subscribed: no consumer group to rejoin after a broker
         # restart (a subscribed reader of the short fault suite once stopped
         # reading for good after one, while the workers' outputs were whole).
-        self._consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in self._partitions()]
-        )
+        # The topic may not exist yet: assigned at the first poll that finds it.
+        self._assigned = False
 
-    def _partitions(self, timeout: float = 30.0) -> list[int]:
-        deadline = time.monotonic() + timeout
-        while True:
+    def _assign(self) -> bool:
+        if not self._assigned:
             found = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if found is not None and found.error is None and found.partitions:
-                return sorted(found.partitions)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {self.topic} does not exist")
-            time.sleep(0.2)
+            if found is None or found.error is not None or not found.partitions:
+                return False
+            self._consumer.assign(
+                [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(found.partitions)]
+            )
+            self._assigned = True
+        return True
 
     def poll(self, seconds: float = 0.5) -> int:
         """Read what is there now; return how many new messages arrived."""
         before = len(self.messages)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            if not self._assign():
+                time.sleep(0.1)
+                continue
             batch = self._consumer.consume(num_messages=1000, timeout=0.2)
             for message in batch:
                 if message.error():

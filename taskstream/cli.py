@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -90,14 +91,10 @@ def worker(loglevel: str) -> None:
     from streams import api_worker  # the routing file of the render API process
     from streams.api_routing import ApiSidecar
     from streams.app import app, settings
-    from taskstream.kafka_io import TopicMismatch, ensure_topics
 
     # Every topic and changelog exists before this worker joins the group
     # (see ensure_topics for why faust's own creation is not enough).
-    try:
-        created = ensure_topics(settings)
-    except TopicMismatch as exc:
-        _fail(str(exc))
+    created = _ensure_topics(settings)
     if created:
         click.echo(f"created {', '.join(created)}", err=True)
     api_worker.reset()  # no stale routing from a previous run reaches the API process
@@ -301,13 +298,9 @@ def topics_create() -> None:
     """Create every taskstream topic that does not exist yet (idempotent), and
     check that the others have this deployment's partitions and settings
     (compaction, retention, append times): exit 1 naming each difference."""
-    from taskstream.kafka_io import TopicMismatch, ensure_topics
 
     settings = _connected_settings()
-    try:
-        created = ensure_topics(settings)
-    except TopicMismatch as exc:
-        _fail(str(exc))
+    created = _ensure_topics(settings)
     click.echo(
         f"created {', '.join(created)}" if created else "all topics exist already",
     )
@@ -382,8 +375,7 @@ def produce(path: str, progress: bool) -> None:
     from taskstream.kafka_io import UnroutableEvent, route
 
     settings = _connected_settings()
-    for short in INPUT_TOPICS:  # never create one by writing to it
-        _require_topic(settings, short, settings.partitions)
+    _require_topics(settings, INPUT_TOPICS)  # never create one by writing to it
     sender = _Sender(settings)
     lines = skipped = 0
     stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
@@ -483,12 +475,8 @@ def templates_publish(templates_path: Path, pools_path: Path | None) -> None:
     except CatalogError as exc:
         _fail(str(exc))
     settings = _connected_settings()
-    from taskstream.kafka_io import TopicMismatch, ensure_topics
 
-    try:
-        ensure_topics(settings)
-    except TopicMismatch as exc:
-        _fail(str(exc))
+    _ensure_topics(settings)
     sender = _Sender(settings)
     topic = settings.topic(TEMPLATES)
     names = []
@@ -616,25 +604,38 @@ def pools() -> None:
     """Budget pools: open, close, central, and where every unit is (progressive bucketing)."""
 
 
-def _require_topic(settings: Settings, short: str, partitions: int) -> None:
-    """Fail (exit 1) unless topic `short` exists with `partitions` partitions:
+def _ensure_topics(settings: Settings) -> list[str]:
+    """`ensure_topics`, exit 1 naming each topic that disagrees with the deployment."""
+    from taskstream.kafka_io import TopicMismatch, ensure_topics
+
+    try:
+        return ensure_topics(settings)
+    except TopicMismatch as exc:
+        _fail(str(exc))
+
+
+def _require_topics(settings: Settings, shorts: Iterable[str]) -> None:
+    """Fail (exit 1) unless each topic exists with the deployment's partitions:
     a write to a missing topic would create it with the broker's defaults on
     a broker that auto-creates topics, and break co-partitioning."""
     from taskstream import kafka_io
 
-    full = settings.topic(short)
+    partitions = settings.partitions
     consumer = kafka_io.reader(settings)
     try:
-        size = kafka_io.topic_size(consumer, full)
-    except kafka_io.UnknownTopic:
-        _fail(f"topic {full} does not exist: run `taskstream topics create` first")
+        for short in shorts:
+            full = settings.topic(short)
+            try:
+                size = kafka_io.topic_size(consumer, full)
+            except kafka_io.UnknownTopic:
+                _fail(f"topic {full} does not exist: run `taskstream topics create` first")
+            if size.partitions != partitions:
+                _fail(
+                    f"topic {full} has {size.partitions} partition(s), the deployment "
+                    f"{partitions} (TASKSTREAM_PARTITIONS): fix the topic or the setting first"
+                )
     finally:
         consumer.close()
-    if size.partitions != partitions:
-        _fail(
-            f"topic {full} has {size.partitions} partition(s), the deployment "
-            f"{partitions} (TASKSTREAM_PARTITIONS): fix the topic or the setting first"
-        )
 
 
 def _pool_command(pool_id: str, command: str) -> None:
@@ -649,7 +650,7 @@ def _pool_command(pool_id: str, command: str) -> None:
     settings = _connected_settings()
     # Only a published pool has a master to obey: a command for another one
     # would be a dead letter in some worker's log, after "sent" here.
-    _require_topic(settings, BUDGET_REQUESTS, settings.partitions)
+    _require_topics(settings, [BUDGET_REQUESTS])
     try:
         published = catalog_from_topic(read_topics(settings, [TEMPLATES], timeout=60)).pools
     except TopicMissing as exc:

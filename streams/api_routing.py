@@ -20,7 +20,8 @@ to another worker already) until it hears from it again:
      "generation": 7,                     the group generation the rest is of
      "ready": true,                       joined, recovered, not rebalancing
      "owners": {"0": "http://...", ...},  partition -> owner's API URL
-     "active": {"0": "/data/.../state-0.db", ...}}  this worker's partitions
+     "active": {"0": "/data/.../state-0.db", ...},  this worker's partitions
+     "allocator": {"3": "/data/.../allocator-3.db", ...}}  ... of the allocator table
 
 `ApiSidecar` starts the API process with the worker's environment, restarts
 it if it dies (backoff 1 s doubling to 30 s), and stops it with the worker;
@@ -68,6 +69,7 @@ def not_ready(worker_url: str) -> dict[str, Any]:
         "ready": False,
         "owners": {},
         "active": {},
+        "allocator": {},
     }
 
 

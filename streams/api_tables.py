@@ -44,6 +44,8 @@ class Routing:
     ready: bool = False
     owners: dict[int, str] = field(default_factory=dict)
     active: dict[int, Path] = field(default_factory=dict)
+    # This worker's partitions of the allocator table (the pools' masters).
+    allocator: dict[int, Path] = field(default_factory=dict)
     # > 0: the worker has not touched the file for this long (stopped,
     # blocked or gone); then `ready` is False and `active` empty.
     silent_for: float = 0.0
@@ -59,6 +61,7 @@ class Routing:
             ready=bool(doc.get("ready", False)),
             owners={int(p): str(url) for p, url in dict(doc.get("owners", {})).items()},
             active={int(p): Path(path) for p, path in dict(doc.get("active", {})).items()},
+            allocator={int(p): Path(path) for p, path in dict(doc.get("allocator", {})).items()},
         )
 
 
@@ -103,7 +106,9 @@ class RoutingView:
         if self._mtime is not None and self._routing.worker:
             age = self._wall() - self._mtime / 1e9
             if age > self._stale_after:
-                self._current = replace(self._routing, ready=False, active={}, silent_for=age)
+                self._current = replace(
+                    self._routing, ready=False, active={}, allocator={}, silent_for=age
+                )
         if self._current.silent_for > 0 and not was_silent:
             log.warning(
                 "worker %s silent for %.1f s (stopped or blocked): serving none of its partitions",
@@ -115,15 +120,26 @@ class RoutingView:
         return self._current
 
 
+def state_paths(routing: Routing) -> dict[int, Path]:
+    return routing.active
+
+
+def allocator_paths(routing: Routing) -> dict[int, Path]:
+    return routing.allocator
+
+
 class SecondaryTables:
-    """Read-only views of the worker's per-partition state databases."""
+    """Read-only views of one of the worker's per-partition tables (by default
+    the state table; `paths` picks another from the routing file)."""
 
     def __init__(
         self,
         scratch: Path,
         max_staleness: float = 0.1,
         clock: Clock = time.monotonic,
+        paths: Callable[[Routing], dict[int, Path]] = state_paths,
     ) -> None:
+        self._paths = paths
         # A secondary instance keeps its own info log here (nothing else).
         self._scratch = scratch
         shutil.rmtree(scratch, ignore_errors=True)
@@ -140,6 +156,33 @@ class SecondaryTables:
 
         `fresh`: catch up with the worker first even if it did recently.
         Raises KeyError when the partition is not active here."""
+        db = self._caught_up(routing, partition, fresh)
+        try:
+            value = db.get(key)
+        except Exception:
+            self._close_one(partition)
+            raise
+        return None if value is None else bytes(value)
+
+    def scan(
+        self, routing: Routing, partition: int, prefix: bytes, fresh: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        """Every key starting with `prefix` in an active partition, with its value."""
+        db = self._caught_up(routing, partition, fresh)
+        found = []
+        try:
+            for key, value in db.items(from_key=prefix):
+                if not isinstance(key, bytes) or not key.startswith(prefix):
+                    break
+                if not isinstance(value, bytes):
+                    raise TypeError(f"{key!r}: not a raw bytes value (not a worker's table?)")
+                found.append((key, value))
+        except Exception:
+            self._close_one(partition)
+            raise
+        return found
+
+    def _caught_up(self, routing: Routing, partition: int, fresh: bool) -> Rdict:
         db = self._db(routing, partition)
         now = self._clock()
         last = self._caught_up_at.get(partition)
@@ -147,13 +190,12 @@ class SecondaryTables:
             if fresh or last is None or now - last >= self._max_staleness:
                 db.try_catch_up_with_primary()
                 self._caught_up_at[partition] = now
-            value = db.get(key)
         except Exception:
             # An I/O error (say a file the worker compacted away between two
             # catch-ups): drop the handle, the next read opens it afresh.
             self._close_one(partition)
             raise
-        return None if value is None else bytes(value)
+        return db
 
     def _close_one(self, partition: int) -> None:
         opened = self._open.pop(partition, None)
@@ -171,7 +213,7 @@ class SecondaryTables:
         if routing.generation != self._generation:
             self.close()  # a rebalance: partitions may have moved or been rebuilt
             self._generation = routing.generation
-        path = routing.active.get(partition)
+        path = self._paths(routing).get(partition)
         if path is None:
             raise KeyError(partition)
         opened = self._open.get(partition)

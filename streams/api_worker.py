@@ -13,7 +13,7 @@ from typing import Any
 from faust.types import TP
 
 from streams.api_routing import RoutingWriter, not_ready, routing_path
-from streams.app import app, settings, state
+from streams.app import allocator_table, app, settings, state
 
 
 def worker_url() -> str:
@@ -45,6 +45,14 @@ def snapshot() -> dict[str, Any]:
         for partition in range(settings.partitions)
         if TP(changelog, partition) in actives and hasattr(store, "partition_path")
     }
+    allocator_changelog = allocator_table.changelog_topic.get_topic_name()
+    allocator_store: Any = allocator_table.data
+    allocator = {
+        str(partition): str(allocator_store.partition_path(partition))
+        for partition in range(settings.partitions)
+        if TP(allocator_changelog, partition) in actives
+        and hasattr(allocator_store, "partition_path")
+    }
     ready = (
         app.consumer_generation_id > 0
         and not app.rebalancing
@@ -58,6 +66,7 @@ def snapshot() -> dict[str, Any]:
         "ready": bool(ready),
         "owners": owners,
         "active": active if ready else {},
+        "allocator": allocator if ready else {},
     }
 
 

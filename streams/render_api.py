@@ -73,12 +73,13 @@ from app.render_json import (
 from app.state import UserState
 from schemas.codec import encode
 from schemas.records import TaskClaim
-from streams import rocksdb_memory
+from streams import ops_page, rocksdb_memory
 from streams.api_routing import routing_path
 from streams.api_tables import RoutingView, SecondaryTables
 from streams.catalog_feed import CatalogFeed
 from streams.config import CLAIMS, TASK_EVENTS, TEMPLATES, Settings
 from streams.kafka.partitioner import partition_for
+from streams.ops_page import Ops
 from streams.partition_state import PartitionRecord, decode_partition, decode_user, partition_key
 from streams.partition_state import user_key as state_user_key
 from streams.shedding import Admission, AnswerCache, mark_fallback
@@ -224,9 +225,11 @@ class Api:
 API_KEY = web.AppKey("api", Api)
 
 
-def build_app(api: Api) -> web.Application:
+def build_app(api: Api, ops: Ops | None = None) -> web.Application:
     application = web.Application(client_max_size=MAX_BODY_BYTES + 1)
     application[API_KEY] = api
+    if ops is not None:
+        ops_page.install(application, ops)
     application.add_routes(API_ROUTES)
     application.add_routes(
         [
@@ -757,10 +760,11 @@ def _pending(
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the API for the worker whose data dir is `settings.data_dir` until `stop`."""
     rocksdb_memory.configure(settings.rocksdb_memory_mb)  # before any database opens
-    catalogs = CatalogFeed(
-        {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()},
-        settings.topic(TEMPLATES),
-    )
+    consumer_config = {
+        "bootstrap.servers": settings.bootstrap,
+        **settings.kafka_security.confluent_config(),
+    }
+    catalogs = CatalogFeed(consumer_config, settings.topic(TEMPLATES))
     api = Api(
         settings=settings,
         routing=RoutingView(routing_path(settings.data_dir)),
@@ -768,9 +772,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         catalogs=catalogs,
         kafka=Kafka(settings),
     )
+    ops = Ops.build(settings, api.routing, api.tables, catalogs, consumer_config)
     catalogs.start()
     await api.kafka.start()
-    runner = web.AppRunner(build_app(api), access_log=None)
+    runner = web.AppRunner(build_app(api, ops), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.web_host, settings.api_port)
@@ -787,6 +792,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+        await ops.close()
         if api.http is not None:
             await api.http.close()
         await api.kafka.stop()

@@ -106,6 +106,20 @@ def dev_api_secret(folder: Path) -> Path | None:
     return path
 
 
+def dev_service_key(folder: Path) -> str | None:
+    """Give back-end callers and the operator page a development service key,
+    created once, unless one is configured; the key (None when configured)."""
+    if os.environ.get("TASKSTREAM_SERVICE_KEY") or os.environ.get("TASKSTREAM_SERVICE_KEY_FILE"):
+        return None
+    path = folder / "dev-service-key"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(16))
+        path.chmod(0o600)
+    os.environ["TASKSTREAM_SERVICE_KEY_FILE"] = str(path)
+    return path.read_text().strip()
+
+
 def main() -> int:
     spec: broker.BrokerSpec | None = None
     if not os.environ.get("KAFKA_BOOTSTRAP"):
@@ -158,6 +172,7 @@ def main() -> int:
         if produced.returncode not in (0, 1):  # 1: some sample lines are deliberately unroutable
             return produced.returncode
     secret = dev_api_secret(Path(".data"))
+    service_key = dev_service_key(Path(".data"))
     web = f"http://127.0.0.1:{settings.web_port}"
     api = f"http://127.0.0.1:{settings.api_port}"  # the worker's render API process
     token = ".venv/bin/taskstream token u_alice"
@@ -178,7 +193,12 @@ def main() -> int:
         "    .venv/bin/taskstream pools status\n"
         f"    curl {web}/ready ; curl {web}/metrics\n"
         f'    curl -H "Authorization: Bearer $({token})" \\\n'
-        f'         "{api}/users/u_alice/tasks?scene=home"'
+        f'         "{api}/users/u_alice/tasks?scene=home"\n'
+        + (
+            f"  the live operator page: {api}/ops#key={service_key}"
+            if service_key is not None
+            else f"  the live operator page: {api}/ops (it asks for TASKSTREAM_SERVICE_KEY)"
+        )
     )
     worker = subprocess.Popen([command, "worker"])
     try:

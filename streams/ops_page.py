@@ -102,14 +102,7 @@ OPS_KEY = web.AppKey("ops", Ops)
 
 def install(application: web.Application, ops: Ops) -> None:
     application[OPS_KEY] = ops
-    application.add_routes(
-        [
-            web.get("/ops", get_page),
-            web.get("/ops/ops.js", get_script),
-            web.get("/ops/data", get_data),
-            web.get("/ops/local", get_local),
-        ]
-    )
+    application.add_routes(OPS_ROUTES)
 
 
 # ------------------------------------------------------- this worker's share
@@ -240,9 +233,14 @@ def partition_rows(
 
 
 def pool_rows(
-    tables: GroupTables, totals: dict[str, int], burns: dict[str, dict[str, Any]]
+    tables: GroupTables,
+    totals: dict[str, int],
+    burns: dict[str, dict[str, Any]],
+    unknown: list[int],
 ) -> list[dict[str, Any]]:
-    """One line per pool: `pools status`'s balance sheet, the buckets, the log's burn-down."""
+    """One line per pool: `pools status`'s balance sheet, the buckets, the log's
+    burn-down. With partitions unknown (their worker did not answer) their
+    buckets read as grants in flight, so `balanced` is None: not checked."""
     buckets = tables.buckets()
     rows = []
     for pool_id in sorted(set(tables.masters) | set(totals) | set(burns)):
@@ -259,7 +257,7 @@ def pool_rows(
                 remaining=sheet.total - sheet.issued,
                 in_buckets=sum(sheet.buckets.values()),
                 in_flight=sheet.in_flight,
-                balanced=sheet.balanced,
+                balanced=None if unknown else sheet.balanced,
                 requests=master.requests,
                 grants=master.grants,
                 requests_refused=master.denials,
@@ -327,13 +325,14 @@ def combine(
     tables = GroupTables.of(shares)
     logged, marks = log_part(feed)
     partitions = partition_rows(settings.partitions, routing, tables, marks)
+    unknown = [row["partition"] for row in partitions if not row["known"]]
     return {
         "generation": routing.generation,
         "worker": routing.worker,
         "unreachable": failed,
-        "unknown_partitions": [row["partition"] for row in partitions if not row["known"]],
+        "unknown_partitions": unknown,
         "funnels": logged["funnels"],
-        "pools": pool_rows(tables, totals, logged["burns"]),
+        "pools": pool_rows(tables, totals, logged["burns"], unknown),
         "partitions": partitions,
         "dead_letters": logged["dead_letters"],
         "log": logged["log"],
@@ -402,3 +401,11 @@ async def get_data(req: web.Request) -> web.Response:
         content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )
+
+
+OPS_ROUTES = [
+    web.get("/ops", get_page),
+    web.get("/ops/ops.js", get_script),
+    web.get("/ops/data", get_data),
+    web.get("/ops/local", get_local),
+]

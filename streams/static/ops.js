@@ -160,10 +160,11 @@ function drawPools(pools, partitions) {
   if (!pools.length) box.append(el("p", { class: "empty" }, "no pool in the catalog"));
   for (const pool of pools) {
     const card = el("div", { class: "card", "data-pool": pool.pool_id });
-    const badge = !pool.seen
-      ? el("span", { class: "badge" }, "not used yet")
-      : el("span", { class: pool.balanced ? "badge" : "badge bad" },
-          pool.balanced ? "adds up" : `off by ${fmt(pool.total - pool.issued - pool.master - pool.in_buckets - pool.in_flight)}`);
+    let badge;
+    if (!pool.seen) badge = el("span", { class: "badge" }, "not used yet");
+    else if (pool.balanced === null) badge = el("span", { class: "badge bad" }, "partitions missing: not checked");
+    else if (pool.balanced) badge = el("span", { class: "badge" }, "adds up");
+    else badge = el("span", { class: "badge bad" }, "does not add up (run `pools status` once idle)");
     card.append(el("h3", {}, `${pool.pool_id} `, pool.mode ? `(${pool.mode}) ` : "", badge));
     card.append(el("div", { class: "figures" },
       figure("total", "total", pool.total),

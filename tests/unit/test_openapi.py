@@ -30,13 +30,16 @@ def _described() -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def registered() -> set[tuple[str, str]]:
-    """(method, path) of every route of the render API (streams.render_api.API_ROUTES)."""
+    """(method, path) of every route of the render API process (streams.render_api.API_ROUTES
+    and the operator page's, streams.ops_page.OPS_ROUTES)."""
     from aiohttp import web
 
+    from streams.ops_page import OPS_ROUTES
     from streams.render_api import API_ROUTES
 
     application = web.Application()
     application.add_routes(API_ROUTES)
+    application.add_routes(OPS_ROUTES)
     return {
         (route.method, route.resource.canonical)
         for route in application.router.routes()
@@ -138,6 +141,7 @@ def _is(value: object, name: str) -> bool:
         "string": lambda v: isinstance(v, str),
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "null": lambda v: v is None,
+        "boolean": lambda v: isinstance(v, bool),
         "array": lambda v: isinstance(v, list),
         "object": lambda v: isinstance(v, dict),
     }

@@ -56,8 +56,10 @@ chaos: setup
 soak: setup
 	$(BIN)/python -m bench soak
 
+# BROKERS=3: a local cluster of three nodes (replication factor 3).
+BROKERS ?= 1
 kafka-up: setup
-	$(BIN)/taskstream kafka up
+	$(BIN)/taskstream kafka up --brokers $(BROKERS)
 
 kafka-down: setup
 	$(BIN)/taskstream kafka down

@@ -45,7 +45,10 @@ app = transport.BatchApp(
     # Changelog writes carry the writer's epoch (streams.fencing).
     Table=fenced_store.FencedTable,
     topic_partitions=settings.partitions,
-    topic_replication_factor=settings.replication,
+    # Only for a topic faust would create itself; `taskstream worker` creates
+    # every one first (taskstream.kafka_io.ensure_topics), replicated for the
+    # cluster at hand.
+    topic_replication_factor=settings.replication or 1,
     datadir=str(settings.data_dir),
     web_port=settings.web_port,  # /metrics, /health, /ready
     web_host=settings.web_host,

@@ -21,7 +21,10 @@ class Settings:
     TASKSTREAM_APP_ID          consumer group and table namespace (default taskstream)
     TASKSTREAM_TOPIC_PREFIX    prefix of every topic name (default taskstream.)
     TASKSTREAM_PARTITIONS      partitions of the input topics (default 8)
-    TASKSTREAM_REPLICATION     replication factor of created topics (default 1)
+    TASKSTREAM_REPLICATION     replication factor of created topics (default auto:
+                               min(3, brokers in the cluster))
+    TASKSTREAM_MIN_INSYNC_REPLICAS  their min.insync.replicas (default auto: the
+                               replication factor minus one, at least 1)
     TASKSTREAM_DATA_DIR        where RocksDB tables live (default .data/<app id>)
     TASKSTREAM_WEB_PORT        faust's web server port: /metrics, /health, /ready (default 6066)
     TASKSTREAM_WEB_HOST        address the web server binds and advertises to the
@@ -77,7 +80,8 @@ class Settings:
     app_id: str = "taskstream"
     topic_prefix: str = "taskstream."
     partitions: int = 8
-    replication: int = 1
+    replication: int = 0  # 0: auto (replication_for)
+    min_insync: int = 0  # 0: auto
     data_dir: Path = Path(".data/taskstream")
     web_port: int = 6066
     web_host: str = "127.0.0.1"
@@ -114,7 +118,8 @@ class Settings:
             app_id=app_id,
             topic_prefix=env.get("TASKSTREAM_TOPIC_PREFIX", cls.topic_prefix),
             partitions=_positive_int(env, "TASKSTREAM_PARTITIONS", cls.partitions),
-            replication=_positive_int(env, "TASKSTREAM_REPLICATION", cls.replication),
+            replication=_auto_or_positive(env, "TASKSTREAM_REPLICATION"),
+            min_insync=_auto_or_positive(env, "TASKSTREAM_MIN_INSYNC_REPLICAS"),
             data_dir=Path(env.get("TASKSTREAM_DATA_DIR", f".data/{app_id}")),
             web_port=web_port,
             web_host=env.get("TASKSTREAM_WEB_HOST") or cls.web_host,
@@ -190,6 +195,13 @@ def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
     return _int_at_least(env, name, default, 0, "an integer >= 0")
 
 
+def _auto_or_positive(env: Mapping[str, str], name: str) -> int:
+    """A positive integer, or 0 for `auto` (unset, empty or the word)."""
+    if env.get(name, "").strip().lower() in ("", "auto"):
+        return 0
+    return _positive_int(env, name, 0)
+
+
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return _int_at_least(env, name, default, 1, "a positive integer")
 
@@ -246,6 +258,37 @@ INPUT_TOPIC_BY_TYPE = {
     "order_refunded": REFUNDS,
     "tick": TICKS,
 }
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How our topics are replicated on the cluster at hand."""
+
+    factor: int
+    min_insync: int
+
+    def topic_config(self) -> dict[str, str]:
+        """What every topic of ours is created with, beside its own settings:
+        a write counts once `min_insync` replicas have it (producers use
+        acks=all), and a replica that fell behind never becomes leader."""
+        return {
+            "min.insync.replicas": str(self.min_insync),
+            "unclean.leader.election.enable": "false",
+        }
+
+
+def replication_for(settings: Settings, brokers: int) -> Replication:
+    """The replication settings for a cluster of `brokers` brokers: the
+    configured ones, or min(3, brokers) replicas with one fewer in sync."""
+    factor = settings.replication or min(3, max(1, brokers))
+    if factor > brokers:
+        raise ValueError(f"TASKSTREAM_REPLICATION={factor} but the cluster has {brokers} broker(s)")
+    min_insync = settings.min_insync or max(1, factor - 1)
+    if min_insync > factor:
+        raise ValueError(
+            f"TASKSTREAM_MIN_INSYNC_REPLICAS={min_insync} is more than the {factor} replica(s)"
+        )
+    return Replication(factor, min_insync)
 
 
 def topic_config(name: str) -> dict[str, str]:

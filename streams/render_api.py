@@ -149,7 +149,10 @@ class Kafka:
         self.settings = settings
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap.split(","),
+            # On every in-sync replica before the claim is acknowledged, and no
+            # duplicate from the client's own retries (a leader moving).
             acks="all",
+            enable_idempotence=True,
             **settings.kafka_security.aiokafka_config(),
         )
 

@@ -38,6 +38,9 @@ DEFAULT_KAFKA_VERSION = "4.3.1"
 DEFAULT_PORT = 19092
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POM = PROJECT_ROOT / "kafka" / "pom.xml"
+# Bumped when kafka/pom.xml fetches more: a folder fetched before is topped up.
+# 2: kafka-tools (MetadataQuorumCommand, for a cluster's `kafka status`).
+FETCH_REVISION = 2
 CACHE = Path(os.environ.get("TASKSTREAM_CACHE", PROJECT_ROOT / ".cache"))
 
 JAVA_MISSING = """\
@@ -77,6 +80,13 @@ class BrokerSpec:
     # PKCS12 keystore with the broker's key and certificate chain (SSL listeners).
     ssl_keystore: Path | None = None
     ssl_keystore_password: str = field(default="", repr=False)
+    # One node of a local cluster (taskstream.cluster): its id, every
+    # controller voter ("1@127.0.0.1:9093,2@..."), the cluster's id, and the
+    # replication of the broker's internal topics. Alone: node 1, voting alone.
+    node_id: int = 1
+    voters: str = ""
+    cluster_id: str = ""
+    replication: int = 1
 
     @classmethod
     def create(
@@ -118,6 +128,13 @@ class BrokerSpec:
     def data_dir(self) -> Path:
         return self.home / "data"
 
+    @property
+    def metadata_dir(self) -> Path:
+        """Where the KRaft metadata log lives: beside the partitions' data for a
+        single broker; a folder of its own on a cluster's node, so losing a
+        node's data folder (a fault the suite injects) leaves its vote intact."""
+        return self.data_dir if self.replication == 1 else self.home / "metadata"
+
 
 # --------------------------------------------------------------------- tools
 
@@ -144,7 +161,8 @@ def fetch_jars(version: str, *, quiet: bool = True) -> Path:
     """Copy Kafka's runtime jars for `version` from Maven Central (once)."""
     libs = CACHE / "kafka" / version / "libs"
     marker = libs.parent / ".complete"
-    if marker.exists():
+    done = f"{version} {FETCH_REVISION}\n"
+    if marker.exists() and marker.read_text() == done:
         return libs
     java_binary()
     mvn = shutil.which("mvn")
@@ -168,7 +186,7 @@ def fetch_jars(version: str, *, quiet: bool = True) -> Path:
     if result.returncode != 0:
         detail = (result.stdout or "") + (result.stderr or "") if quiet else ""
         raise BrokerError(f"Maven could not fetch Kafka {version}:\n{detail.strip()}")
-    marker.write_text(version + "\n")
+    marker.write_text(done)
     return libs
 
 
@@ -227,10 +245,12 @@ def server_properties(spec: BrokerSpec) -> str:
     protocol_map = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" + "".join(
         f",{name}:{name}" for name, _ in extra
     )
+    voters = spec.voters or f"{spec.node_id}@127.0.0.1:{spec.controller_port}"
+    replicas, min_isr = spec.replication, max(1, spec.replication - 1)
     return f"""\
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{spec.controller_port}
+node.id={spec.node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://127.0.0.1:{spec.port},CONTROLLER://127.0.0.1:{spec.controller_port}\
 {"," + listeners if listeners else ""}
 advertised.listeners={advertised}
@@ -238,15 +258,18 @@ listener.security.protocol.map={protocol_map}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs={spec.data_dir}
+metadata.log.dir={spec.metadata_dir}
 num.partitions=1
-default.replication.factor=1
-offsets.topic.replication.factor=1
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
+unclean.leader.election.enable=false
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
@@ -315,15 +338,17 @@ def prepare(spec: BrokerSpec, java: str) -> None:
     spec.config.write_text(server_properties(spec))
     (spec.home / "log4j2.properties").write_text(LOG4J2)
     (spec.home / "log4j.properties").write_text(LOG4J1)
-    if (spec.data_dir / "meta.properties").exists():
+    if all((d / "meta.properties").exists() for d in (spec.data_dir, spec.metadata_dir)):
         return
+    # A cluster's node formats with the cluster's id, also a lost data folder
+    # (--ignore-formatted leaves the metadata folder as it is).
     cmd = java_command(
         spec,
         java,
         "kafka.tools.StorageTool",
         "format",
         "-t",
-        kraft_cluster_id(),
+        spec.cluster_id or kraft_cluster_id(),
         "-c",
         str(spec.config),
         "--ignore-formatted",

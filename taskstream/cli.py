@@ -196,10 +196,33 @@ version_option = click.option(
 @kafka.command("up")
 @port_option
 @version_option
-def kafka_up(port: int, version: str | None) -> None:
-    """Start the broker, or reuse the one already answering on the port."""
-    from taskstream import broker
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    envvar="BROKERS",
+    help="Nodes (broker + controller each) on ports PORT, PORT+2, ...; 3 gives a "
+    "replicated cluster (replication factor 3, min.insync.replicas 2).",
+)
+def kafka_up(port: int, version: str | None, brokers: int) -> None:
+    """Start the broker (or a local cluster), or reuse what already answers."""
+    from taskstream import broker, cluster
 
+    if brokers > 1:
+        nodes = cluster.Cluster.create(port, brokers, version)
+        try:
+            started = cluster.up(nodes)
+        except broker.BrokerError as exc:
+            _fail(str(exc))
+            return
+        how = f"started in {started.seconds:.1f}s" if started.started else "already up, reused"
+        click.echo(
+            f"Kafka cluster of {brokers} on {started.bootstrap} ({how}; logs in "
+            f"{nodes.home}/node-*/broker.log)\n"
+            f"    export KAFKA_BOOTSTRAP={started.bootstrap}"
+        )
+        return
     spec = broker.BrokerSpec.create(port=port, version=version)
     try:
         started = broker.up(spec)
@@ -218,9 +241,16 @@ def kafka_up(port: int, version: str | None) -> None:
 @kafka.command("down")
 @port_option
 def kafka_down(port: int) -> None:
-    """Stop the broker started for this port (and any stray process of it)."""
-    from taskstream import broker
+    """Stop the broker (or cluster) started for this port, and any stray process of it."""
+    from taskstream import broker, cluster
 
+    nodes = cluster.existing(port)
+    if nodes is not None:
+        stopped = cluster.down(nodes)
+        click.echo(
+            f"stopped cluster pid(s) {stopped}" if stopped else "no node of ours was running"
+        )
+        return
     spec = broker.BrokerSpec.create(port=port)
     stopped = broker.down(spec)
     click.echo(f"stopped broker pid(s) {stopped}" if stopped else "no broker of ours was running")
@@ -229,9 +259,25 @@ def kafka_down(port: int) -> None:
 @kafka.command("status")
 @port_option
 def kafka_status(port: int) -> None:
-    """Say whether the broker answers; exit 1 when it does not."""
-    from taskstream import broker
+    """Say whether the broker answers (a cluster: each node, and its controller
+    quorum); exit 1 when it, or any node, does not."""
+    from taskstream import broker, cluster
 
+    nodes = cluster.existing(port)
+    if nodes is not None:
+        states, quorum = cluster.status(nodes)
+        for state in states:
+            pid = f"pid {state.pid}" if state.pid else "not running"
+            click.echo(
+                f"node {state.node_id} on {state.bootstrap}: "
+                f"{'up' if state.answers else 'DOWN'} ({pid})"
+            )
+        click.echo(
+            "controller quorum:\n" + "\n".join(f"    {line}" for line in quorum.splitlines())
+        )
+        if not all(state.answers for state in states):
+            sys.exit(1)
+        return
     spec = broker.BrokerSpec.create(port=port)
     if broker.metadata_ok(spec.bootstrap):
         click.echo(f"up on {spec.bootstrap} (pid {broker.read_pid(spec)})")

@@ -33,6 +33,7 @@ from streams.config import (
     TICKS,
     TOPICS,
     Settings,
+    replication_for,
     topic_config,
 )
 
@@ -150,16 +151,19 @@ def changelog_topic(settings: Settings, table: str) -> str:
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create our topics that do not exist yet; return the names created."""
     client = admin(settings)
-    existing = set(client.list_topics(timeout=timeout).topics)
+    cluster = client.list_topics(timeout=timeout)
+    existing = set(cluster.topics)
+    try:
+        replication = replication_for(settings, len(cluster.brokers))
+    except ValueError as exc:
+        raise TopicMismatch([str(exc)]) from None
+    replicated = replication.topic_config()
     wanted = [
         NewTopic(
             settings.topic(name),
             num_partitions=settings.partitions,
-            replication_factor=settings.replication,
-            # Budget messages are kept for good: they are small (a few per
-            # thousand rewards), the agents read them from offset 0, and an
-            # audit replays them.
-            config=topic_config(name),
+            replication_factor=replication.factor,
+            config={**topic_config(name), **replicated},
         )
         for name in TOPICS
     ]
@@ -169,8 +173,18 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         NewTopic(
             settings.topic(TEMPLATES),
             num_partitions=1,
-            replication_factor=settings.replication,
-            config={"cleanup.policy": "compact"},
+            replication_factor=replication.factor,
+            config={"cleanup.policy": "compact", **replicated},
+        )
+    )
+    # faust's leader election topic, which faust would create with one
+    # replica: on a cluster, a broker's death must not take it offline.
+    wanted.append(
+        NewTopic(
+            f"{settings.app_id}-__assignor-__leader",
+            num_partitions=1,
+            replication_factor=replication.factor,
+            config=replicated,
         )
     )
     # The tables' changelogs, as faust would create them (compacted, one
@@ -182,8 +196,12 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         NewTopic(
             changelog_topic(settings, table),
             num_partitions=settings.partitions,
-            replication_factor=settings.replication,
-            config={"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            replication_factor=replication.factor,
+            config={
+                "cleanup.policy": "compact",
+                "max.message.bytes": str(MAX_MESSAGE_BYTES),
+                **replicated,
+            },
         )
         for table in TABLES
     )
@@ -213,7 +231,7 @@ class TopicMismatch(ValueError):
             "on mis-partitioned co-partitioned topics, and so does taskstream): "
             + "; ".join(problems)
             + ". Recreate them (or alter their settings), or set TASKSTREAM_PARTITIONS "
-            "to what they have"
+            "(and TASKSTREAM_REPLICATION, TASKSTREAM_MIN_INSYNC_REPLICAS) to what they have"
         )
 
 
@@ -243,6 +261,12 @@ def topic_problems(client: AdminClient, wanted: list[NewTopic], timeout: float) 
             problems.append(
                 f"{topic.topic} has {len(found.partitions)} partition(s), not "
                 f"{topic.num_partitions}"
+            )
+        replicas = {len(p.replicas) for p in found.partitions.values()}
+        if replicas and replicas != {topic.replication_factor}:
+            problems.append(
+                f"{topic.topic} has {'/'.join(map(str, sorted(replicas)))} replica(s), "
+                f"not {topic.replication_factor}"
             )
         if topic.config:
             resources.append((topic, ConfigResource(ConfigResource.Type.TOPIC, topic.topic)))

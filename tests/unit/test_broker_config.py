@@ -133,3 +133,61 @@ def test_the_idle_wait_setting_defaults_to_500_ms_takes_0_and_refuses_negatives(
         Settings.from_env({"TASKSTREAM_MAX_IDLE_MS": "-1"})
     with pytest.raises(ValueError, match="TASKSTREAM_MAX_PENDING must be a positive integer"):
         Settings.from_env({"TASKSTREAM_MAX_PENDING": "0"})
+
+
+def test_a_three_node_cluster_votes_together_and_replicates_like_production(
+    tmp_path: Path,
+) -> None:
+    from taskstream.cluster import Cluster
+
+    nodes = Cluster.create(port=31000, brokers=3, home=tmp_path).with_id().nodes
+    props = [
+        dict(line.split("=", 1) for line in broker.server_properties(n).splitlines() if line)
+        for n in nodes
+    ]
+    voters = "1@127.0.0.1:31001,2@127.0.0.1:31003,3@127.0.0.1:31005"
+    assert [p["node.id"] for p in props] == ["1", "2", "3"]
+    assert {p["controller.quorum.voters"] for p in props} == {voters}
+    assert [p["advertised.listeners"] for p in props] == [
+        f"PLAINTEXT://127.0.0.1:{port}" for port in (31000, 31002, 31004)
+    ]
+    for p in props:
+        assert p["default.replication.factor"] == "3"
+        assert p["offsets.topic.replication.factor"] == "3"
+        assert p["min.insync.replicas"] == "2"
+        assert p["transaction.state.log.min.isr"] == "2"
+        assert p["unclean.leader.election.enable"] == "false"
+        # The metadata log apart from the data: a lost data folder keeps the vote.
+        assert p["metadata.log.dir"] != p["log.dirs"]
+    # One cluster id for every node, kept across calls (a wiped node rejoins it).
+    assert len({n.cluster_id for n in nodes}) == 1
+    assert Cluster.create(port=31000, brokers=3, home=tmp_path).with_id().nodes == nodes
+
+
+def test_replication_is_min_3_of_the_brokers_with_one_fewer_in_sync() -> None:
+    from streams.config import replication_for
+
+    auto = Settings.from_env({})
+    assert (auto.replication, auto.min_insync) == (0, 0)
+    assert (replication_for(auto, 1).factor, replication_for(auto, 1).min_insync) == (1, 1)
+    assert (replication_for(auto, 3).factor, replication_for(auto, 3).min_insync) == (3, 2)
+    assert (replication_for(auto, 5).factor, replication_for(auto, 5).min_insync) == (3, 2)
+    two = Settings.from_env({"TASKSTREAM_REPLICATION": "2"})
+    assert (replication_for(two, 3).factor, replication_for(two, 3).min_insync) == (2, 1)
+    strict = Settings.from_env(
+        {"TASKSTREAM_REPLICATION": "3", "TASKSTREAM_MIN_INSYNC_REPLICAS": "3"}
+    )
+    assert replication_for(strict, 3).min_insync == 3
+    with pytest.raises(ValueError, match="the cluster has 1 broker"):
+        replication_for(strict, 1)
+    too_many = Settings.from_env(
+        {"TASKSTREAM_REPLICATION": "2", "TASKSTREAM_MIN_INSYNC_REPLICAS": "3"}
+    )
+    with pytest.raises(ValueError, match="more than the 2 replica"):
+        replication_for(too_many, 3)
+    assert replication_for(auto, 3).topic_config() == {
+        "min.insync.replicas": "2",
+        "unclean.leader.election.enable": "false",
+    }
+    with pytest.raises(ValueError, match="TASKSTREAM_REPLICATION"):
+        Settings.from_env({"TASKSTREAM_REPLICATION": "three"})

@@ -49,6 +49,7 @@ bench: setup
 # the fuzz at 20,000 examples. Minutes; not part of `make test`.
 chaos: setup
 	$(BIN)/python -m chaos
+	$(BIN)/python -m chaos --brokers 3
 	TASKSTREAM_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/unit/test_fuzz_decode.py \
 		tests/unit/test_access_fuzz.py tests/integration/test_fuzz_worker.py
 

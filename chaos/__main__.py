@@ -7,6 +7,9 @@ import sys
 
 from chaos.suite import FAULTS, run_suite
 
+ONE_BROKER_FAULTS = "kill,stop,broker,wipe,kill,stop"
+CLUSTER_RUN_FAULTS = "leader,rolling,node-stop,node-wipe,kill,stop,wipe"
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
@@ -15,8 +18,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument(
         "--faults",
-        default="kill,stop,broker,wipe,kill,stop",
-        help=f"comma list, injected in random order at random moments; kinds: {', '.join(FAULTS)}",
+        default=None,
+        help="comma list, injected in random order at random moments; kinds: "
+        f"{', '.join(FAULTS)} (default: {ONE_BROKER_FAULTS}; "
+        f"with --brokers 3: {CLUSTER_RUN_FAULTS})",
+    )
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="1: one broker (the broker fault restarts it); 3: a KRaft cluster, replication "
+        "factor 3, min.insync.replicas 2, with the cluster faults",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -35,15 +47,17 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
     args = parser.parse_args(argv)
+    default = CLUSTER_RUN_FAULTS if args.brokers > 1 else ONE_BROKER_FAULTS
     report = run_suite(
         events=args.events,
         users=args.users,
         workers=args.workers,
-        faults=[f for f in args.faults.split(",") if f],
+        faults=[f for f in (args.faults or default).split(",") if f],
         seed=args.seed,
         timeout=args.timeout,
         batch_max=args.batch_max,
         rate=args.rate or None,
+        brokers=args.brokers,
     )
     print(report.table())
     return 0 if report.ok else 1

@@ -18,6 +18,19 @@ random fractions of the expected total:
 - broker: restart the broker (SIGTERM, then up again on the same data);
 - wipe:   SIGKILL a random worker, delete its RocksDB folder, restart it.
 
+On a cluster (`--brokers 3`: three KRaft nodes, topics with 3 replicas and
+min.insync.replicas 2), the cluster faults, each while traffic flows:
+
+- leader:    SIGKILL the node leading the most input and changelog
+             partitions, start it again NODE_DOWN_SECONDS later;
+- rolling:   restart every node one by one (SIGTERM, wait, start), the
+             next only once no partition is under-replicated;
+- node-stop: SIGSTOP a node past the brokers' session timeout, then SIGCONT;
+- node-wipe: SIGKILL a node, delete its data folder, start it: it is
+             formatted into the cluster again and re-replicates.
+
+and at the end no partition may be under-replicated.
+
 A worker that exits on its own is restarted too (counted as a crash). At
 the end: the de-duplicated outputs equal replay's, no id carries two
 contents, every malformed line is a dead letter, the group's lag is zero
@@ -53,14 +66,20 @@ from bench.loggen import Line, LogShape, ample_sample_pools, mixed_log
 from streams.api_routing import routing_path
 from streams.config import BUDGET_TOPICS, INPUT_TOPICS
 from streams.kafka.partitioner import partition_for
-from taskstream import broker
+from taskstream import broker, cluster
+from taskstream.cluster import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.workers import TASKSTREAM, Deployment, TopicReader, WorkerProcess
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 OUTPUTS = ("task-events", "rewards")
-FAULTS = ("kill", "stop", "broker", "wipe")
+WORKER_FAULTS = ("kill", "stop", "wipe")
+CLUSTER_FAULTS = ("leader", "rolling", "node-stop", "node-wipe")
+FAULTS = (*WORKER_FAULTS, "broker", *CLUSTER_FAULTS)
+NODE_DOWN_SECONDS = 10.0  # a killed leader stays down this long
+# broker.session.timeout.ms is 9 s: a node stopped longer is fenced.
+NODE_STOP_SECONDS = 15.0
 PRODUCE_CHUNK = 500  # lines per producer flush
 API_SECRET = "chaos-api-secret"
 SERVICE_KEY = "chaos-service-key"
@@ -113,6 +132,7 @@ class Report:
     worker_crashes: int = 0
     api_asked: int = 0  # users asked of a random worker's render API at the end
     api_answered: int = 0  # ... answered 200 by the worker owning the user
+    under_replicated: int | None = None  # partitions, at the end (None: one broker)
     seconds: float = 0.0
     faults: list[Fault] = field(default_factory=list)
 
@@ -127,6 +147,7 @@ class Report:
             and self.audit_exit == 0
             and self.worker_crashes == 0
             and self.api_answered == self.api_asked > 0
+            and not self.under_replicated
             and all(f.recovered_after is not None for f in self.faults)
             and all(f.rejoined_after is not None for f in self.faults)
         )
@@ -147,6 +168,10 @@ class Report:
             ("dead letters expected / found", f"{self.dead_expected} / {self.dead_found}"),
             ("consumer lag at the end", "0" if not self.lag_behind else str(self.lag_behind)),
             ("pools balanced (pools status)", str(self.pools_balanced)),
+            (
+                "under-replicated partitions at the end",
+                "-" if self.under_replicated is None else str(self.under_replicated),
+            ),
             ("taskstream audit exit", str(self.audit_exit)),
             (
                 "render API: answered by the owner / asked",
@@ -192,6 +217,7 @@ class Chaos:
         self,
         bootstrap: str,
         spec: broker.BrokerSpec | None,
+        nodes: Cluster | None,
         root: Path,
         shape: LogShape,
         workers: int,
@@ -201,6 +227,8 @@ class Chaos:
         rate: float | None,
     ) -> None:
         self.spec = spec
+        self.nodes = nodes
+        self.node_faults: dict[int, threading.Thread] = {}  # id(fault) -> its thread
         self.rate = rate
         self.produce_error: BaseException | None = None
         self.batch_max = batch_max
@@ -344,9 +372,12 @@ class Chaos:
         for fault in self.fault_plan:
             if not fault.injected_at or fault.rejoined_after is not None:
                 continue
-            if fault.kind == "broker":
-                back = fault.recovered_after is not None and all(
-                    self._worker_back(w, 0) for w in self.workers.values()
+            if fault.kind == "broker" or fault.kind in CLUSTER_FAULTS:
+                thread = self.node_faults.get(id(fault))
+                back = (
+                    (thread is None or not thread.is_alive())
+                    and fault.recovered_after is not None
+                    and all(self._worker_back(w, 0) for w in self.workers.values())
                 )
             else:
                 worker = self.workers[fault.target.removeprefix("worker ")]
@@ -428,6 +459,21 @@ class Chaos:
             paused = int(self.deployment.env["TASKSTREAM_SESSION_TIMEOUT"]) + 4
             fault.lasted = paused
             self.to_resume.append((time.monotonic() + paused, worker))
+        elif fault.kind in CLUSTER_FAULTS:
+            if self.nodes is None:
+                raise SystemExit(f"the {fault.kind} fault needs a cluster (--brokers 3)")
+            # One node fault at a time: two nodes down at once is a lost
+            # quorum, a different fault (the cluster test covers it).
+            earlier = list(self.node_faults.values())
+            thread = threading.Thread(
+                target=self._node_fault,
+                args=(fault, earlier),
+                name=f"chaos-{fault.kind}",
+                daemon=True,
+            )
+            self.node_faults[id(fault)] = thread
+            fault.target = "every node" if fault.kind == "rolling" else "a node"
+            thread.start()
         elif fault.kind == "broker":
             fault.target = "the broker"
             if self.spec is None:
@@ -438,6 +484,90 @@ class Chaos:
         else:
             raise ValueError(f"unknown fault {fault.kind!r}")
         say(f"{fault.kind} ({fault.target}) at {fault.at_fraction:.0%} of the outputs")
+
+    # --------------------------------------------------------- cluster faults
+
+    def _node_fault(self, fault: Fault, earlier: list[threading.Thread]) -> None:
+        """One cluster fault, in its own thread (the run goes on meanwhile),
+        after the earlier ones are over."""
+        assert self.nodes is not None
+        nodes = self.nodes
+        for thread in earlier:
+            thread.join()
+        began = time.monotonic()
+        try:
+            if fault.kind == "rolling":
+                for node in nodes.nodes:
+                    broker.down(node)
+                    cluster.start_node(nodes, node.node_id, die_with_parent=True)
+                    self._wait_replicated(120)
+                fault.target = "nodes " + ", ".join(str(n.node_id) for n in nodes.nodes)
+            else:
+                node_id = (
+                    self._busiest_node()
+                    if fault.kind == "leader"
+                    else self.rng.choice([n.node_id for n in nodes.nodes])
+                )
+                fault.target = f"node {node_id}"
+                pids = broker.our_broker_pids(nodes.node(node_id))
+                if fault.kind == "node-stop":
+                    for pid in pids:
+                        os.kill(pid, signal.SIGSTOP)
+                    time.sleep(NODE_STOP_SECONDS)
+                    for pid in pids:
+                        os.kill(pid, signal.SIGCONT)
+                else:  # leader, node-wipe: SIGKILL, then start again
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
+                    broker.down(nodes.node(node_id))  # reaps it, drops the pid file
+                    if fault.kind == "node-wipe":
+                        shutil.rmtree(nodes.node(node_id).data_dir, ignore_errors=True)
+                    time.sleep(NODE_DOWN_SECONDS)
+                    cluster.start_node(nodes, node_id, die_with_parent=True)
+        except BaseException as exc:  # the run reports it as not back
+            say(f"{fault.kind} failed: {exc!r}")
+            return
+        fault.lasted = time.monotonic() - began
+        say(f"{fault.kind} ({fault.target}) done in {fault.lasted:.1f} s")
+
+    def _busiest_node(self) -> int:
+        """The node leading the most partitions of our inputs and changelogs."""
+        from confluent_kafka.admin import AdminClient
+
+        settings = self.deployment.settings
+        ours = {settings.topic(t) for t in INPUT_TOPICS} | {
+            f"{settings.app_id}-{table}-changelog" for table in ("state", "allocator")
+        }
+        admin = AdminClient({"bootstrap.servers": self.deployment.bootstrap})
+        topics = admin.list_topics(timeout=10).topics
+        leaders = Counter(
+            p.leader for name in ours if name in topics for p in topics[name].partitions.values()
+        )
+        return int(leaders.most_common(1)[0][0])
+
+    def under_replicated(self) -> int:
+        """Partitions of any topic with fewer in-sync replicas than replicas."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.deployment.bootstrap})
+        topics = admin.list_topics(timeout=10).topics
+        return sum(
+            1
+            for topic in topics.values()
+            for p in topic.partitions.values()
+            if len(p.isrs) < len(p.replicas)
+        )
+
+    def _wait_replicated(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                behind = self.under_replicated()
+            except Exception:  # a node still starting: ask again
+                behind = -1
+            if behind == 0 or time.monotonic() >= deadline:
+                return behind
+            time.sleep(1.0)
 
     # --------------------------------------------------------------- verify
 
@@ -490,6 +620,8 @@ class Chaos:
         report.dead_found = len({m["event_id"] for m in self.readers["dead-letters"].messages})
         report.lag_behind = self._lag_behind()
         report.pools_balanced = self._pools_balanced()
+        if self.nodes is not None:
+            report.under_replicated = self._wait_replicated(120)
         report.audit_exit = self._audit()
         report.api_asked, report.api_answered = self._ask_the_api(users=40)
         report.seconds = time.monotonic() - began
@@ -618,14 +750,29 @@ def run_suite(
     batch_max: int = 50,
     rate: float | None = None,
     bootstrap: str | None = None,
+    brokers: int = 1,
+    nodes: Cluster | None = None,
 ) -> Report:
-    """Start a broker (unless `bootstrap` is given), run, verify, clean up."""
+    """Start a broker, or a cluster of `brokers` nodes (unless `bootstrap` is
+    given), run, verify, clean up."""
     unknown = [f for f in faults if f not in FAULTS]
     if unknown:
         raise ValueError(f"unknown fault(s) {unknown}; known: {FAULTS}")
+    if brokers > 1 and "broker" in faults:
+        raise ValueError("on a cluster the broker faults are: " + ", ".join(CLUSTER_FAULTS))
+    if brokers < 3 and nodes is None and any(f in CLUSTER_FAULTS for f in faults):
+        raise ValueError(f"{', '.join(CLUSTER_FAULTS)} need --brokers 3")
     root = Path(tempfile.mkdtemp(prefix="taskstream-chaos-"))
     spec = None
-    if bootstrap is None:
+    owned = None  # a cluster this run starts (and stops)
+    if nodes is not None:  # the caller's cluster
+        bootstrap = nodes.bootstrap
+    elif bootstrap is None and brokers > 1:
+        port = broker.free_ports(1, consecutive=2 * brokers)[0]
+        nodes = owned = cluster.Cluster.create(port, brokers, home=root / "cluster")
+        bootstrap = cluster.up(nodes, die_with_parent=True).bootstrap
+        say(f"a cluster of {brokers} on {bootstrap}")
+    elif bootstrap is None:
         spec = broker.BrokerSpec.create(port=broker.free_port(), home=root / "broker")
         bootstrap = broker.up(spec, die_with_parent=True).bootstrap
     shape = LogShape(
@@ -639,13 +786,17 @@ def run_suite(
         seconds_per_event=110.0 * 20_000 / max(events, 1),
         seed=seed,
     )
-    chaos = Chaos(bootstrap, spec, root, shape, workers, faults, seed, batch_max, rate)
+    chaos = Chaos(bootstrap, spec, nodes, root, shape, workers, faults, seed, batch_max, rate)
     try:
         return chaos.run(timeout)
     finally:
         chaos.close()
         if spec is not None:
             broker.down(spec)
+        for thread in chaos.node_faults.values():
+            thread.join(timeout=180)  # a node fault still starting a node
+        if owned is not None:
+            cluster.down(owned)
         if os.environ.get("TASKSTREAM_CHAOS_KEEP"):  # worker logs, broker log, audit
             say(f"kept {root} (TASKSTREAM_CHAOS_KEEP)")
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from confluent_kafka import KafkaError, Producer
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str | bytes | None]]
+WAIT_WARNING_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,11 @@ def producer_config(client: Mapping[str, Any], max_message_bytes: int) -> dict[s
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,
         "message.max.bytes": max_message_bytes + 1024,
+        # Retry until the brokers take it, however long that is (0: no
+        # timeout): a batch's inputs are committed only after its records are
+        # delivered, so a cluster short of in-sync replicas (min.insync.replicas)
+        # holds the worker, which says why (`wait`), instead of failing it.
+        "message.timeout.ms": 0,
         # No compression: faust's recovery and the allocator read these
         # topics with aiokafka, which needs extra libraries for lz4/zstd.
     }
@@ -65,11 +72,12 @@ class BatchProducer:
     """confluent-kafka Producer; `send` then `await wait()` once per batch."""
 
     def __init__(self, config: Mapping[str, Any], tracked_topics: frozenset[str]) -> None:
-        self._config = {**config, "on_delivery": self._on_delivery}
+        self._config = {**config, "on_delivery": self._on_delivery, "error_cb": self._on_error}
         self._tracked = tracked_topics
         self._reports: list[Delivered] = []
         self._errors: list[str] = []
         self._client: Producer | None = None
+        self.last_client_error = ""  # librdkafka's latest (it retries by itself)
 
     @property
     def _producer(self) -> Producer:
@@ -84,6 +92,9 @@ class BatchProducer:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
         elif msg.topic() in self._tracked:
             self._reports.append(Delivered(msg.topic(), msg.partition(), msg.offset()))
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.last_client_error = err.str()
 
     def send(
         self,
@@ -108,8 +119,21 @@ class BatchProducer:
         """Until every record sent so far is delivered; the tracked topics'
         delivery reports since the last wait. Raises DeliveryFailed."""
         producer = self._producer
+        began = time.monotonic()
+        said = began
         while len(producer) > 0:
             await asyncio.to_thread(producer.flush, 1.0)
+            now = time.monotonic()
+            if now - said >= WAIT_WARNING_SECONDS and len(producer) > 0:
+                said = now
+                log.warning(
+                    "%d record(s) not acknowledged by the brokers after %.0f s (acks=all: "
+                    "min.insync.replicas in-sync replicas must have each); the batch's inputs "
+                    "stay uncommitted until they are; last client error: %s",
+                    len(producer),
+                    now - began,
+                    self.last_client_error or "none",
+                )
         producer.poll(0)
         reports, self._reports = self._reports, []
         errors, self._errors = self._errors, []

@@ -489,7 +489,9 @@ class Chaos:
 
     def _node_fault(self, fault: Fault, earlier: list[threading.Thread]) -> None:
         """One cluster fault, in its own thread (the run goes on meanwhile),
-        after the earlier ones are over."""
+        after the earlier ones are over. The nodes it starts do not die with
+        their parent: Linux sends that signal when the parent *thread* ends,
+        which would kill them as this one returns (run_suite stops them)."""
         assert self.nodes is not None
         nodes = self.nodes
         for thread in earlier:
@@ -499,7 +501,7 @@ class Chaos:
             if fault.kind == "rolling":
                 for node in nodes.nodes:
                     broker.down(node)
-                    cluster.start_node(nodes, node.node_id, die_with_parent=True)
+                    cluster.start_node(nodes, node.node_id)
                     self._wait_replicated(120)
                 fault.target = "nodes " + ", ".join(str(n.node_id) for n in nodes.nodes)
             else:
@@ -523,7 +525,7 @@ class Chaos:
                     if fault.kind == "node-wipe":
                         shutil.rmtree(nodes.node(node_id).data_dir, ignore_errors=True)
                     time.sleep(NODE_DOWN_SECONDS)
-                    cluster.start_node(nodes, node_id, die_with_parent=True)
+                    cluster.start_node(nodes, node_id)
         except BaseException as exc:  # the run reports it as not back
             say(f"{fault.kind} failed: {exc!r}")
             return

@@ -117,7 +117,9 @@ def up(cluster: Cluster, *, timeout: float = 120.0, die_with_parent: bool = Fals
 
 def start_node(cluster: Cluster, node_id: int, *, die_with_parent: bool = False) -> float:
     """Start one node again (on the data it has, or formatted afresh into the
-    cluster if its data folder is gone); seconds until it answers."""
+    cluster if its data folder is gone); seconds until it answers.
+    `die_with_parent` only from a thread that outlives the node: Linux sends
+    that signal when the starting *thread* ends."""
     began = time.monotonic()
     node = cluster.node(node_id)
     java = broker.java_binary()

@@ -534,31 +534,14 @@ class Chaos:
 
     def _busiest_node(self) -> int:
         """The node leading the most partitions of our inputs and changelogs."""
-        from confluent_kafka.admin import AdminClient
-
         settings = self.deployment.settings
         ours = {settings.topic(t) for t in INPUT_TOPICS} | {
             f"{settings.app_id}-{table}-changelog" for table in ("state", "allocator")
         }
-        admin = AdminClient({"bootstrap.servers": self.deployment.bootstrap})
-        topics = admin.list_topics(timeout=10).topics
-        leaders = Counter(
-            p.leader for name in ours if name in topics for p in topics[name].partitions.values()
-        )
-        return int(leaders.most_common(1)[0][0])
+        return cluster.busiest_leader(self.deployment.bootstrap, ours)
 
     def under_replicated(self) -> int:
-        """Partitions of any topic with fewer in-sync replicas than replicas."""
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": self.deployment.bootstrap})
-        topics = admin.list_topics(timeout=10).topics
-        return sum(
-            1
-            for topic in topics.values()
-            for p in topic.partitions.values()
-            if len(p.isrs) < len(p.replicas)
-        )
+        return cluster.under_replicated(self.deployment.bootstrap)
 
     def _wait_replicated(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout

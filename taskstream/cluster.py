@@ -223,3 +223,29 @@ def existing(port: int, version: str | None = None) -> Cluster | None:
     if not (home / "cluster.id").exists() or not nodes:
         return None
     return Cluster.create(port, len(nodes), version, home)
+
+
+def busiest_leader(bootstrap: str, topics: set[str]) -> int:
+    """The node leading the most partitions of `topics`."""
+    from collections import Counter
+
+    from confluent_kafka.admin import AdminClient
+
+    found = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    leaders = Counter(
+        p.leader for name in topics if name in found for p in found[name].partitions.values()
+    )
+    return int(leaders.most_common(1)[0][0])
+
+
+def under_replicated(bootstrap: str) -> int:
+    """Partitions of any topic with fewer in-sync replicas than replicas."""
+    from confluent_kafka.admin import AdminClient
+
+    found = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    return sum(
+        1
+        for topic in found.values()
+        for p in topic.partitions.values()
+        if len(p.isrs) < len(p.replicas)
+    )

@@ -277,11 +277,13 @@ class Replication:
         }
 
 
-def replication_for(settings: Settings, brokers: int) -> Replication:
-    """The replication settings for a cluster of `brokers` brokers: the
-    configured ones, or min(3, brokers) replicas with one fewer in sync."""
-    factor = settings.replication or min(3, max(1, brokers))
-    if factor > brokers:
+def replication_for(settings: Settings, brokers: int, existing: int | None = None) -> Replication:
+    """The replication settings for a cluster where `brokers` brokers answer:
+    the configured ones; else, on `auto`, what our topics that exist have
+    (`existing`: a broker down for a while must not change the answer),
+    or min(3, brokers) for a deployment's first topics; one fewer in sync."""
+    factor = settings.replication or existing or min(3, max(1, brokers))
+    if factor > brokers and existing is None:
         raise ValueError(f"TASKSTREAM_REPLICATION={factor} but the cluster has {brokers} broker(s)")
     min_insync = settings.min_insync or max(1, factor - 1)
     if min_insync > factor:

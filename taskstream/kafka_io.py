@@ -154,7 +154,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     cluster = client.list_topics(timeout=timeout)
     existing = set(cluster.topics)
     try:
-        replication = replication_for(settings, len(cluster.brokers))
+        replication = replication_for(
+            settings, len(cluster.brokers), _replication_of(cluster.topics, settings)
+        )
     except ValueError as exc:
         raise TopicMismatch([str(exc)]) from None
     replicated = replication.topic_config()
@@ -219,6 +221,22 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     if problems:
         raise TopicMismatch(problems)
     return created
+
+
+def _replication_of(topics: dict[str, Any], settings: Settings) -> int | None:
+    """The most common replication factor of this deployment's topics that
+    exist (None: none yet). The metadata lists every replica assigned, down
+    or not, so a broker that is away does not change it."""
+    names = {settings.topic(name) for name in (*TOPICS, TEMPLATES)} | {
+        changelog_topic(settings, table) for table in TABLES
+    }
+    ours = [
+        len(partition.replicas)
+        for name in names
+        if name in topics and topics[name].error is None
+        for partition in topics[name].partitions.values()
+    ]
+    return max(set(ours), key=ours.count) if ours else None
 
 
 class TopicMismatch(ValueError):

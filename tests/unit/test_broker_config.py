@@ -191,3 +191,15 @@ def test_replication_is_min_3_of_the_brokers_with_one_fewer_in_sync() -> None:
     }
     with pytest.raises(ValueError, match="TASKSTREAM_REPLICATION"):
         Settings.from_env({"TASKSTREAM_REPLICATION": "three"})
+
+
+def test_auto_replication_keeps_what_the_topics_have_while_a_broker_is_away() -> None:
+    from streams.config import replication_for
+
+    auto = Settings.from_env({})
+    # Two of three brokers answer; the topics were made with 3 replicas.
+    kept = replication_for(auto, 2, existing=3)
+    assert (kept.factor, kept.min_insync) == (3, 2)
+    # Set explicitly, it is what it says, and the checks compare against it.
+    one = Settings.from_env({"TASKSTREAM_REPLICATION": "1"})
+    assert replication_for(one, 3, existing=3).factor == 1

@@ -78,6 +78,7 @@ WORKER_FAULTS = ("kill", "stop", "wipe")
 CLUSTER_FAULTS = ("leader", "rolling", "node-stop", "node-wipe")
 FAULTS = (*WORKER_FAULTS, "broker", *CLUSTER_FAULTS)
 NODE_DOWN_SECONDS = 10.0  # a killed leader stays down this long
+CLUSTER_MAX_IDLE_MS = "3000"  # docs/DEPLOY.md: the idle wait on a replicated cluster
 # broker.session.timeout.ms is 9 s: a node stopped longer is fenced.
 NODE_STOP_SECONDS = 15.0
 PRODUCE_CHUNK = 500  # lines per producer flush
@@ -409,8 +410,14 @@ class Chaos:
     # --------------------------------------------------------------- faults
 
     def _start(self, label: str, *, wipe: bool = False) -> None:
+        # On a cluster, the idle wait DEPLOY.md asks for (unless set): leader
+        # changes delay one topic's writes by over a second.
+        idle = {"TASKSTREAM_MAX_IDLE_MS": CLUSTER_MAX_IDLE_MS}
+        if self.nodes is None or "TASKSTREAM_MAX_IDLE_MS" in os.environ:
+            idle = {}
         worker = self.workers.get(label) or self.deployment.worker(
             label,
+            **idle,
             TASKSTREAM_BATCH_MAX=str(self.batch_max),
             # Each worker runs its render API process, as in production.
             TASKSTREAM_API_SECRET=API_SECRET,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
@@ -650,14 +651,32 @@ def pools() -> None:
     """Budget pools: open, close, central, and where every unit is (progressive bucketing)."""
 
 
+# How long `_ensure_topics` tries a cluster that does not answer (a broker
+# down, a leader election): a worker restarted in the middle of one waits.
+TOPIC_CHECK_PATIENCE_SECONDS = 180.0
+
+
 def _ensure_topics(settings: Settings) -> list[str]:
-    """`ensure_topics`, exit 1 naming each topic that disagrees with the deployment."""
+    """`ensure_topics`, exit 1 naming each topic that disagrees with the
+    deployment. A cluster that does not answer (a request timed out, a
+    broker away) is asked again, saying so, for up to
+    TOPIC_CHECK_PATIENCE_SECONDS; then exit 1 with why."""
+    from confluent_kafka import KafkaException
+
     from taskstream.kafka_io import TopicMismatch, ensure_topics
 
-    try:
-        return ensure_topics(settings)
-    except TopicMismatch as exc:
-        _fail(str(exc))
+    deadline = time.monotonic() + TOPIC_CHECK_PATIENCE_SECONDS
+    while True:
+        try:
+            return ensure_topics(settings)
+        except TopicMismatch as exc:
+            _fail(str(exc))
+        except (KafkaException, TimeoutError) as exc:
+            why = str(exc) or type(exc).__name__
+            if time.monotonic() >= deadline:
+                _fail(f"the cluster at {settings.bootstrap} did not answer the topic check: {why}")
+            click.echo(f"the topic check did not get an answer ({why}); asking again", err=True)
+            time.sleep(2.0)
 
 
 def _require_topics(settings: Settings, shorts: Iterable[str]) -> None:

@@ -353,7 +353,11 @@ class Chaos:
         try:
             for start in range(0, len(self.lines), PRODUCE_CHUNK):
                 chunk = self.lines[start : start + PRODUCE_CHUNK]
-                self.report.messages += self.deployment.produce(chunk)
+                # On a cluster, as an upstream keeping each user's events in
+                # order (DEPLOY.md): partitions' leaders make them readable at
+                # different moments, so events in flight together can swap.
+                in_order = self.nodes is not None
+                self.report.messages += self.deployment.produce(chunk, in_order=in_order)
                 done += len(chunk)
                 ahead = began + done / self.rate - time.monotonic()
                 if ahead > 0:

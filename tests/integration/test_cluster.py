@@ -108,7 +108,7 @@ def _traffic(deployment: Deployment, lines: list[bytes], per_second: float) -> t
 
     def run() -> None:
         for start in range(0, len(lines), 20):
-            deployment.produce(lines[start : start + 20])
+            deployment.produce(lines[start : start + 20], in_order=True)
             time.sleep(20 / per_second)
 
     thread = threading.Thread(target=run, name="traffic", daemon=True)

@@ -79,13 +79,24 @@ class Deployment:
             args += ["--pools", str(pools)]
         subprocess.run(args, env={**os.environ, **self.env}, check=True, capture_output=True)
 
-    def produce(self, lines: Iterable[bytes | Line]) -> int:
+    def produce(self, lines: Iterable[bytes | Line], *, in_order: bool = False) -> int:
         """Send input lines as `taskstream produce` does (keyed by user, ticks to
         every partition; a `Line` with a raw topic goes there as-is). Returns the
-        number of Kafka messages sent; remembers where each event_id landed."""
+        number of Kafka messages sent; remembers where each event_id landed.
+
+        `in_order`: as an upstream that keeps each user's events in order
+        across topics does on a replicated cluster: a user's next event is
+        sent only once the previous one is acknowledged (acks=all: readable),
+        and a tick only once everything before it is, and before anything
+        after it (docs/DEPLOY.md "Producing in order")."""
         settings = self.settings
         client = producer(settings)
         sent = 0
+        in_flight: set[bytes] = set()  # users with an event not acknowledged yet
+
+        def settle() -> None:
+            assert client.flush(60) == 0, "producer could not deliver every message"
+            in_flight.clear()
 
         def landed(err: object, msg: Any) -> None:
             assert err is None, err
@@ -113,9 +124,17 @@ class Deployment:
                 continue
             routed = route(settings, item.value)
             if routed.broadcast:
+                if in_order:
+                    settle()
                 for partition in range(self.partitions):
                     send(routed.topic, routed.value, None, partition)
+                if in_order:
+                    settle()
             else:
+                if in_order and routed.key is not None:
+                    if routed.key in in_flight:
+                        settle()
+                    in_flight.add(routed.key)
                 send(routed.topic, routed.value, routed.key)
         assert client.flush(60) == 0, "producer could not deliver every message"
         return sent

@@ -319,22 +319,10 @@ class BatchApp(faust.App):
     own_positions: frozenset[str] = frozenset()
 
 
-class Producer(faust_aiokafka.Producer):
-    """faust's aiokafka producer, idempotent. faust's producer writes the
-    allocator's changelog and its budget messages (streams.table_commit);
-    with acks=all alone, aiokafka's own retry after a leader moved could
-    write a record twice or out of order. faust turns idempotence on only
-    inside its transactions (`_settings_extra`)."""
-
-    def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), "enable_idempotence": True}
-
-
 class Transport(faust_aiokafka.Transport):
-    """faust's aiokafka transport with this app's consumer and producer."""
+    """faust's aiokafka transport with this app's consumer."""
 
     Consumer = Consumer
-    Producer = Producer
 
 
 def register() -> str:

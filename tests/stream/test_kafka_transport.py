@@ -77,9 +77,6 @@ REPLACED = {
         "c2701bfc3e6f",
     ),
     "aiokafka AIOKafkaConsumer.start": (aiokafka.AIOKafkaConsumer.start, "2f1ba7044332"),
-    # Producer._settings_extra adds idempotence to what these give aiokafka.
-    "faust Producer._settings_extra": (faust_aiokafka.Producer._settings_extra, "a4c7bc41b638"),
-    "faust Producer._new_producer": (faust_aiokafka.Producer._new_producer, "e72355c3430e"),
 }
 
 
@@ -106,7 +103,6 @@ def test_the_subclasses_are_registered_for_this_app_only() -> None:
     assert by_url(f"{scheme}://127.0.0.1:9092") is transport.Transport
     assert by_url("kafka://127.0.0.1:9092") is faust_aiokafka.Transport
     assert transport.Transport.Consumer is transport.Consumer
-    assert transport.Transport.Producer is transport.Producer
     assert issubclass(recovery.TableManager, faust_manager.TableManager)
 
 
@@ -212,15 +208,3 @@ async def test_a_fetch_reaches_the_sink_whole_and_other_topics_go_the_usual_way(
     handed_on = [(tp, m.offset) async for tp, m in consumer.getmany(timeout=0.1)]
     assert sink.fetches == [({ORDERS: [5, 6], TP("ts.orders", 4): [0]}, app.consumer_generation_id)]
     assert handed_on == [(other, 9)]
-
-
-@pytest.mark.asyncio
-async def test_fausts_producer_is_idempotent_outside_transactions_too() -> None:
-    """The allocator writes its changelog and budget messages through it."""
-    scheme = transport.register()
-    app = transport.BatchApp("idempotence-test", broker=f"{scheme}://127.0.0.1:1")
-    producer = app.producer
-    assert isinstance(producer, transport.Producer)
-    assert producer._settings_extra()["enable_idempotence"] is True
-    made = producer._new_producer()
-    assert made._txn_manager is not None  # aiokafka's idempotence state

@@ -92,32 +92,31 @@ def _changelog_empty(settings: Settings) -> bool:
         consumer.close()
 
 
-def dev_api_secret(folder: Path) -> Path | None:
-    """Point the render API at a development secret file, created once, unless
-    a secret is configured; the file's path (None when one was configured)."""
-    if os.environ.get("TASKSTREAM_API_SECRET") or os.environ.get("TASKSTREAM_API_SECRET_FILE"):
+def dev_secret_file(folder: Path, variable: str, name: str, nbytes: int) -> Path | None:
+    """Point `variable`_FILE at a development secret in `folder/name`, created
+    once, unless `variable` (or its _FILE) is configured; the file's path
+    (None when one was configured)."""
+    if os.environ.get(variable) or os.environ.get(f"{variable}_FILE"):
         return None
-    path = folder / "dev-api-secret"
+    path = folder / name
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
+        path.write_text(secrets.token_hex(nbytes))
         path.chmod(0o600)
-    os.environ["TASKSTREAM_API_SECRET_FILE"] = str(path)
+    os.environ[f"{variable}_FILE"] = str(path)
     return path
 
 
+def dev_api_secret(folder: Path) -> Path | None:
+    """The render API's development secret file (tokens can be minted)."""
+    return dev_secret_file(folder, "TASKSTREAM_API_SECRET", "dev-api-secret", 32)
+
+
 def dev_service_key(folder: Path) -> str | None:
-    """Give back-end callers and the operator page a development service key,
-    created once, unless one is configured; the key (None when configured)."""
-    if os.environ.get("TASKSTREAM_SERVICE_KEY") or os.environ.get("TASKSTREAM_SERVICE_KEY_FILE"):
-        return None
-    path = folder / "dev-service-key"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(16))
-        path.chmod(0o600)
-    os.environ["TASKSTREAM_SERVICE_KEY_FILE"] = str(path)
-    return path.read_text().strip()
+    """A development service key for back-end callers and the operator page
+    (None when one is configured)."""
+    path = dev_secret_file(folder, "TASKSTREAM_SERVICE_KEY", "dev-service-key", 16)
+    return None if path is None else path.read_text().strip()
 
 
 def main() -> int:

@@ -18,9 +18,9 @@ from streams.config import (
     BUDGET_REQUESTS,
     CLAIMS,
     DEAD_LETTERS,
-    INPUT_TOPICS,
     MAX_MESSAGE_BYTES,
     ORDERS,
+    PROCESSOR_INPUTS,
     REFUNDS,
     REWARDS,
     STATE_TABLE,
@@ -94,7 +94,6 @@ def _topic(name: str) -> faust.TopicT:
 # Inputs: one channel over the four co-partitioned topics and the buckets'
 # budget messages, so partition p of each is assigned to the same worker and
 # one agent merges them in event time (and pays from partition p's buckets).
-PROCESSOR_INPUTS = (*INPUT_TOPICS, BUDGET_GRANTS)
 inputs_channel = app.topic(
     *(settings.topic(name) for name in PROCESSOR_INPUTS),
     key_type=bytes,

@@ -239,6 +239,9 @@ OUTPUT_TOPICS = (TASK_EVENTS, REWARDS, DEAD_LETTERS)
 BUDGET_GRANTS = "budget-grants"
 BUDGET_REQUESTS = "budget-requests"
 BUDGET_TOPICS = (BUDGET_GRANTS, BUDGET_REQUESTS)
+# What the processor reads, co-partitioned: the inputs and the buckets' budget
+# messages (the roles a partition record keeps positions for).
+PROCESSOR_INPUTS = (*INPUT_TOPICS, BUDGET_GRANTS)
 # Templates and pools, compacted, one partition: every worker reads all of it.
 TEMPLATES = "templates"
 TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS)

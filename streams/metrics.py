@@ -44,8 +44,8 @@ from app.bucketing import Master
 from schemas.timestamps import MICROS_PER_SECOND
 from streams import rocksdb_memory
 from streams.allocation import AllocationResult
-from streams.app import PROCESSOR_INPUTS, allocator_table, app, catalog_feed, settings, state
-from streams.config import BUDGET_REQUESTS
+from streams.app import allocator_table, app, catalog_feed, settings, state
+from streams.config import BUDGET_REQUESTS, PROCESSOR_INPUTS
 from streams.fenced_store import FencedStore
 from streams.metrics_core import (
     EVENT_LAG_BUCKETS_SECONDS,

@@ -41,10 +41,9 @@ from streams.allocation import MASTER_PREFIX, allocator_key, decode_allocator, d
 from streams.api_tables import Routing, RoutingView, SecondaryTables, allocator_paths
 from streams.catalog_feed import CatalogFeed
 from streams.config import (
-    BUDGET_GRANTS,
     BUDGET_REQUESTS,
     DEAD_LETTERS,
-    INPUT_TOPICS,
+    PROCESSOR_INPUTS,
     REWARDS,
     TASK_EVENTS,
     Settings,
@@ -55,7 +54,6 @@ from streams.partition_state import PartitionRecord, decode_partition, partition
 STATIC = Path(__file__).with_name("static")
 OWNER_TIMEOUT_SECONDS = 2.0
 SERVICE_KEY_HEADER = "X-Service-Key"
-PROCESSOR_INPUTS = (*INPUT_TOPICS, BUDGET_GRANTS)  # the roles of a partition record
 
 
 @dataclass

@@ -28,7 +28,7 @@ run: setup
 
 # The whole suite; the suite starts and stops its own broker on free ports.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit tests/stream

@@ -1,0 +1,216 @@
+"""The allocator's shell (streams.worker.allocator): what reaches the store,
+the producer and the consumer, and in which order, with fakes for each."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP
+
+from app.bucketing import master_partition
+from schemas.codec import encode
+from schemas.records import RefillRequested
+from streams import metrics
+from streams.allocation import (
+    AllocatorRecord,
+    allocator_key,
+    allocator_redo_key,
+    decode_allocator,
+    encode_allocator,
+    master_key,
+)
+from streams.config import Settings
+from streams.kafka.producer import Delivered, DeliveryFailed
+from streams.partition_state import Output, Redo, decode_redo, encode_redo
+from streams.worker.allocator import Allocator
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+from engine_builders import catalog, template
+
+SETTINGS = Settings.from_env({})
+PARTITIONS = SETTINGS.partitions
+CATALOG = catalog(
+    template(reward={"mode": "cumulative", "amount_cents": 500, "pool_id": "cash"}),
+    pools=[{"pool_id": "cash", "total": 100_000, "unit": "cents"}],
+)
+OWNER = master_partition("cash", PARTITIONS)
+TOPIC = SETTINGS.topic("budget-requests")
+GRANTS = SETTINGS.topic("budget-grants")
+CHANGELOG = "ts-allocator-changelog"
+
+
+@pytest.fixture(autouse=True)
+def _no_masters_left_behind() -> Iterator[None]:
+    yield
+    metrics._masters.clear()  # the allocator's metrics are process-wide
+
+
+class FakeStore:
+    """A PartitionStateStore in dicts; `log` is every call in order."""
+
+    def __init__(self) -> None:
+        self.dbs: dict[int, dict[bytes, bytes]] = {}
+        self.log: list[tuple[str, Any]] = []
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.dbs.get(partition, {}).get(key)
+
+    def write(self, partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        self.log.append(("write", [key for key, _ in writes]))
+        db = self.dbs.setdefault(partition, {})
+        for key, value in writes:
+            if value is None:
+                db.pop(key, None)
+            else:
+                db[key] = value
+
+    def acknowledge(self, delivered: Iterable[Delivered]) -> None:
+        self.log.append(("acknowledge", list(delivered)))
+
+
+class FakeProducer:
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.fail = False
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+    ) -> None:
+        self.sent.append((topic, key, value, partition))
+        self.log.append(("send", topic))
+
+    async def wait(self) -> list[Delivered]:
+        self.log.append(("wait", None))
+        if self.fail:
+            raise DeliveryFailed("1 record(s) not delivered: leader not available")
+        return [Delivered(CHANGELOG, OWNER, 7)]
+
+
+class FakeConsumer:
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+        self.positions: dict[TP, int] = {}
+        self.skipped: list[tuple[TP, int]] = []
+        self.rewinds: list[tuple[TP, int]] = []
+        self.commit_positions = SimpleNamespace(record=self._record)
+
+    def _record(self, tp: TP, offset: int) -> None:
+        self.positions[tp] = offset
+        self.log.append(("position", offset))
+
+    def note_skipped(self, tp: TP, offset: int) -> None:
+        self.skipped.append((tp, offset))
+
+    async def rewind(self, tp: TP, offset: int) -> None:
+        self.rewinds.append((tp, offset))
+
+
+class FakeApp:
+    rebalancing = False
+    in_recovery = False
+    consumer_generation_id = 3
+
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+
+
+def _allocator() -> tuple[Allocator, FakeStore, FakeProducer, FakeConsumer]:
+    store = FakeStore()
+    producer = FakeProducer(store.log)
+    consumer = FakeConsumer(store.log)
+    allocator = Allocator(
+        FakeApp(consumer),
+        SETTINGS,
+        store,  # type: ignore[arg-type]
+        producer,  # type: ignore[arg-type]
+        catalog=lambda: CATALOG,
+    )
+    return allocator, store, producer, consumer
+
+
+def _event(offset: int, record: object, generation: int = 3) -> Any:
+    message = SimpleNamespace(
+        tp=TP(TOPIC, OWNER),
+        partition=OWNER,
+        offset=offset,
+        key=b"cash",
+        value=encode(record),  # type: ignore[arg-type]
+        generation_id=generation,
+    )
+    return SimpleNamespace(message=message)
+
+
+def _request(seq: int, bucket_partition: int = 2) -> RefillRequested:
+    return RefillRequested(f"r{seq}", "cash", bucket_partition, seq, 500, 0, 0, 0, 0, 0)
+
+
+async def test_a_request_is_written_sent_and_acknowledged_before_its_position() -> None:
+    allocator, store, producer, consumer = _allocator()
+    await allocator.on_events([_event(0, _request(1))])
+    kinds = [kind for kind, _ in store.log]
+    # The redo record and the writes, the grant, ONE wait, then the position.
+    assert kinds == ["write", "send", "wait", "acknowledge", "position"]
+    assert store.log[0][1] == [allocator_redo_key(OWNER), master_key("cash"), allocator_key(OWNER)]
+    topic, key, value, partition = producer.sent[0]
+    assert (topic, key, partition) == (GRANTS, b"cash", 2)
+    assert orjson.loads(value or b"")["type"] == "bucket_granted"
+    assert consumer.positions == {TP(TOPIC, OWNER): 1}
+    assert decode_allocator(store.dbs[OWNER][allocator_key(OWNER)]) == AllocatorRecord(OWNER, 1, 1)
+    assert store.log[3][1] == [Delivered(CHANGELOG, OWNER, 7)]
+
+
+async def test_an_undelivered_batch_records_no_position_and_is_rebuilt() -> None:
+    allocator, _store, producer, consumer = _allocator()
+    producer.fail = True
+    with pytest.raises(DeliveryFailed):
+        await allocator.on_events([_event(0, _request(1))])
+    assert consumer.positions == {}
+    assert OWNER not in allocator.caches  # rebuilt from the table next time
+    # The next batch first finishes the stored one: its outputs go out again.
+    producer.fail = False
+    producer.sent.clear()
+    await allocator.on_events([_event(1, _request(2))])
+    assert [orjson.loads(v or b"")["request_seq"] for _, _, v, _ in producer.sent] == [1, 2]
+    assert consumer.positions == {TP(TOPIC, OWNER): 2}
+
+
+async def test_a_batch_cut_short_by_a_crash_is_applied_again_first() -> None:
+    allocator, store, producer, _ = _allocator()
+    cut = Output("budget-grants", b"cash", b'{"cut": true}', 2)
+    stored = AllocatorRecord(OWNER, 4, 9)
+    newer = AllocatorRecord(OWNER, 5, 10)
+    store.dbs[OWNER] = {
+        allocator_key(OWNER): encode_allocator(stored),
+        allocator_redo_key(OWNER): encode_redo(
+            Redo(5, ((allocator_key(OWNER), encode_allocator(newer)),), (cut,))
+        ),
+    }
+    await allocator.on_events([_event(10, _request(3))])
+    assert store.log[0] == ("write", [allocator_key(OWNER)])  # the cut batch, again
+    assert producer.sent[0] == (GRANTS, b"cash", b'{"cut": true}', 2)
+    assert decode_allocator(store.dbs[OWNER][allocator_key(OWNER)]) == AllocatorRecord(OWNER, 6, 11)
+    assert decode_redo(store.dbs[OWNER][allocator_redo_key(OWNER)]).seq == 6
+
+
+async def test_events_of_an_earlier_generation_are_skipped_for_a_refetch() -> None:
+    allocator, store, producer, consumer = _allocator()
+    await allocator.on_events([_event(0, _request(1), generation=2)])
+    assert consumer.skipped == [(TP(TOPIC, OWNER), 0)]
+    assert producer.sent == []
+    assert consumer.positions == {}
+    assert [kind for kind, _ in store.log] == ["wait", "acknowledge"]
+
+
+async def test_a_gap_rewinds_after_the_wait() -> None:
+    allocator, _store, _, consumer = _allocator()
+    await allocator.on_events([_event(0, _request(1))])
+    await allocator.on_events([_event(3, _request(2))])  # offsets 1 and 2 missing
+    assert consumer.rewinds == [(TP(TOPIC, OWNER), 1)]
+    assert consumer.positions == {TP(TOPIC, OWNER): 1}

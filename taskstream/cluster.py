@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,14 @@ def _wait_all(cluster: Cluster, pids: dict[int, int], deadline: float) -> None:
     raise BrokerError(f"the cluster did not come up in time; see {cluster.home}/node-*/broker.log")
 
 
-def down(cluster: Cluster) -> list[int]:
-    stopped = []
-    for node in cluster.nodes:
-        stopped += broker.down(node)
-    return stopped
+def down(cluster: Cluster, *, timeout: float = 30.0) -> list[int]:
+    """Stop every node at once. One after the other, the last node lost its
+    quorum and waited out the whole timeout (32 s for three nodes) for a
+    controlled shutdown nobody could grant; stopped together, they go in
+    seconds."""
+    with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
+        stopped = pool.map(lambda node: broker.down(node, timeout=timeout), cluster.nodes)
+    return [pid for pids in stopped for pid in pids]
 
 
 @dataclass(frozen=True)

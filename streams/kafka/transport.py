@@ -1,4 +1,4 @@
-"""faust's aiokafka transport for this app: batch delivery and four repairs.
+"""faust's aiokafka transport for this app: batch delivery and its repairs.
 
 Registered as the `taskstream://` broker scheme (`register()`); the app's
 broker URLs use it, so nothing else in the process changes. Each override
@@ -29,6 +29,8 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
 4. `Consumer._read_offset` is `RewindAwareReadOffsets`; `Consumer.seek`
    forgets our rewind.
 5. `Consumer._commit`: the processor's positions for the input topics.
+6. `Consumer._send_commit`: one commit in the consumer thread at a time, so
+   a commit waiting for an unavailable coordinator cannot starve the fetches.
 """
 
 from __future__ import annotations
@@ -154,13 +156,14 @@ def _mirror_pause_state(consumer: Any, active: set[TP]) -> None:
 
 
 class Consumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer with batch delivery and repairs 4 and 5."""
+    """faust's aiokafka consumer with batch delivery and repairs 4, 5 and 6."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_offset = RewindAwareReadOffsets()  # repair 4
         self.commit_positions = CommitPositions()  # repair 5
         self._skipped: dict[TP, int] = {}  # tp -> first offset skipped in a rebalance
+        self._committing = False  # a commit is in the consumer thread (repair 6)
 
     @property
     def batch_sink(self) -> BatchSink | None:
@@ -299,11 +302,25 @@ class Consumer(faust_aiokafka.Consumer):
         send = self.commit_positions.moved(self.assignment())
         if not send:
             return 0
-        await self.app.producer.flush()  # the allocator's changelog before the group moves
         return len(send) if await self._send_commit(send) else 0
 
     async def _send_commit(self, offsets: dict[Any, int]) -> bool:
-        done = bool(await self._thread.commit(offsets))
+        """Repair 6: one commit in the consumer thread at a time. Every call
+        into that thread (fetches included) waits for one of its method
+        queue's two workers (mode's MethodQueue), and aiokafka's commit waits
+        without a time limit for a coordinator that can take it. With two of
+        three brokers gone (the offsets topic short of min.insync.replicas)
+        faust's commit timer and ours each held a worker, and the fetches
+        starved: the worker read nothing, so it never reached the writes
+        that say why it waits. A commit asked for while one is in flight is
+        skipped; the positions stay due and go with the next one."""
+        if self._committing:
+            return False
+        self._committing = True
+        try:
+            done = bool(await self._thread.commit(offsets))
+        finally:
+            self._committing = False
         if done:
             self.commit_positions.sent(offsets)
         return done

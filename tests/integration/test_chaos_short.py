@@ -1,6 +1,6 @@
 """The fault suite, short (the long one is `make chaos`): every fault kind once.
 
-20,000 log lines produced as live traffic at 200 lines/s to 2 workers (each
+20,000 log lines produced as live traffic at 400 lines/s to 2 workers (each
 with its render API) on a broker of its own; while the outputs come out, a
 worker is SIGKILLed, a worker is SIGSTOPped past the session timeout and
 resumed, the broker is restarted, and a worker loses its RocksDB folder.
@@ -32,7 +32,7 @@ def test_every_fault_kind_once_loses_and_duplicates_nothing() -> None:
         seed=7,
         timeout=300,
         batch_max=50,
-        rate=200,  # ~100 s of live traffic: the faults land while it flows
+        rate=400,  # ~50 s of live traffic: the faults land while it flows
     )
     table = report.table()
     print(table)

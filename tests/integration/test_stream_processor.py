@@ -247,9 +247,10 @@ def test_sigkills_and_a_lost_rocksdb_folder_change_nothing(run: Run) -> None:
 
 
 def test_a_third_worker_joins_and_leaves(run: Run) -> None:
-    # One event per batch slows the workers down enough that the third
-    # worker's join and leave (a rebalance each) both land mid-run.
-    extra = {"TASKSTREAM_BATCH_MAX": "1"}
+    # Three events per batch slow the workers down enough that the third
+    # worker's join and leave (a rebalance each) both land mid-run (the
+    # leave at ~60 % of the outputs here; asserted below).
+    extra = {"TASKSTREAM_BATCH_MAX": "3"}
     for label in ("a", "b", "c"):
         run.workers[label] = run.deployment.worker(label, **extra)
     # Warm buckets (`pools open`), so few rewards wait for a grant: this test
@@ -259,7 +260,7 @@ def test_a_third_worker_joins_and_leaves(run: Run) -> None:
     run.start("b")
     total = len(run.expected.outputs)
     deadline = time.monotonic() + 180
-    # Join early: with one event per batch, a grant waits in the agent's
+    # Join early: with a few events per batch, a grant waits in the agent's
     # queue behind the events fetched before it, so outputs come in bursts
     # and a join at "10 % of outputs" could land after the work is done.
     while run.outputs_seen() < 20:
@@ -268,7 +269,10 @@ def test_a_third_worker_joins_and_leaves(run: Run) -> None:
     deadline = time.monotonic() + 180
     while "loaded" not in run.workers["c"].log_since_start() or run.outputs_seen() < 0.5 * total:
         assert time.monotonic() < deadline, run.worker_logs()
+    seen_at_leave = run.outputs_seen()
     run.workers["c"].stop()  # SIGTERM: a clean leave, partitions move back
+    print(f"outputs at the leave: {seen_at_leave} of {total}")
+    assert seen_at_leave < total, "the leave came after the work: slow the workers down"
     run.wait_for_everything(300)
     run.assert_same_answer_as_replay()
     run.assert_dead_letters()

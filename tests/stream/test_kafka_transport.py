@@ -208,3 +208,51 @@ async def test_a_fetch_reaches_the_sink_whole_and_other_topics_go_the_usual_way(
     handed_on = [(tp, m.offset) async for tp, m in consumer.getmany(timeout=0.1)]
     assert sink.fetches == [({ORDERS: [5, 6], TP("ts.orders", 4): [0]}, app.consumer_generation_id)]
     assert handed_on == [(other, 9)]
+
+
+# ------------------------------------------------------------- repair 6
+
+
+def test_the_consumer_thread_runs_fetches_and_commits_on_two_queue_workers() -> None:
+    """What repair 6 rests on: faust sends fetches and commits through the
+    consumer thread's method queue, and mode gives that queue two workers."""
+    import mode.threads
+
+    assert mode.threads.MethodQueue().num_workers == 2
+    for method in (
+        faust_aiokafka.AIOKafkaConsumerThread.getmany,
+        faust_aiokafka.AIOKafkaConsumerThread.commit,
+    ):
+        assert "self.call_thread(" in inspect.getsource(method)
+
+
+async def test_a_commit_asked_for_while_one_waits_is_skipped_not_queued() -> None:
+    import asyncio
+
+    app = transport.BatchApp("commit-test", broker=f"{transport.register()}://127.0.0.1:1")
+    consumer = app.consumer
+    assert isinstance(consumer, transport.Consumer)
+    coordinator_back = asyncio.Event()
+    calls: list[dict[TP, int]] = []
+
+    class _Thread:  # aiokafka's commit, waiting for a coordinator
+        async def commit(self, offsets: dict[TP, int]) -> bool:
+            calls.append(dict(offsets))
+            await coordinator_back.wait()
+            return True
+
+    consumer._thread = _Thread()  # type: ignore[assignment]
+    consumer.commit_positions.record(ORDERS, 640)
+    first = asyncio.ensure_future(consumer._send_commit({ORDERS: 640}))
+    await asyncio.sleep(0)
+    # faust's own commit timer, meanwhile: not sent, so it cannot hold the
+    # thread's second worker (the fetches') too.
+    assert await asyncio.wait_for(consumer._send_commit({ORDERS: 640}), timeout=1) is False
+    assert calls == [{ORDERS: 640}]
+    coordinator_back.set()
+    assert await first is True
+    assert consumer.commit_positions.moved({ORDERS}) == {}
+    # The next commit goes again.
+    consumer.commit_positions.record(ORDERS, 700)
+    assert await consumer._send_commit({ORDERS: 700}) is True
+    assert calls[-1] == {ORDERS: 700}

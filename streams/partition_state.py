@@ -286,3 +286,15 @@ def _b64(raw: bytes | None) -> str | None:
 
 def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
+
+
+def last_batch_again(key: bytes, raw_redo: bytes, redo: Redo) -> list[tuple[bytes, bytes | None]]:
+    """The writes that put a partition's last batch (its redo record) in the
+    changelog again. The local copy is written before the changelog records
+    are delivered, so after a failed delivery or a crash (librdkafka's queue
+    lost with the process) it can hold a batch the changelog lacks in part,
+    even when the stored record already counts it (redo seq == record seq):
+    a worker that later took the partition from the changelog would miss
+    it. The same values again cost one batch of changelog records per
+    assignment; compaction keeps one copy."""
+    return [(key, raw_redo), *redo.writes]

@@ -155,7 +155,7 @@ def down(cluster: Cluster, *, timeout: float = 30.0) -> list[int]:
     quorum and waited out the whole timeout (32 s for three nodes) for a
     controlled shutdown nobody could grant; stopped together, they go in
     seconds."""
-    with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(cluster.nodes))) as pool:
         stopped = pool.map(lambda node: broker.down(node, timeout=timeout), cluster.nodes)
     return [pid for pids in stopped for pid in pids]
 

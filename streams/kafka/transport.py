@@ -35,6 +35,7 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -163,7 +164,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._read_offset = RewindAwareReadOffsets()  # repair 4
         self.commit_positions = CommitPositions()  # repair 5
         self._skipped: dict[TP, int] = {}  # tp -> first offset skipped in a rebalance
-        self._committing = False  # a commit is in the consumer thread (repair 6)
+        self._commit_lock = asyncio.Lock()  # held while a commit is in the thread (repair 6)
 
     @property
     def batch_sink(self) -> BatchSink | None:
@@ -313,14 +314,14 @@ class Consumer(faust_aiokafka.Consumer):
         faust's commit timer and ours each held a worker, and the fetches
         starved: the worker read nothing, so it never reached the writes
         that say why it waits. A commit asked for while one is in flight is
-        skipped; the positions stay due and go with the next one."""
-        if self._committing:
+        skipped (its positions stay due and go with the next one), except
+        the last ones, before partitions are revoked or the worker stops:
+        those wait their turn on this loop, holding no thread worker."""
+        lock = self._commit_lock
+        if lock.locked() and not (self.app.rebalancing or self.should_stop):
             return False
-        self._committing = True
-        try:
+        async with lock:
             done = bool(await self._thread.commit(offsets))
-        finally:
-            self._committing = False
         if done:
             self.commit_positions.sent(offsets)
         return done

@@ -54,7 +54,7 @@ from streams.allocation import (
 from streams.config import BUDGET_GRANTS, BUDGET_REQUESTS, DEAD_LETTERS, Settings
 from streams.kafka.producer import BatchProducer
 from streams.kafka.transport import Consumer
-from streams.partition_state import Output, Redo, decode_redo, encode_redo
+from streams.partition_state import Output, Redo, decode_redo, encode_redo, last_batch_again
 from streams.processor import InMessage
 from streams.worker.state_store import PartitionStateStore
 
@@ -130,7 +130,7 @@ class Allocator:
 
     def _step(self, partition: int, messages: Sequence[InMessage]) -> AllocationResult:
         if partition not in self.caches:
-            self._finish_cut_batch(partition)
+            self._finish_last_batch(partition)
             self.caches[partition] = AllocatorCache()
         started = time.perf_counter()
         result = process_requests(
@@ -160,11 +160,13 @@ class Allocator:
                 await asyncio.sleep(CATALOG_WAIT_SECONDS)
             await self.consumer.rewind(tp, result.rewind)
 
-    def _finish_cut_batch(self, partition: int) -> None:
-        """After an assignment: if the last batch was cut short by a crash (its
-        redo record is newer than the stored record), write it again; send its
-        outputs again either way (they may not have arrived)."""
-        raw = self.store.get(partition, allocator_redo_key(partition))
+    def _finish_last_batch(self, partition: int) -> None:
+        """After an assignment or a failed batch: write the last batch again,
+        changelog records included (`last_batch_again`: the local copy may
+        hold it while the changelog does not), and send its outputs again
+        (they may not have arrived)."""
+        key = allocator_redo_key(partition)
+        raw = self.store.get(partition, key)
         if raw is None:
             return
         redo = decode_redo(raw)
@@ -176,7 +178,7 @@ class Allocator:
                 redo.seq,
                 len(redo.writes),
             )
-            self.store.write(partition, list(redo.writes))
+        self.store.write(partition, last_batch_again(key, raw, redo))
         self._send(redo.outputs)
 
     def _send(self, outputs: Iterable[Output]) -> None:

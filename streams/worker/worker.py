@@ -57,6 +57,7 @@ from streams.partition_state import (
     decode_redo,
     decode_user,
     encode_redo,
+    last_batch_again,
     next_deadline_of_record,
     partition_key,
     redo_key,
@@ -401,21 +402,22 @@ class Worker:
     # ------------------------------------------------------------ loading
 
     def _load(self, partition: int) -> PartitionCache:
-        """After an assignment: finish the last batch if a crash cut it short,
-        and rebuild the tick index from the users stored here."""
+        """After an assignment or a failed batch: write the last batch again
+        (`last_batch_again`), and rebuild the tick index from the users
+        stored here."""
         started = time.monotonic()
-        record = self._read_record(partition)
         raw_redo = self.store.get(partition, redo_key(partition))
         if raw_redo is not None:
             redo = decode_redo(raw_redo)
-            if redo.seq > record.seq:
+            cut = redo.seq > self._read_record(partition).seq
+            if cut:
                 log.warning(
                     "partition %d: batch %d was cut short by a crash; re-applying its %d write(s)",
                     partition,
                     redo.seq,
                     len(redo.writes),
                 )
-                self.store.write(partition, list(redo.writes))
+            self.store.write(partition, last_batch_again(redo_key(partition), raw_redo, redo))
             self._send(redo.outputs)  # they may not have arrived
         deadlines = rebuild_deadlines(self._stored_deadlines(partition))
         log.info(

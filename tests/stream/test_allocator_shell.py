@@ -57,6 +57,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.dbs: dict[int, dict[bytes, bytes]] = {}
         self.log: list[tuple[str, Any]] = []
+        self.producer: FakeProducer | None = None  # gets each write's changelog record
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.dbs.get(partition, {}).get(key)
@@ -65,6 +66,8 @@ class FakeStore:
         self.log.append(("write", [key for key, _ in writes]))
         db = self.dbs.setdefault(partition, {})
         for key, value in writes:
+            assert self.producer is not None
+            self.producer.sent.append((CHANGELOG, key, value, partition))
             if value is None:
                 db.pop(key, None)
             else:
@@ -110,6 +113,7 @@ class FakeConsumer:
 
     async def rewind(self, tp: TP, offset: int) -> None:
         self.rewinds.append((tp, offset))
+        self.log.append(("rewind", offset))
 
 
 class FakeApp:
@@ -123,7 +127,7 @@ class FakeApp:
 
 def _allocator() -> tuple[Allocator, FakeStore, FakeProducer, FakeConsumer]:
     store = FakeStore()
-    producer = FakeProducer(store.log)
+    producer = store.producer = FakeProducer(store.log)
     consumer = FakeConsumer(store.log)
     allocator = Allocator(
         FakeApp(consumer),
@@ -151,33 +155,48 @@ def _request(seq: int, bucket_partition: int = 2) -> RefillRequested:
     return RefillRequested(f"r{seq}", "cash", bucket_partition, seq, 500, 0, 0, 0, 0, 0)
 
 
+def _changelog(producer: FakeProducer) -> list[bytes | None]:
+    return [key for topic, key, _, _ in producer.sent if topic == CHANGELOG]
+
+
+def _grants(producer: FakeProducer) -> list[tuple[bytes | None, bytes | None, int | None]]:
+    return [(key, value, p) for topic, key, value, p in producer.sent if topic == GRANTS]
+
+
+BATCH_KEYS = [allocator_redo_key(OWNER), master_key("cash"), allocator_key(OWNER)]
+
+
 async def test_a_request_is_written_sent_and_acknowledged_before_its_position() -> None:
     allocator, store, producer, consumer = _allocator()
     await allocator.on_events([_event(0, _request(1))])
     kinds = [kind for kind, _ in store.log]
     # The redo record and the writes, the grant, ONE wait, then the position.
     assert kinds == ["write", "send", "wait", "acknowledge", "position"]
-    assert store.log[0][1] == [allocator_redo_key(OWNER), master_key("cash"), allocator_key(OWNER)]
-    topic, key, value, partition = producer.sent[0]
-    assert (topic, key, partition) == (GRANTS, b"cash", 2)
+    assert store.log[0][1] == BATCH_KEYS
+    assert _changelog(producer) == BATCH_KEYS  # the redo record's changelog record first
+    [(key, value, partition)] = _grants(producer)
+    assert (key, partition) == (b"cash", 2)
     assert orjson.loads(value or b"")["type"] == "bucket_granted"
     assert consumer.positions == {TP(TOPIC, OWNER): 1}
     assert decode_allocator(store.dbs[OWNER][allocator_key(OWNER)]) == AllocatorRecord(OWNER, 1, 1)
     assert store.log[3][1] == [Delivered(CHANGELOG, OWNER, 7)]
 
 
-async def test_an_undelivered_batch_records_no_position_and_is_rebuilt() -> None:
+async def test_an_undelivered_batch_records_no_position_and_is_written_again() -> None:
     allocator, _store, producer, consumer = _allocator()
     producer.fail = True
     with pytest.raises(DeliveryFailed):
         await allocator.on_events([_event(0, _request(1))])
     assert consumer.positions == {}
     assert OWNER not in allocator.caches  # rebuilt from the table next time
-    # The next batch first finishes the stored one: its outputs go out again.
+    # The local copy holds batch 1 (its record counts it) but the changelog
+    # may not: the next batch first sends batch 1's changelog records and
+    # its grant again, then its own.
     producer.fail = False
     producer.sent.clear()
     await allocator.on_events([_event(1, _request(2))])
-    assert [orjson.loads(v or b"")["request_seq"] for _, _, v, _ in producer.sent] == [1, 2]
+    assert _changelog(producer) == BATCH_KEYS + BATCH_KEYS
+    assert [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)] == [1, 2]
     assert consumer.positions == {TP(TOPIC, OWNER): 2}
 
 
@@ -193,8 +212,9 @@ async def test_a_batch_cut_short_by_a_crash_is_applied_again_first() -> None:
         ),
     }
     await allocator.on_events([_event(10, _request(3))])
-    assert store.log[0] == ("write", [allocator_key(OWNER)])  # the cut batch, again
-    assert producer.sent[0] == (GRANTS, b"cash", b'{"cut": true}', 2)
+    # The cut batch again: its redo record and its write, then its grant.
+    assert store.log[0] == ("write", [allocator_redo_key(OWNER), allocator_key(OWNER)])
+    assert _grants(producer)[0] == (b"cash", b'{"cut": true}', 2)
     assert decode_allocator(store.dbs[OWNER][allocator_key(OWNER)]) == AllocatorRecord(OWNER, 6, 11)
     assert decode_redo(store.dbs[OWNER][allocator_redo_key(OWNER)]).seq == 6
 
@@ -208,9 +228,29 @@ async def test_events_of_an_earlier_generation_are_skipped_for_a_refetch() -> No
     assert [kind for kind, _ in store.log] == ["wait", "acknowledge"]
 
 
-async def test_a_gap_rewinds_after_the_wait() -> None:
-    allocator, _store, _, consumer = _allocator()
+async def test_while_rebalancing_nothing_is_processed() -> None:
+    allocator, _store, producer, consumer = _allocator()
+    allocator.app.rebalancing = True
     await allocator.on_events([_event(0, _request(1))])
+    assert consumer.skipped == [(TP(TOPIC, OWNER), 0)]
+    assert producer.sent == []
+
+
+async def test_a_gap_rewinds_after_the_wait() -> None:
+    allocator, store, _, consumer = _allocator()
+    await allocator.on_events([_event(0, _request(1))])
+    store.log.clear()
     await allocator.on_events([_event(3, _request(2))])  # offsets 1 and 2 missing
     assert consumer.rewinds == [(TP(TOPIC, OWNER), 1)]
     assert consumer.positions == {TP(TOPIC, OWNER): 1}
+    assert [kind for kind, _ in store.log][-4:] == ["wait", "acknowledge", "position", "rewind"]
+
+
+async def test_a_revoked_partition_is_loaded_again() -> None:
+    allocator, _store, producer, _ = _allocator()
+    await allocator.on_events([_event(0, _request(1))])
+    allocator.on_revoked([TP(TOPIC, OWNER), TP("other", OWNER)])
+    assert OWNER not in allocator.caches
+    producer.sent.clear()
+    await allocator.on_events([_event(1, _request(2))])
+    assert _changelog(producer) == BATCH_KEYS + BATCH_KEYS  # the last batch, again first

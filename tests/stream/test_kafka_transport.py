@@ -256,3 +256,31 @@ async def test_a_commit_asked_for_while_one_waits_is_skipped_not_queued() -> Non
     consumer.commit_positions.record(ORDERS, 700)
     assert await consumer._send_commit({ORDERS: 700}) is True
     assert calls[-1] == {ORDERS: 700}
+
+
+async def test_before_a_revoke_the_last_commit_waits_its_turn_instead() -> None:
+    import asyncio
+
+    app = transport.BatchApp("commit-test-2", broker=f"{transport.register()}://127.0.0.1:1")
+    consumer = app.consumer
+    assert isinstance(consumer, transport.Consumer)
+    coordinator_back = asyncio.Event()
+    calls: list[dict[TP, int]] = []
+
+    class _Thread:
+        async def commit(self, offsets: dict[TP, int]) -> bool:
+            calls.append(dict(offsets))
+            await coordinator_back.wait()
+            return True
+
+    consumer._thread = _Thread()  # type: ignore[assignment]
+    first = asyncio.ensure_future(consumer._send_commit({ORDERS: 640}))
+    await asyncio.sleep(0)
+    app.rebalancing = True  # faust's commit before the revoke
+    last = asyncio.ensure_future(consumer._send_commit({ORDERS: 700}))
+    await asyncio.sleep(0.05)
+    assert calls == [{ORDERS: 640}]  # still one in the thread
+    coordinator_back.set()
+    assert await first is True
+    assert await asyncio.wait_for(last, timeout=1) is True
+    assert calls == [{ORDERS: 640}, {ORDERS: 700}]

@@ -257,6 +257,28 @@ class TopicMismatch(ValueError):
 _AT_LEAST = frozenset({"max.message.bytes"})
 
 
+def _described(
+    client: AdminClient, resource: ConfigResource, timeout: float, deadline: float
+) -> dict[str, Any]:
+    """A topic's configuration. On a cluster the broker asked may not know a
+    topic the controller has just created (UNKNOWN_TOPIC_OR_PART, seen by
+    `python -m chaos --brokers 3` right after `topics create`): ask again
+    until `deadline`."""
+    while True:
+        try:
+            entries: dict[str, Any] = client.describe_configs([resource])[resource].result(
+                timeout=timeout
+            )
+            return entries
+        except KafkaException as exc:
+            if (
+                exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART
+                or time.monotonic() >= deadline
+            ):
+                raise
+        time.sleep(0.2)
+
+
 def topic_problems(client: AdminClient, wanted: list[NewTopic], timeout: float) -> list[str]:
     """How the existing topics differ from `wanted`: partition counts, and the
     settings taskstream relies on (compaction, retention, append times)."""
@@ -289,9 +311,8 @@ def topic_problems(client: AdminClient, wanted: list[NewTopic], timeout: float) 
         if topic.config:
             resources.append((topic, ConfigResource(ConfigResource.Type.TOPIC, topic.topic)))
     if resources:
-        futures = client.describe_configs([resource for _, resource in resources])
         for topic, resource in resources:
-            entries = futures[resource].result(timeout=timeout)
+            entries = _described(client, resource, timeout, deadline)
             for name, value in sorted((topic.config or {}).items()):
                 entry = entries.get(name)
                 actual = None if entry is None else entry.value

@@ -63,3 +63,38 @@ def test_topics_that_disagree_are_not_asked_again(
         cli._ensure_topics(Settings())
     assert calls == [1]
     assert "t.claims has 1 partition(s), not 8" in capsys.readouterr().err
+
+
+def test_a_topic_a_broker_does_not_know_yet_is_described_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Right after `create_topics` on a cluster, the broker asked for a
+    topic's configuration may not know it yet."""
+    from concurrent.futures import Future
+
+    from confluent_kafka.admin import ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "t.claims")
+    answers: list[object] = [
+        KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "unknown topic")),
+        {"cleanup.policy": "compact"},
+    ]
+
+    class _Client:
+        def describe_configs(self, resources: list[object]) -> dict[object, Future[object]]:
+            future: Future[object] = Future()
+            answer = answers.pop(0)
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+            return {resources[0]: future}
+
+    monkeypatch.setattr(kafka_io.time, "sleep", lambda _s: None)
+    far = kafka_io.time.monotonic() + 60
+    got = kafka_io._described(_Client(), resource, 1.0, far)  # type: ignore[arg-type]
+    assert got == {"cleanup.policy": "compact"}
+    # Any other error, or past the deadline: raised.
+    answers.append(KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "still")))
+    with pytest.raises(KafkaException):
+        kafka_io._described(_Client(), resource, 1.0, 0.0)  # type: ignore[arg-type]

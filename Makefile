@@ -5,12 +5,18 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The compiled kernel (native/, Rust): rebuilt when its sources change.
+NATIVE_SRC   := native/Cargo.toml native/Cargo.lock native/pyproject.toml \
+                native/taskstream_native.pyi $(wildcard native/src/*.rs)
+NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SRC) | cksum | cut -d' ' -f1)
+# rustup installs cargo here; a non-login shell may not have it on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 KAFKA_PORT ?= 19092
 export KAFKA_PORT
 
 .PHONY: setup run test test-unit test-integration lint bench chaos soak kafka-up kafka-down kafka-status clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NATIVE_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +24,13 @@ $(STAMP): pyproject.toml
 	@# setuptools' notice about editable installs is not news to anyone here.
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	@command -v cargo >/dev/null || { echo "native/ needs Rust's cargo (https://rustup.rs)" >&2; exit 1; }
+	@echo "building the native kernel (native/, Rust; about a minute the first time)"
+	$(BIN)/python -m pip install -q ./native
+	@rm -f $(VENV)/.native-*
 	@touch $@
 
 # The main job: local broker (unless KAFKA_BOOTSTRAP is set), topics, sample
@@ -28,9 +41,11 @@ run: setup
 
 # The whole suite; the suite starts and stops its own broker on free ports.
 test: setup
+	cd native && cargo test --release --quiet
 	$(BIN)/python -m pytest -q --durations=15
 
 test-unit: setup
+	cd native && cargo test --release --quiet
 	$(BIN)/python -m pytest -q tests/unit tests/stream
 
 test-integration: setup
@@ -70,4 +85,5 @@ kafka-status: setup
 
 clean:
 	-test -x $(BIN)/taskstream && $(BIN)/taskstream kafka down
-	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info \
+		native/target

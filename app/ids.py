@@ -7,13 +7,21 @@ where it was computed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from hashlib import sha256
+
+from schemas.native import kernel
 
 _SEP = "\x1f"  # unit separator: cannot appear in ids by accident of concatenation
 
 
-def _digest(*parts: str) -> str:
+def digest_python(*parts: str) -> str:
+    """The reference: what the compiled kernel's `digest` must equal."""
     return sha256(_SEP.join(parts).encode()).hexdigest()[:32]
+
+
+# Several ids per event: the kernel's is ~4x cheaper (one call, no join, no hexdigest).
+_digest: Callable[..., str] = digest_python if kernel is None else kernel.digest
 
 
 def task_id(user_id: str, template_id: str, claim_index: int) -> str:

@@ -22,6 +22,7 @@ import orjson
 from schemas import limits
 from schemas.errors import SchemaError
 from schemas.fields import INPUT_KINDS, KINDS, Kind, KindSpec, _type_name
+from schemas.native import kernel
 from schemas.records import INPUT_RECORDS, RECORDS_BY_TYPE, InputEvent, Record
 from schemas.timestamps import parse_utc
 
@@ -177,6 +178,53 @@ def _fast_reader(
 
 _INPUT_READERS = {cls.TYPE: _fast_reader(cls, _INPUT_CHECKS[cls.TYPE]) for cls in INPUT_RECORDS}
 
+# The compiled kernel's counterparts (schemas/native.py): the input reader
+# reads the plain cases of every input type whose fields it knows (printable
+# ASCII ids, canonical timestamps) and gives None for the rest; a record
+# writer per type writes what `encode` below would, or None on a value of an
+# unexpected type. Both leave every error and every odd case to the code below.
+_NATIVE_INPUT_KINDS = {Kind.ID: "id", Kind.CENTS: "cents", Kind.TIME: "time", Kind.TAGS: "tags"}
+_NATIVE_OUTPUT_KINDS = {
+    Kind.ID: "text",
+    Kind.TEXT: "text",
+    Kind.OPT_ID: "optional_text",
+    Kind.OPT_TEXT: "optional_text",
+    Kind.CENTS: "integer",
+    Kind.COUNT: "integer",
+    Kind.TIME: "time",
+    Kind.TAGS: "tags",
+}
+
+
+def native_input_reader() -> Any:
+    """The kernel's reader of the input types, or None without the kernel."""
+    if kernel is None:
+        return None
+    types = []
+    for cls in INPUT_RECORDS:
+        kinds = [(f.name, _kind_of(f)) for f in dataclasses.fields(cast(Any, cls))]
+        if all(kind in _NATIVE_INPUT_KINDS for _, kind in kinds):
+            fields = [(name, _NATIVE_INPUT_KINDS[kind]) for name, kind in kinds]
+            types.append((cls.TYPE, cls.V, cls, fields))
+    return kernel.InputReader(types, _MAX_ID, _MAX_CENTS, _MIN_AT, _MAX_AT, limits.MAX_TAGS)
+
+
+def native_record_writers() -> dict[type[Record], Callable[[Record], bytes | None]]:
+    """The kernel's writer of each record type (empty without the kernel)."""
+    if kernel is None:
+        return {}
+    writers = {}
+    for cls in RECORDS_BY_TYPE.values():
+        fields = [
+            (f.name, _NATIVE_OUTPUT_KINDS[_kind_of(f)]) for f in dataclasses.fields(cast(Any, cls))
+        ]
+        writers[cls] = kernel.RecordWriter(cls.TYPE, cls.V, fields).write
+    return writers
+
+
+_NATIVE_READER = native_input_reader()
+_NATIVE_WRITERS = native_record_writers()
+
 
 def parse_json_object(raw: bytes | str) -> dict[str, Any]:
     """Parse one JSON message that must be an object."""
@@ -200,6 +248,20 @@ def decode_input(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> I
     refused before it is parsed."""
     if type(raw) is not bytes or len(raw) > _MAX_BYTES:  # the size check, inlined for bytes
         limits.check_message_size(raw)
+    elif _NATIVE_READER is not None:
+        native = _NATIVE_READER.read(raw)
+        if native is not None:
+            return cast(InputEvent, native)
+    return _decode_input_json(raw, upcasters)
+
+
+def decode_input_python(raw: bytes | str, upcasters: UpcasterRegistry = UPCASTERS) -> InputEvent:
+    """The reference `decode_input`, without the kernel's reader (tests compare the two)."""
+    limits.check_message_size(raw)
+    return _decode_input_json(raw, upcasters)
+
+
+def _decode_input_json(raw: bytes | str, upcasters: UpcasterRegistry) -> InputEvent:
     doc = parse_json_object(raw)
     event_type = doc.get("type")
     # `type(...) is str` first: a list or an object is unhashable (found by the fuzz).
@@ -301,6 +363,16 @@ def to_wire(record: Record) -> dict[str, Any]:
 
 def encode(record: Record) -> bytes:
     """One record as compact JSON bytes (no newline), identical on every run."""
+    write = _NATIVE_WRITERS.get(type(record))
+    if write is not None:
+        raw = write(record)
+        if raw is not None:
+            return raw
+    return encode_python(record)
+
+
+def encode_python(record: Record) -> bytes:
+    """The reference `encode` (each kernel writer must give the same bytes)."""
     return orjson.dumps(_WRITERS[type(record)](record))
 
 

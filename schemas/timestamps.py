@@ -10,10 +10,12 @@ RFC 3339 strings with a zero UTC offset; we write the canonical form
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
 from schemas.errors import SchemaError
+from schemas.native import kernel
 
 MICROS_PER_SECOND = 1_000_000
 MICROS_PER_DAY = 86_400 * MICROS_PER_SECOND
@@ -23,6 +25,7 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_native_parse: Callable[[str], int | None] | None = None if kernel is None else kernel.parse_utc
 
 
 @lru_cache(maxsize=4096)
@@ -41,6 +44,17 @@ def parse_utc(text: object) -> int:
     is not a string, not RFC 3339, names an impossible date or time, or has
     a non-zero offset (the contract is UTC everywhere).
     """
+    if _native_parse is not None and type(text) is str and text.isascii():
+        micros = _native_parse(text)  # the canonical shape only; else None
+        if micros is not None:
+            if len(text) == 20 or (text[-2] != "0" and text[20:-1].isdigit()):
+                _remember(micros, text)  # see below: its own canonical text
+            return micros
+    return parse_python(text)
+
+
+def parse_python(text: object) -> int:
+    """The reference `parse_utc` (the kernel's `parse_utc` must agree with it)."""
     # Fast path for the canonical shape we write ourselves,
     # "YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z" (the bulk of any log): separators checked
     # at fixed positions, then the C parser, which refuses anything but ASCII
@@ -119,6 +133,21 @@ def format_utc(micros: int) -> str:
 
 
 def _format(micros: int) -> str:
+    if _native_format is not None and type(micros) is int:
+        try:
+            text = _native_format(micros)
+        except OverflowError:  # beyond 64 bits: the Python reference says why
+            text = None
+        if text is not None:
+            return text
+    return format_python(micros)
+
+
+_native_format: Callable[[int], str | None] | None = None if kernel is None else kernel.format_utc
+
+
+def format_python(micros: int) -> str:
+    """The reference: what the compiled kernel's `format_utc` must equal."""
     seconds, fraction = divmod(micros, MICROS_PER_SECOND)
     days, second_of_day = divmod(seconds, 86_400)
     hour, rest = divmod(second_of_day, 3_600)

@@ -1,0 +1,170 @@
+//! The input events' fast reader, as the generated `read` functions of
+//! `schemas/codec.py`: a message of the current version whose every field is
+//! plainly valid gives its record; anything else gives None and the Python
+//! reader (which upcasts and words every error) reads the message again.
+//!
+//! So this reader may refuse more than Python does, never accept more:
+//! ids must be printable ASCII here (Python's `str.isprintable` also admits
+//! most of Unicode), timestamps the canonical shape.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple, PyType};
+use serde_json::{Map, Number, Value};
+
+use crate::timestamps::parse_canonical;
+
+#[derive(Clone, Copy)]
+enum FieldKind {
+    Id,
+    Cents,
+    Time,
+    Tags,
+}
+
+struct InputType {
+    name: String,
+    version: i64,
+    class: Py<PyType>,
+    fields: Vec<(String, FieldKind)>,
+}
+
+/// Limits of `schemas/limits.py`, handed over by the Python side.
+struct Limits {
+    max_id_chars: usize,
+    max_cents: u64,
+    min_at: i64,
+    max_at: i64,
+    max_tags: usize,
+}
+
+#[pyclass(frozen, module = "taskstream_native")]
+pub struct InputReader {
+    types: Vec<InputType>,
+    limits: Limits,
+}
+
+type TypeSpec = (String, i64, Py<PyType>, Vec<(String, String)>);
+
+#[pymethods]
+impl InputReader {
+    /// `types`: (type, v, record class, [(field, kind)]) with kind one of
+    /// "id", "cents", "time", "tags"; the record class is called with the
+    /// fields' values in that order.
+    #[new]
+    fn new(
+        types: Vec<TypeSpec>,
+        max_id_chars: usize,
+        max_cents: u64,
+        min_at: i64,
+        max_at: i64,
+        max_tags: usize,
+    ) -> PyResult<Self> {
+        let mut built = Vec::with_capacity(types.len());
+        for (name, version, class, fields) in types {
+            let mut kinds = Vec::with_capacity(fields.len());
+            for (field, kind) in fields {
+                let kind = match kind.as_str() {
+                    "id" => FieldKind::Id,
+                    "cents" => FieldKind::Cents,
+                    "time" => FieldKind::Time,
+                    "tags" => FieldKind::Tags,
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "{name}.{field}: no fast reading for kind {other:?}"
+                        )))
+                    }
+                };
+                kinds.push((field, kind));
+            }
+            built.push(InputType { name, version, class, fields: kinds });
+        }
+        let limits = Limits { max_id_chars, max_cents, min_at, max_at, max_tags };
+        Ok(InputReader { types: built, limits })
+    }
+
+    /// The record of one message, or None when the Python reader must judge it.
+    fn read(&self, py: Python<'_>, raw: &[u8]) -> PyResult<Option<PyObject>> {
+        let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(raw) else {
+            return Ok(None);
+        };
+        let Some(Value::String(type_name)) = doc.get("type") else {
+            return Ok(None);
+        };
+        let Some(input) = self.types.iter().find(|t| t.name == *type_name) else {
+            return Ok(None);
+        };
+        match doc.get("v") {
+            Some(Value::Number(v)) if v.as_i64() == Some(input.version) => {}
+            _ => return Ok(None),
+        }
+        match self.values(py, input, &doc)? {
+            Some(values) => Ok(Some(input.class.bind(py).call1(values)?.unbind())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl InputReader {
+    fn values<'py>(
+        &self,
+        py: Python<'py>,
+        input: &InputType,
+        doc: &Map<String, Value>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let mut values: Vec<Bound<'py, PyAny>> = Vec::with_capacity(input.fields.len());
+        for (name, kind) in &input.fields {
+            let value = match (kind, doc.get(name)) {
+                (FieldKind::Id, Some(Value::String(text))) if self.plain_id(text) => {
+                    PyString::new(py, text).into_any()
+                }
+                (FieldKind::Cents, Some(Value::Number(number))) => match self.cents(number) {
+                    Some(cents) => cents.into_pyobject(py)?.into_any(),
+                    None => return Ok(None),
+                },
+                (FieldKind::Time, Some(Value::String(text))) => {
+                    match parse_canonical(text.as_bytes()) {
+                        Some(at) if self.limits.min_at <= at && at < self.limits.max_at => {
+                            at.into_pyobject(py)?.into_any()
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                (FieldKind::Tags, Some(Value::Array(items))) => match self.tags(py, items)? {
+                    Some(tags) => tags.into_any(),
+                    None => return Ok(None),
+                },
+                _ => return Ok(None),
+            };
+            values.push(value);
+        }
+        Ok(Some(PyTuple::new(py, values)?))
+    }
+
+    /// Non-empty, within the length limit, printable ASCII only.
+    fn plain_id(&self, text: &str) -> bool {
+        !text.is_empty()
+            && text.len() <= self.limits.max_id_chars
+            && text.bytes().all(|c| (0x20..0x7f).contains(&c))
+    }
+
+    /// A JSON integer (orjson reads `-0` as the integer 0) within the limit.
+    fn cents(&self, number: &Number) -> Option<u64> {
+        let cents = number.as_u64().or_else(|| (number.as_i64() == Some(0)).then_some(0))?;
+        (cents <= self.limits.max_cents).then_some(cents)
+    }
+
+    fn tags<'py>(&self, py: Python<'py>, items: &[Value]) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        if items.len() > self.limits.max_tags {
+            return Ok(None);
+        }
+        let mut tags = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::String(text) if self.plain_id(text) => tags.push(PyString::new(py, text)),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(PyTuple::new(py, tags)?))
+    }
+}

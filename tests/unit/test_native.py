@@ -1,0 +1,331 @@
+"""The compiled kernel (native/, schemas/native.py) against its Python reference.
+
+Each kernel function must give byte for byte what the Python code gives, or
+None where it leaves the case to Python; never a different answer. These
+properties compare the two on generated values: plain ones (which the kernel
+must take, or the tests would pass with a kernel that declines everything),
+edge cases (control characters, quotes, non-ASCII, surrogates, -0, floats,
+big integers, impossible dates, leap days) and the fuzz's hostile messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.hostile import hostile_messages
+
+from app import ids
+from schemas import codec, timestamps
+from schemas.errors import SchemaError
+from schemas.fields import Kind
+from schemas.limits import MAX_AMOUNT_CENTS, MAX_EVENT_TIME, MAX_ID_CHARS, MIN_EVENT_TIME
+from schemas.native import describe, kernel
+from schemas.records import INPUT_RECORDS, RECORDS_BY_TYPE, OrderPaid, Record, TaskClaim, Tick
+
+PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+pytestmark = pytest.mark.skipif(kernel is None, reason="native kernel not built")
+
+
+def test_make_setup_builds_the_kernel() -> None:
+    # Not skipped: `make setup` must have built it, or every figure in
+    # BENCHMARKS.md is off by the kernel's share.
+    assert kernel is not None, describe()
+
+
+# ----------------------------------------------------------------- ids
+
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
+
+
+@PROPS
+@given(st.lists(TEXT, min_size=1, max_size=5))
+def test_digest_is_the_reference(parts: list[str]) -> None:
+    assert kernel is not None
+    assert kernel.digest(*parts) == ids.digest_python(*parts)
+
+
+def test_digest_refuses_a_surrogate_as_python_does() -> None:
+    assert kernel is not None
+    with pytest.raises(UnicodeEncodeError):
+        ids.digest_python("a\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        kernel.digest("a\ud800")
+
+
+# ---------------------------------------------------------- timestamps
+
+YEAR_1 = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+YEAR_10000 = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z
+
+
+@PROPS
+@given(st.integers(min_value=YEAR_1, max_value=YEAR_10000 - 1))
+def test_format_is_the_reference(micros: int) -> None:
+    assert kernel is not None
+    assert kernel.format_utc(micros) == timestamps.format_python(micros)
+
+
+@PROPS
+@given(st.integers(min_value=YEAR_1, max_value=YEAR_10000 - 1))
+def test_parse_reads_every_canonical_text(micros: int) -> None:
+    assert kernel is not None
+    text = timestamps.format_python(micros)
+    assert kernel.parse_utc(text) == micros == timestamps.parse_python(text)
+
+
+def test_format_outside_python_dates_is_left_to_python() -> None:
+    assert kernel is not None
+    assert kernel.format_utc(YEAR_1 - 1) is None
+    assert kernel.format_utc(YEAR_10000) is None
+    with pytest.raises(OverflowError):
+        kernel.format_utc(2**70)
+    assert timestamps.format_utc(0) == "1970-01-01T00:00:00Z"
+
+
+DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=1)
+
+
+@st.composite
+def shaped_texts(draw: st.DrawFn) -> str:
+    """Canonical-looking texts with arbitrary digits: impossible dates included."""
+    year = draw(st.sampled_from(["0000", "0001", "1900", "2000", "2023", "2024", "2100", "9999"]))
+    month = draw(st.integers(0, 13))
+    day = draw(st.integers(0, 32))
+    hour, minute, second = (
+        draw(st.integers(0, 25)),
+        draw(st.integers(0, 61)),
+        draw(st.integers(0, 61)),
+    )
+    fraction = draw(st.sampled_from(["", ".0", ".5", ".000001", ".123450", ".999999", ".1234567"]))
+    end = draw(st.sampled_from(["Z", "Z", "z", "+00:00"]))
+    sep = draw(st.sampled_from(["T", "T", "t", " "]))
+    return f"{year}-{month:02d}-{day:02d}{sep}{hour:02d}:{minute:02d}:{second:02d}{fraction}{end}"
+
+
+def _python_parse(text: str) -> int | None:
+    try:
+        return timestamps.parse_python(text)
+    except SchemaError:
+        return None
+
+
+@PROPS
+@given(shaped_texts())
+def test_parse_never_disagrees(text: str) -> None:
+    assert kernel is not None
+    native = kernel.parse_utc(text)
+    python = _python_parse(text)
+    if native is not None:
+        assert native == python, text
+    try:
+        assert timestamps.parse_utc(text) == python
+    except SchemaError:
+        assert python is None
+
+
+# ------------------------------------------------------------ the reader
+
+ASCII_ID = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1)
+ANY_ID = st.one_of(
+    ASCII_ID.filter(lambda s: len(s) <= MAX_ID_CHARS),
+    st.text(min_size=0, max_size=8),  # non-ASCII, control characters, empty
+    st.just("x" * (MAX_ID_CHARS + 1)),
+    st.integers(),
+    st.none(),
+)
+PLAIN_AT = st.integers(MIN_EVENT_TIME, MAX_EVENT_TIME - 1).map(timestamps.format_python)
+ANY_AT = st.one_of(
+    PLAIN_AT,
+    shaped_texts(),
+    st.just("1999-12-31T23:59:59.999999Z"),
+    st.just("2100-01-01T00:00:00Z"),
+    st.integers(),
+)
+ANY_CENTS = st.one_of(
+    st.integers(0, MAX_AMOUNT_CENTS),
+    st.sampled_from([0, MAX_AMOUNT_CENTS, MAX_AMOUNT_CENTS + 1, -1, 2**64, 1.0, True, "5"]),
+)
+
+
+def _plain(cls: type[Record], draw: st.DrawFn) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": cls.TYPE, "v": cls.V}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = f.metadata["kind"]
+        if kind is Kind.ID:
+            doc[f.name] = draw(ASCII_ID.filter(lambda s: len(s) <= MAX_ID_CHARS))
+        elif kind is Kind.CENTS:
+            doc[f.name] = draw(st.integers(0, MAX_AMOUNT_CENTS))
+        elif kind is Kind.TIME:
+            doc[f.name] = draw(PLAIN_AT)
+        else:
+            doc[f.name] = draw(st.lists(ASCII_ID.filter(lambda s: len(s) <= 20), max_size=4))
+    return doc
+
+
+@st.composite
+def plain_inputs(draw: st.DrawFn) -> bytes:
+    return orjson.dumps(_plain(draw(st.sampled_from(INPUT_RECORDS)), draw))
+
+
+@st.composite
+def odd_inputs(draw: st.DrawFn) -> bytes:
+    """A plain input with one field (or the version) swapped for an odd value,
+    an extra field, or a field dropped."""
+    cls = draw(st.sampled_from(INPUT_RECORDS))
+    doc = _plain(cls, draw)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    change = draw(st.sampled_from(["id", "cents", "at", "v", "extra", "drop", "tags"]))
+    name = draw(st.sampled_from(names))
+    if change == "id":
+        doc[name] = draw(ANY_ID)
+    elif change == "cents":
+        doc[name] = draw(ANY_CENTS)
+    elif change == "at":
+        doc[name] = draw(ANY_AT)
+    elif change == "v":
+        doc["v"] = draw(st.sampled_from([0, 2, 1.0, "1", None, True]))
+    elif change == "extra":
+        doc["note"] = draw(st.one_of(st.integers(), st.text(), st.lists(st.integers())))
+    elif change == "drop":
+        del doc[name]
+    else:
+        doc[name] = draw(st.one_of(st.lists(ANY_ID, max_size=3), st.just(["t"] * 65)))
+    return orjson.dumps(doc)
+
+
+def _python_read(raw: bytes) -> Record | None:
+    try:
+        return codec.decode_input_python(raw)
+    except SchemaError:
+        return None
+
+
+def _native_read(raw: bytes) -> Record | None:
+    reader = codec.native_input_reader()
+    assert reader is not None
+    return reader.read(raw)  # type: ignore[no-any-return]
+
+
+@PROPS
+@given(plain_inputs())
+def test_reader_takes_every_plain_input(raw: bytes) -> None:
+    record = _native_read(raw)
+    assert record is not None, raw
+    assert record == _python_read(raw)
+    assert type(record) is type(_python_read(raw))
+
+
+@PROPS
+@given(odd_inputs())
+def test_reader_never_disagrees_on_odd_inputs(raw: bytes) -> None:
+    record = _native_read(raw)
+    if record is not None:
+        assert record == _python_read(raw), raw
+    python = _python_read(raw)
+    assert (codec.decode_input(raw) if python is not None else None) == python
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"tick","v":1,"event_id":"t","at":"2026-01-01T00:00:00Z","at":"2026-01-02T00:00:00Z"}',
+        b' {"type":"tick","v":1,"event_id":"t","at":"2026-01-01T00:00:00Z"}\n ',
+        b'{"type":"order_paid","v":1,"event_id":"e","order_id":"o","user_id":"u",'
+        b'"amount_cents":-0,"channel":"c","at":"2026-01-01T00:00:00Z"}',
+        b'{"type":"order_paid","v":1,"event_id":"e","order_id":"o","user_id":"u",'
+        b'"amount_cents":1000,"channel":"c","at":"2026-01-01T00:00:00Z","x":123456789012345678901234567890}',
+        b'{"type":"tick","v":1,"event_id":"t","at":"2026-01-01T00:00:00Z","x":"\\ud800"}',
+        b'{"type":"tick","v":1,"event_id":"\\u0074","at":"2026-01-01T00:00:00Z"}',
+        b'{"type":"tick","v":1,"event_id":"t\\n","at":"2026-01-01T00:00:00Z"}',
+        b'{"type":"tick","v":1,"event_id":"t","at":"2024-02-29T23:59:59.000001Z"}',
+        b'{"type":"tick","v":1,"event_id":"t","at":"2023-02-29T00:00:00Z"}',
+        b'{"type":"tick","v":1,"event_id":"t","at":"2026-01-01T00:00:00Z"} x',
+        b'{"type":"reward_granted","v":1}',
+        b"[1]",
+        b"\xef\xbb\xbf{}",
+    ],
+)
+def test_reader_edge_cases(raw: bytes) -> None:
+    record = _native_read(raw)
+    python = _python_read(raw)
+    if record is not None:
+        assert record == python
+    try:
+        assert codec.decode_input(raw) == python
+    except SchemaError:
+        assert python is None
+
+
+def test_reader_agrees_on_the_fuzz_messages() -> None:
+    rng = random.Random(5)
+    near = [
+        TaskClaim("c1", "u1", "tpl", 1_700_000_000_000_000, ("vip",)),
+        OrderPaid("o1", "ord1", "u1", 1_000, "app", 1_700_000_000_000_001),
+        Tick("t1", 1_700_000_000_000_002),
+    ]
+    taken = 0
+    for message in hostile_messages(rng, near, 2_000):
+        if message.value is None or len(message.value) > 64 * 1024:
+            continue
+        record = _native_read(message.value)
+        if record is not None:
+            taken += 1
+            assert record == _python_read(message.value), message.what
+    assert taken > 0  # wrong-topic and wrong-key messages are valid events
+
+
+# ------------------------------------------------------------ the writer
+
+ANY_TEXT = st.text(max_size=12)  # control characters, quotes, non-ASCII
+
+
+def _value(kind: Kind, draw: st.DrawFn) -> Any:
+    if kind in (Kind.ID, Kind.TEXT):
+        return draw(ANY_TEXT)
+    if kind in (Kind.OPT_ID, Kind.OPT_TEXT):
+        return draw(st.one_of(st.none(), ANY_TEXT))
+    if kind in (Kind.CENTS, Kind.COUNT):
+        return draw(st.integers(-(2**63), 2**63 - 1))
+    if kind is Kind.TIME:
+        return draw(st.integers(YEAR_1, YEAR_10000 - 1))
+    return tuple(draw(st.lists(ANY_TEXT, max_size=3)))
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Record:
+    cls = draw(st.sampled_from(list(RECORDS_BY_TYPE.values())))
+    values = [_value(f.metadata["kind"], draw) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return cls(*values)
+
+
+@PROPS
+@given(records())
+def test_writer_is_the_reference(record: Record) -> None:
+    write = codec.native_record_writers()[type(record)]
+    assert write(record) == codec.encode_python(record)
+    assert codec.encode(record) == codec.encode_python(record)
+
+
+def test_writer_leaves_odd_values_to_python() -> None:
+    write = codec.native_record_writers()[Tick]
+    assert write(Tick("t", True)) is None  # orjson writes a bool as true
+    assert write(Tick("t", 2**70)) is None
+    assert write(Tick("\ud800", 0)) is None  # orjson refuses it, and so does encode
+    with pytest.raises(TypeError):
+        codec.encode(Tick("\ud800", 0))
+    assert codec.encode(Tick("t", True)) == codec.encode_python(Tick("t", True))
+
+
+def test_writer_escapes_every_ascii_character_as_orjson() -> None:
+    text = "".join(chr(c) for c in range(0x80)) + "\u2028é😀"
+    record = Tick(text, 0)
+    assert codec.native_record_writers()[Tick](record) == orjson.dumps(
+        {"type": "tick", "v": 1, "event_id": text, "at": "1970-01-01T00:00:00Z"}
+    )

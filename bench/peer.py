@@ -102,7 +102,7 @@ def create_topics(settings: Settings, names: list[str], log_append: set[str]) ->
         NewTopic(
             settings.topic(name),
             num_partitions=settings.partitions,
-            replication_factor=settings.replication,
+            replication_factor=settings.replication or -1,  # 0 (auto): the broker's default
             config={"message.timestamp.type": "LogAppendTime"} if name in log_append else {},
         )
         for name in names

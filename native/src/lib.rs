@@ -9,6 +9,7 @@ use pyo3::types::PyTuple;
 mod ids;
 mod json_text;
 mod read;
+mod state;
 mod timestamps;
 mod write;
 
@@ -43,6 +44,7 @@ fn taskstream_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(digest, module)?)?;
     module.add_function(wrap_pyfunction!(format_utc, module)?)?;
     module.add_function(wrap_pyfunction!(parse_utc, module)?)?;
+    module.add_function(wrap_pyfunction!(state::encode_user_state, module)?)?;
     module.add_class::<read::InputReader>()?;
     module.add_class::<write::RecordWriter>()?;
     Ok(())

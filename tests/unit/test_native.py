@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -21,6 +22,13 @@ from hypothesis import strategies as st
 from support.hostile import hostile_messages
 
 from app import ids
+from app.state import OrderRecord, RewardSlot, TaskInstance, UserState
+from app.state_codec import (
+    STATE_FORMAT,
+    decode_user_state,
+    encode_user_state,
+    encode_user_state_python,
+)
 from schemas import codec, timestamps
 from schemas.errors import SchemaError
 from schemas.fields import Kind
@@ -329,3 +337,61 @@ def test_writer_escapes_every_ascii_character_as_orjson() -> None:
     assert codec.native_record_writers()[Tick](record) == orjson.dumps(
         {"type": "tick", "v": 1, "event_id": text, "at": "1970-01-01T00:00:00Z"}
     )
+
+
+# ------------------------------------------------------- the user state
+
+I64 = st.integers(-(2**63), 2**63 - 1)
+SLOTS = st.builds(
+    RewardSlot,
+    st.integers(0, 9),
+    st.sampled_from(["granted", "rejected", "revoked"]),
+    ANY_TEXT,
+    I64,
+    st.none() | ANY_TEXT,
+    st.none() | ANY_TEXT,
+    I64,
+    st.integers(0, 9),
+)
+INSTANCES = st.builds(
+    TaskInstance,
+    ANY_TEXT,
+    ANY_TEXT,
+    ANY_TEXT,
+    I64,
+    I64,
+    st.sampled_from(["in_progress", "completed", "expired"]),
+    st.integers(0, 99),
+    st.lists(st.tuples(ANY_TEXT, I64), max_size=3).map(tuple),
+    st.lists(SLOTS, max_size=3).map(tuple),
+)
+ORDERS = st.builds(OrderRecord, I64, I64, st.lists(ANY_TEXT, max_size=2).map(tuple), I64, ANY_TEXT)
+STATES = st.builds(
+    UserState,
+    ANY_TEXT,
+    st.lists(INSTANCES, max_size=3).map(tuple),
+    st.dictionaries(ANY_TEXT, ORDERS, max_size=3).map(MappingProxyType),
+    st.dictionaries(
+        ANY_TEXT, st.lists(st.tuples(ANY_TEXT, I64, I64), max_size=2).map(tuple), max_size=2
+    ).map(MappingProxyType),
+    st.none() | I64,
+    st.none() | st.tuples(I64, ANY_TEXT),
+)
+
+
+@PROPS
+@given(STATES)
+def test_state_encoder_is_the_reference(state: UserState) -> None:
+    assert kernel is not None
+    assert kernel.encode_user_state(STATE_FORMAT, state) == encode_user_state_python(state)
+    assert decode_user_state(encode_user_state(state)) == state
+
+
+def test_state_encoder_leaves_odd_values_to_python() -> None:
+    assert kernel is not None
+    state = UserState("u", (), MappingProxyType({}), MappingProxyType({}), 2**64, None)
+    assert kernel.encode_user_state(STATE_FORMAT, state) is None
+    with pytest.raises(TypeError):  # orjson: an int beyond 64 bits
+        encode_user_state(state)
+    odd = UserState("u", (), MappingProxyType({1: None}), MappingProxyType({}), None, None)
+    assert kernel.encode_user_state(STATE_FORMAT, odd) is None  # type: ignore[dict-item]

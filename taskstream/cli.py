@@ -105,6 +105,9 @@ def worker(loglevel: str) -> None:
         f"{settings.partitions} partitions, tables in {settings.data_dir}",
         err=True,
     )
+    from schemas.native import describe
+
+    click.echo(describe(), err=True)  # the hot path's codec: compiled, or the Python reference
     sidecar = None
     if settings.api_secret:
         sidecar = ApiSidecar(os.environ)

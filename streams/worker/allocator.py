@@ -56,7 +56,7 @@ from streams.kafka.producer import BatchProducer
 from streams.kafka.transport import Consumer
 from streams.partition_state import Output, Redo, decode_redo, encode_redo, last_batch_again
 from streams.processor import InMessage
-from streams.worker.state_store import PartitionStateStore
+from streams.worker.state_store import PartitionStateStore, step_then_deliver
 
 log = logging.getLogger("taskstream.allocator")
 
@@ -106,20 +106,11 @@ class Allocator:
             by_partition.setdefault(m.partition, []).append(
                 InMessage(BUDGET_REQUESTS, self.topic, m.partition, m.offset, m.key, m.value)
             )
-        done: list[tuple[int, AllocationResult]] = []
-        for partition, batch in sorted(by_partition.items()):
-            try:
-                done.append((partition, self._step(partition, batch)))
-            except Exception:
-                self.forget(partition)  # rebuilt from the table next time
-                raise
-        try:
-            delivered = await self.producer.wait()
-        except Exception:
-            for partition, _ in done:
-                self.forget(partition)
-            raise
-        self.store.acknowledge(delivered)
+
+        async def step(partition: int) -> AllocationResult:
+            return self._step(partition, by_partition[partition])
+
+        done = await step_then_deliver(by_partition, step, self.producer, self.store, self.forget)
         for partition, result in done:
             await self._after_delivery(partition, result)
 

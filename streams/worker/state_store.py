@@ -19,8 +19,8 @@ replays those records at recovery.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import rocksdict
 from faust.types import TP
@@ -91,3 +91,38 @@ class PartitionStateStore:
         store = self._store
         for partition, offsets in by_partition.items():
             store.acknowledge(TP(self.changelog, partition), offsets)
+
+
+R = TypeVar("R")
+
+
+async def step_then_deliver(
+    partitions: Iterable[int],
+    step: Callable[[int], Awaitable[R]],
+    producer: BatchProducer,
+    store: PartitionStateStore,
+    forget: Callable[[int], None],
+) -> list[tuple[int, R]]:
+    """The batch loop the worker and the allocator share: each partition's
+    step (writes sent, RocksDB written) in partition order, one delivery wait
+    for all of them, then the changelog offsets acknowledged.
+
+    A partition whose step fails, or every stepped partition when the wait
+    fails, is forgotten (its cache is rebuilt from the table, and its last
+    batch written again, on next use) and the error raised. The caller
+    records input positions only from what this returns: after delivery."""
+    done: list[tuple[int, R]] = []
+    for partition in sorted(partitions):
+        try:
+            done.append((partition, await step(partition)))
+        except Exception:
+            forget(partition)
+            raise
+    try:
+        delivered = await producer.wait()
+    except Exception:
+        for partition, _ in done:
+            forget(partition)
+        raise
+    store.acknowledge(delivered)
+    return done

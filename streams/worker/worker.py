@@ -72,7 +72,7 @@ from streams.processor import (
     writes_for,
 )
 from streams.worker.lost_fetches import LostFetchWatch
-from streams.worker.state_store import PartitionStateStore
+from streams.worker.state_store import PartitionStateStore, step_then_deliver
 
 log = logging.getLogger("taskstream.worker")
 
@@ -292,20 +292,11 @@ class Worker:
 
     async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> None:
         """Each partition's step, one delivery wait for all, then positions."""
-        done: list[tuple[int, BatchResult]] = []
-        for partition, messages in sorted(by_partition.items()):
-            try:
-                done.append((partition, await self._step(partition, messages)))
-            except Exception:
-                self.forget(partition)  # rebuilt from the table next time
-                raise
-        try:
-            delivered = await self.producer.wait()
-        except Exception:
-            for partition, _ in done:
-                self.forget(partition)
-            raise
-        self.store.acknowledge(delivered)
+
+        async def step(partition: int) -> BatchResult:
+            return await self._step(partition, by_partition[partition])
+
+        done = await step_then_deliver(by_partition, step, self.producer, self.store, self.forget)
         positions = self.consumer.commit_positions
         for partition, result in done:
             for role, position in result.record.fetch_positions().items():

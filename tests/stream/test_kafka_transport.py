@@ -4,6 +4,7 @@ pinned faust or aiokafka changes under our subclasses."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 from collections.abc import Mapping, Sequence
@@ -226,22 +227,32 @@ def test_the_consumer_thread_runs_fetches_and_commits_on_two_queue_workers() -> 
         assert "self.call_thread(" in inspect.getsource(method)
 
 
-async def test_a_commit_asked_for_while_one_waits_is_skipped_not_queued() -> None:
-    import asyncio
+class _WaitingThread:
+    """The consumer thread's commit as aiokafka's waits for a coordinator:
+    each call is noted, and returns once `coordinator_back` is set."""
 
-    app = transport.BatchApp("commit-test", broker=f"{transport.register()}://127.0.0.1:1")
+    def __init__(self) -> None:
+        self.coordinator_back = asyncio.Event()
+        self.calls: list[dict[TP, int]] = []
+
+    async def commit(self, offsets: dict[TP, int]) -> bool:
+        self.calls.append(dict(offsets))
+        await self.coordinator_back.wait()
+        return True
+
+
+def _consumer_on_a_waiting_thread(app_id: str) -> tuple[Any, transport.Consumer, _WaitingThread]:
+    app = transport.BatchApp(app_id, broker=f"{transport.register()}://127.0.0.1:1")
     consumer = app.consumer
     assert isinstance(consumer, transport.Consumer)
-    coordinator_back = asyncio.Event()
-    calls: list[dict[TP, int]] = []
+    thread = _WaitingThread()
+    consumer._thread = thread  # type: ignore[assignment]
+    return app, consumer, thread
 
-    class _Thread:  # aiokafka's commit, waiting for a coordinator
-        async def commit(self, offsets: dict[TP, int]) -> bool:
-            calls.append(dict(offsets))
-            await coordinator_back.wait()
-            return True
 
-    consumer._thread = _Thread()  # type: ignore[assignment]
+async def test_a_commit_asked_for_while_one_waits_is_skipped_not_queued() -> None:
+    _, consumer, thread = _consumer_on_a_waiting_thread("commit-test")
+    calls, coordinator_back = thread.calls, thread.coordinator_back
     consumer.commit_positions.record(ORDERS, 640)
     first = asyncio.ensure_future(consumer._send_commit({ORDERS: 640}))
     await asyncio.sleep(0)
@@ -259,21 +270,8 @@ async def test_a_commit_asked_for_while_one_waits_is_skipped_not_queued() -> Non
 
 
 async def test_before_a_revoke_the_last_commit_waits_its_turn_instead() -> None:
-    import asyncio
-
-    app = transport.BatchApp("commit-test-2", broker=f"{transport.register()}://127.0.0.1:1")
-    consumer = app.consumer
-    assert isinstance(consumer, transport.Consumer)
-    coordinator_back = asyncio.Event()
-    calls: list[dict[TP, int]] = []
-
-    class _Thread:
-        async def commit(self, offsets: dict[TP, int]) -> bool:
-            calls.append(dict(offsets))
-            await coordinator_back.wait()
-            return True
-
-    consumer._thread = _Thread()  # type: ignore[assignment]
+    app, consumer, thread = _consumer_on_a_waiting_thread("commit-test-2")
+    calls, coordinator_back = thread.calls, thread.coordinator_back
     first = asyncio.ensure_future(consumer._send_commit({ORDERS: 640}))
     await asyncio.sleep(0)
     app.rebalancing = True  # faust's commit before the revoke

@@ -2,7 +2,7 @@
 
 The render API process reads the task-events, rewards and dead-letters
 topics from their beginning and hands every decoded record here
-(`streams.ops_feed`); the page (`streams.ops_page`) shows what this keeps:
+(`streams.api.ops_feed`); the page (`streams.api.ops_page`) shows what this keeps:
 
 - per template, the funnel: tasks claimed, claims rejected, tasks in
   progress / completed / expired **now** (the latest status of each task),

@@ -63,7 +63,7 @@ from typing import Any
 import orjson
 
 from bench.loggen import Line, LogShape, ample_sample_pools, mixed_log
-from streams.api_routing import routing_path
+from streams.api.routing import routing_path
 from streams.config import BUDGET_TOPICS, INPUT_TOPICS
 from streams.kafka.partitioner import partition_for
 from taskstream import broker, cluster
@@ -393,7 +393,7 @@ class Chaos:
 
     @staticmethod
     def _routing(worker: WorkerProcess) -> dict[str, Any]:
-        """What the worker last wrote for its render API (streams.api_routing)."""
+        """What the worker last wrote for its render API (streams.api.routing)."""
         try:
             doc = orjson.loads(routing_path(worker.data_dir).read_bytes())
         except (OSError, orjson.JSONDecodeError):

@@ -54,7 +54,7 @@ app = transport.BatchApp(
     web_host=settings.web_host,
     web_bind=settings.web_host,
     # Advertised to the group: the URL of this worker's render API process
-    # (streams.api_routing), where the others forward a user's requests.
+    # (streams.api.routing), where the others forward a user's requests.
     canonical_url=f"http://{settings.web_host}:{settings.api_port}",
     # Every input is keyed by user id; read a fresh group from the beginning.
     consumer_auto_offset_reset="earliest",

@@ -253,7 +253,7 @@ class BatchStats:
     outputs: int = 0
     budget_messages: int = 0  # from the masters, applied
     stalls: int = 0  # events that had to wait for a master's answer
-    # Tallies for the worker's metrics (streams/metrics.py): one dict
+    # Tallies for the worker's metrics (streams/monitor/metrics.py): one dict
     # increment where the processor already holds the value, so the shell
     # need not decode outputs to count them.
     applied_by_role: dict[str, int] = field(default_factory=dict)

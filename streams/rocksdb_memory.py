@@ -21,7 +21,7 @@ of the process shares:
 
 So the RocksDB part of a worker's memory is the budget plus small
 per-database overheads, whatever its partition count. The budget's usage
-is exported as `taskstream_rocksdb_memory_bytes` (streams.metrics).
+is exported as `taskstream_rocksdb_memory_bytes` (streams.monitor.metrics).
 
 `BoundedStore` is faust's RocksDB store with these options
 (streams.fenced_store builds the worker's store on it).

@@ -87,10 +87,10 @@ def worker(loglevel: str) -> None:
     _settings()  # bad settings (e.g. an unreadable secret file): exit 2 with why
     import streams.agents  # registers the agents on the app
     import streams.allocator_agent  # the pools' master allocator
-    import streams.metrics  # /metrics, /health and /ready on the web port
-    import streams.progress  # noqa: F401  (the periodic progress line)
-    from streams import api_worker  # the routing file of the render API process
-    from streams.api_routing import ApiSidecar
+    import streams.monitor.metrics  # /metrics, /health and /ready on the web port
+    import streams.monitor.progress  # noqa: F401  (the periodic progress line)
+    from streams.api import link as api_worker  # the routing file of the render API process
+    from streams.api.routing import ApiSidecar
     from streams.app import app, settings
 
     # Every topic and changelog exists before this worker joins the group
@@ -155,7 +155,7 @@ def api(loglevel: str) -> None:
     import asyncio
     import signal
 
-    from streams.render_api import serve
+    from streams.api.server import serve
 
     settings = _settings()
     logging.getLogger().setLevel(loglevel.upper())

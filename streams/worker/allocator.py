@@ -38,7 +38,6 @@ from faust.types import TP
 
 from app.bucketing import Master
 from app.catalog import Catalog
-from streams import metrics
 from streams.allocation import (
     AllocationResult,
     AllocatorCache,
@@ -54,6 +53,7 @@ from streams.allocation import (
 from streams.config import BUDGET_GRANTS, BUDGET_REQUESTS, DEAD_LETTERS, Settings
 from streams.kafka.producer import BatchProducer
 from streams.kafka.transport import Consumer
+from streams.monitor import metrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo, last_batch_again
 from streams.processor import InMessage
 from streams.worker.state_store import PartitionStateStore, step_then_deliver

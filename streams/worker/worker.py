@@ -36,7 +36,6 @@ from faust.types import TP
 
 from app.catalog import Catalog
 from app.state import UserState
-from streams import metrics
 from streams.config import (
     BUDGET_REQUESTS,
     DEAD_LETTERS,
@@ -48,6 +47,7 @@ from streams.config import (
 from streams.freeze import FreezeWatch
 from streams.kafka.producer import BatchProducer
 from streams.kafka.transport import Consumer
+from streams.monitor import metrics
 from streams.partition_state import (
     USER_PREFIX,
     Output,

@@ -25,7 +25,7 @@ from support.workers import Deployment, WorkerProcess
 
 from app.access import sign_token
 from schemas.timestamps import format_utc
-from streams.api_routing import STALE_AFTER_SECONDS
+from streams.api.routing import STALE_AFTER_SECONDS
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from prometheus_client.samples import Sample
 from support.workers import Deployment, TopicReader, WorkerProcess
 
 from bench.loggen import Line, LogShape, mixed_log
-from streams.metrics_core import reason_class
+from streams.monitor.metrics_core import reason_class
 
 pytestmark = pytest.mark.integration
 

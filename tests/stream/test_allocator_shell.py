@@ -16,7 +16,6 @@ from faust.types import TP
 from app.bucketing import master_partition
 from schemas.codec import encode
 from schemas.records import RefillRequested
-from streams import metrics
 from streams.allocation import (
     AllocatorRecord,
     allocator_key,
@@ -27,6 +26,7 @@ from streams.allocation import (
 )
 from streams.config import Settings
 from streams.kafka.producer import Delivered, DeliveryFailed
+from streams.monitor import metrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo
 from streams.worker.allocator import Allocator
 

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-import streams.metrics as worker_metrics
+import streams.monitor.metrics as worker_metrics
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 DASHBOARD = DOCKER / "grafana" / "taskstream-dashboard.json"
@@ -38,7 +38,7 @@ def _families() -> dict[str, set[str]]:
 
 
 def _declared_labels(name: str) -> set[str]:
-    """Labels of a metric declared in streams.metrics (Counter, Histogram ...)."""
+    """Labels of a metric declared in streams.monitor.metrics (Counter, Histogram ...)."""
     for value in vars(worker_metrics).values():
         if getattr(value, "_name", None) == name:
             return set(getattr(value, "_labelnames", ()))

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from streams import metrics
 from streams.config import Settings
 from streams.kafka.transport import Consumer
+from streams.monitor import metrics
 from streams.partition_state import PartitionRecord, encode_partition, partition_key
 from streams.worker import worker as worker_module
 from streams.worker.worker import Worker

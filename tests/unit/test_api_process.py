@@ -15,8 +15,8 @@ import orjson
 import pytest
 from rocksdict import Options, Rdict
 
-from streams.api_routing import ApiSidecar, RoutingWriter, not_ready, routing_path
-from streams.api_tables import Routing, RoutingView, SecondaryTables
+from streams.api.routing import ApiSidecar, RoutingWriter, not_ready, routing_path
+from streams.api.tables import Routing, RoutingView, SecondaryTables
 from taskstream.cpu import autogroup_nice
 
 

@@ -1,4 +1,4 @@
-"""The pure half of the worker's metrics (streams.metrics_core) and the
+"""The pure half of the worker's metrics (streams.monitor.metrics_core) and the
 processor's tallies it reads (streams.processor.BatchStats).
 
 The dead-letter reasons come from the real code paths (processor and
@@ -19,7 +19,7 @@ from app.bucketing import master_partition
 from schemas.codec import encode
 from schemas.records import PoolCommand, Record, RefillRequested
 from streams.allocation import AllocatorCache, AllocatorRecord, process_requests
-from streams.metrics_core import (
+from streams.monitor.metrics_core import (
     REASON_CLASSES,
     TYPE_OF_ROLE,
     BulkHistogram,

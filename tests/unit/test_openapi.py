@@ -30,12 +30,12 @@ def _described() -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def registered() -> set[tuple[str, str]]:
-    """(method, path) of every route of the render API process (streams.render_api.API_ROUTES
-    and the operator page's, streams.ops_page.OPS_ROUTES)."""
+    """(method, path) of every route of the render API process (streams.api.server.API_ROUTES
+    and the operator page's, streams.api.ops_page.OPS_ROUTES)."""
     from aiohttp import web
 
-    from streams.ops_page import OPS_ROUTES
-    from streams.render_api import API_ROUTES
+    from streams.api.ops_page import OPS_ROUTES
+    from streams.api.server import API_ROUTES
 
     application = web.Application()
     application.add_routes(API_ROUTES)

@@ -1,4 +1,4 @@
-"""The operator page's data (streams.ops_page): two API processes' views of
+"""The operator page's data (streams.api.ops_page): two API processes' views of
 their workers' RocksDB tables, gathered over HTTP, against the balance sheet.
 
 Real aiohttp servers, real files and real RocksDB primaries written like the
@@ -26,7 +26,6 @@ from app.bucketing import Bucket, Master, balance_sheet, new_master
 from app.catalog import parse_catalog
 from app.ops_view import CampaignView
 from schemas.records import RewardGranted
-from streams import ops_page
 from streams.allocation import (
     AllocatorRecord,
     allocator_key,
@@ -34,10 +33,11 @@ from streams.allocation import (
     encode_master,
     master_key,
 )
-from streams.api_routing import routing_path, write_routing
-from streams.api_tables import RoutingView, SecondaryTables, allocator_paths
+from streams.api import ops_page
+from streams.api.ops_feed import FeedProgress
+from streams.api.routing import routing_path, write_routing
+from streams.api.tables import RoutingView, SecondaryTables, allocator_paths
 from streams.config import Settings
-from streams.ops_feed import FeedProgress
 from streams.partition_state import PartitionRecord, encode_partition, partition_key
 
 KEY = "ops-key"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.shedding import MICRO, Admission, AnswerCache, TokenBucket, mark_fallback
+from streams.api.shedding import MICRO, Admission, AnswerCache, TokenBucket, mark_fallback
 
 # Request times as gaps (µs) between requests: bursts (0), near ones, long idles.
 gaps = st.lists(

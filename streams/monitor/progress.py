@@ -2,7 +2,7 @@
 
 Operators read lag here first; it is also how a stalled consumer shows up
 (events/s at 0 while lag stays above 0). Every figure is read from the
-worker's Prometheus counters (streams.metrics), so the line and /metrics
+worker's Prometheus counters (streams.monitor.metrics), so the line and /metrics
 never disagree.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 from faust.types import TP
 
-from streams import metrics
 from streams.agents import worker
 from streams.app import app, settings
+from streams.monitor import metrics
 
 log = logging.getLogger("taskstream.progress")
 

@@ -1,6 +1,6 @@
 """What the render API process knows of its worker: the routing file and the tables.
 
-`RoutingView` follows the worker's routing file (streams.api_routing),
+`RoutingView` follows the worker's routing file (streams.api.routing),
 re-reading it when its modification time changes (checked at most every
 `recheck` seconds); a file older than STALE_AFTER_SECONDS reads as a silent
 worker: not ready, no active partition. `SecondaryTables` reads the
@@ -28,7 +28,7 @@ import orjson
 from rocksdict import AccessType, Rdict
 
 from streams import rocksdb_memory
-from streams.api_routing import STALE_AFTER_SECONDS
+from streams.api.routing import STALE_AFTER_SECONDS
 
 log = logging.getLogger("taskstream.api")
 

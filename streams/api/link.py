@@ -1,4 +1,4 @@
-"""The worker keeps its render API process informed and running (streams.api_routing).
+"""The worker keeps its render API process informed and running (streams.api.routing).
 
 Imported by `taskstream worker`. A 0.25 s timer writes the routing file when
 the assignment or readiness changed: a few dict operations on the worker's
@@ -12,7 +12,7 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.api_routing import RoutingWriter, not_ready, routing_path
+from streams.api.routing import RoutingWriter, not_ready, routing_path
 from streams.app import allocator_table, app, settings, state
 
 

@@ -13,10 +13,10 @@ the CPU first, and `taskstream worker` starts, restarts and stops it.
 
 A user lives in partition murmur2(user_id) % N of every input topic and of
 the state table's changelog, so exactly one worker holds their state. This
-process reads its worker's routing file (streams.api_routing: the group's
+process reads its worker's routing file (streams.api.routing: the group's
 partition -> owner URL map and the partitions active here) and the worker's
 RocksDB state databases as read-only secondary instances
-(streams.api_tables). Any API process accepts a request, checks it
+(streams.api.tables). Any API process accepts a request, checks it
 (credentials, input, load limit), and forwards it to the owner's API URL
 (the worker's advertised canonical_url, http://TASKSTREAM_WEB_HOST:
 TASKSTREAM_API_PORT) when its worker is not the owner; a forwarded request
@@ -32,7 +32,7 @@ task-events topic.
 Load shedding: each API process admits at most TASKSTREAM_API_RATE
 requests/s (bursts of TASKSTREAM_API_BURST) and TASKSTREAM_API_CONCURRENCY
 in flight, checked right after the credentials and before any table read or
-forwarding (streams/shedding.py, O(1)). The excess is answered 200 with
+forwarding (streams/api/shedding.py, O(1)). The excess is answered 200 with
 X-Taskstream-Fallback: the last answer this process gave for that user,
 scene and tags (cached), else an empty, `degraded` one (static); a claim is
 still produced but answered 202 with its poll URL at once (deferred), and a
@@ -73,16 +73,17 @@ from app.render_json import (
 from app.state import UserState
 from schemas.codec import encode
 from schemas.records import TaskClaim
-from streams import ops_page, rocksdb_memory
-from streams.api_routing import routing_path
-from streams.api_tables import RoutingView, SecondaryTables
+from streams import rocksdb_memory
+from streams.api import ops_page
+from streams.api.ops_page import Ops
+from streams.api.routing import routing_path
+from streams.api.shedding import Admission, AnswerCache, mark_fallback
+from streams.api.tables import RoutingView, SecondaryTables
 from streams.catalog_feed import CatalogFeed
 from streams.config import CLAIMS, TASK_EVENTS, TEMPLATES, Settings
 from streams.kafka.partitioner import partition_for
-from streams.ops_page import Ops
 from streams.partition_state import PartitionRecord, decode_partition, decode_user, partition_key
 from streams.partition_state import user_key as state_user_key
-from streams.shedding import Admission, AnswerCache, mark_fallback
 
 log = logging.getLogger("taskstream.api")
 
@@ -121,7 +122,7 @@ class Unavailable(Exception):
 
 # ---------------------------------------------------------------- metrics
 
-# No *_created series, like the worker's registry (streams.metrics).
+# No *_created series, like the worker's registry (streams.monitor.metrics).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=False)
 API_REQUESTS = Counter(

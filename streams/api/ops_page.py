@@ -20,7 +20,7 @@ Where the numbers come from:
   that does not answer within OWNER_TIMEOUT_SECONDS leaves its partitions
   marked unknown; the page says which.
 - **funnels, burn-downs and dead letters**, from the output log
-  (`streams.ops_feed`, `app.ops_view`).
+  (`streams.api.ops_feed`, `app.ops_view`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from aiohttp import web
 from app.access import service_key_matches
 from app.bucketing import Bucket, Master, balance_sheet
 from streams.allocation import MASTER_PREFIX, allocator_key, decode_allocator, decode_master
-from streams.api_tables import Routing, RoutingView, SecondaryTables, allocator_paths
+from streams.api.ops_feed import OpsFeed
+from streams.api.tables import Routing, RoutingView, SecondaryTables, allocator_paths
 from streams.catalog_feed import CatalogFeed
 from streams.config import (
     BUDGET_REQUESTS,
@@ -48,7 +49,6 @@ from streams.config import (
     TASK_EVENTS,
     Settings,
 )
-from streams.ops_feed import OpsFeed
 from streams.partition_state import PartitionRecord, decode_partition, partition_key
 
 STATIC = Path(__file__).with_name("static")

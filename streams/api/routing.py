@@ -1,7 +1,7 @@
 """The worker's side of the render API: what its API process needs, and the process.
 
 The render API runs in its own process beside each worker (`taskstream api`,
-streams/render_api.py), never on the worker's event loop: a request spike
+streams/api/server.py), never on the worker's event loop: a request spike
 then costs the worker no loop time at all, and the API process runs at a
 lower CPU priority (TASKSTREAM_API_NICE) so the kernel gives the worker the
 CPU first (docs/api.md "Load shedding").

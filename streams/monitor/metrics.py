@@ -47,7 +47,7 @@ from streams.allocation import AllocationResult
 from streams.app import allocator_table, app, catalog_feed, settings, state
 from streams.config import BUDGET_REQUESTS, PROCESSOR_INPUTS
 from streams.fenced_store import FencedStore
-from streams.metrics_core import (
+from streams.monitor.metrics_core import (
     EVENT_LAG_BUCKETS_SECONDS,
     TYPE_OF_ROLE,
     allocator_dead_reasons,
@@ -80,7 +80,7 @@ INPUT_MESSAGES = Counter(
 )
 DEAD_LETTERS = Counter(
     "taskstream_dead_letters",
-    "Dead letters written, by reason class (streams.metrics_core.REASON_CLASSES) and agent.",
+    "Dead letters written, by reason class (streams/monitor/metrics_core.py) and agent.",
     ["reason", "agent"],
     registry=REGISTRY,
 )

@@ -1,6 +1,6 @@
 """The pure half of the worker's metrics: what to count, and how to bound labels.
 
-No faust and no prometheus_client here (streams/metrics.py is the shell):
+No faust and no prometheus_client here (streams/monitor/metrics.py is the shell):
 mapping a dead letter's free-text reason to a small set of classes, the
 consumer lag of a partition from its record, the readiness verdict, and a
 histogram that takes a whole batch of observations at once (the event-time

@@ -1,4 +1,4 @@
-// The live operator page (streams/ops_page.py): fetches /ops/data every few
+// The live operator page (streams/api/ops_page.py): fetches /ops/data every few
 // seconds and draws it with plain DOM and SVG (no build step, nothing fetched
 // from elsewhere). The service key comes from the URL's #key=... (dropped from
 // the address bar at once, kept for this tab only) or from the form.

@@ -17,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def setup_lines() -> list[str]:
-    """The recipe of the Makefile's install stamp: upgrade pip, install editable."""
+    """The recipe of the Makefile's install stamp: upgrade pip, install editable
+    (the native kernel's install, `pip install ./native`, is another stamp's)."""
     makefile = (ROOT / "Makefile").read_text()
     lines = re.findall(r"^\t(\$\(BIN\)/python -m pip .*|PYTHONWARNINGS=.*)$", makefile, re.M)
+    lines = [line for line in lines if "./native" not in line]
     assert len(lines) == 2, lines
     return lines
 

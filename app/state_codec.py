@@ -8,6 +8,7 @@ a ValueError rather than guessing.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
@@ -73,10 +74,33 @@ def _instance(i: TaskInstance) -> list[Any]:
     ]
 
 
+def _native_state_reader() -> Any:
+    """The kernel's state reader (the same classes and field orders), or None."""
+    if kernel is None:
+        return None
+    classes = [
+        (cls, [f.name for f in fields(cls)])
+        for cls in (UserState, TaskInstance, OrderRecord, RewardSlot)
+    ]
+    return kernel.StateReader(STATE_FORMAT, *classes, MappingProxyType)
+
+
+_NATIVE_READER = _native_state_reader()
+
+
 def decode_user_state(raw: bytes | None) -> UserState | None:
     """The state stored under a user's key; None (no key) means no state."""
     if raw is None:
         return None
+    if _NATIVE_READER is not None:
+        state: UserState | None = _NATIVE_READER.read(raw)
+        if state is not None:
+            return state
+    return decode_user_state_python(raw)
+
+
+def decode_user_state_python(raw: bytes) -> UserState:
+    """The reference decoding (tests/unit/test_native.py compares the kernel's)."""
     doc = orjson.loads(raw)
     if not isinstance(doc, list) or not doc or doc[0] != STATE_FORMAT:
         raise ValueError(f"not a user state of format {STATE_FORMAT}")

@@ -46,6 +46,7 @@ fn taskstream_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(parse_utc, module)?)?;
     module.add_function(wrap_pyfunction!(state::encode_user_state, module)?)?;
     module.add_class::<read::InputReader>()?;
+    module.add_class::<state::StateReader>()?;
     module.add_class::<write::RecordWriter>()?;
     Ok(())
 }

@@ -7,7 +7,8 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
+use serde_json::Value;
 
 use crate::json_text::write_string;
 
@@ -194,4 +195,238 @@ fn scalar(out: &mut Vec<u8>, item: &Bound<'_, PyAny>) -> Step {
         return Err(Decline);
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------ reading
+
+/// `app.state_codec.decode_user_state` for states of the usual shape: the
+/// same objects, built without running their `__init__` (each slot set as
+/// `fast_init`'s `__init__` would set it). Any other shape, or a value that
+/// is not a string, an integer or null, gives None: the Python decoder then
+/// reads it (and raises what it raises).
+#[pyclass(frozen, module = "taskstream_native")]
+pub struct StateReader {
+    format: i64,
+    object_new: PyObject,
+    mapping_proxy: PyObject,
+    user_state: Builder,
+    instance: Builder,
+    order: Builder,
+    slot: Builder,
+}
+
+struct Builder {
+    class: Py<PyType>,
+    names: Vec<Py<PyString>>,
+}
+
+type ClassSpec = (Py<PyType>, Vec<String>);
+
+#[pymethods]
+impl StateReader {
+    /// Each class with its field names in order (the arrays' order).
+    #[new]
+    fn new(
+        py: Python<'_>,
+        format: i64,
+        user_state: ClassSpec,
+        instance: ClassSpec,
+        order: ClassSpec,
+        slot: ClassSpec,
+        mapping_proxy: PyObject,
+    ) -> PyResult<Self> {
+        let builder = |(class, names): ClassSpec| Builder {
+            class,
+            names: names.iter().map(|n| PyString::intern(py, n).unbind()).collect(),
+        };
+        let object_new = py.import("builtins")?.getattr("object")?.getattr("__new__")?.unbind();
+        Ok(StateReader {
+            format,
+            object_new,
+            mapping_proxy,
+            user_state: builder(user_state),
+            instance: builder(instance),
+            order: builder(order),
+            slot: builder(slot),
+        })
+    }
+
+    fn read(&self, py: Python<'_>, raw: &[u8]) -> PyResult<Option<PyObject>> {
+        let Ok(Value::Array(doc)) = serde_json::from_slice::<Value>(raw) else {
+            return Ok(None);
+        };
+        match self.state(py, &doc)? {
+            Some(state) => Ok(Some(state.unbind())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// None: not this reader's case (the Python decoder takes over).
+type Built<'py> = PyResult<Option<Bound<'py, PyAny>>>;
+
+impl StateReader {
+    fn build<'py>(&self, py: Python<'py>, builder: &Builder, values: Vec<Bound<'py, PyAny>>) -> Built<'py> {
+        if values.len() != builder.names.len() {
+            return Ok(None);
+        }
+        let object = self.object_new.bind(py).call1((builder.class.bind(py),))?;
+        for (name, value) in builder.names.iter().zip(values) {
+            // The slot's own descriptor, as fast_init's __init__ uses it: the
+            // class's __setattr__ (which keeps the record frozen) is bypassed.
+            let status = unsafe {
+                pyo3::ffi::PyObject_GenericSetAttr(object.as_ptr(), name.as_ptr(), value.as_ptr())
+            };
+            if status != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(Some(object))
+    }
+
+    fn state<'py>(&self, py: Python<'py>, doc: &[Value]) -> Built<'py> {
+        let [format, user_id, instances, orders, held, next_deadline, last_claim] = doc else {
+            return Ok(None);
+        };
+        if format.as_i64() != Some(self.format) || !format.is_i64() {
+            return Ok(None);
+        }
+        let (Value::Array(instances), Value::Object(orders), Value::Object(held)) = (instances, orders, held) else {
+            return Ok(None);
+        };
+        let mut built = Vec::with_capacity(instances.len());
+        for instance in instances {
+            match self.instance(py, instance)? {
+                Some(instance) => built.push(instance),
+                None => return Ok(None),
+            }
+        }
+        let order_map = PyDict::new(py);
+        for (order_id, order) in orders {
+            let Value::Array(fields) = order else { return Ok(None) };
+            let [amount, refunded, refund_ids, at, channel] = fields.as_slice() else {
+                return Ok(None);
+            };
+            let Some(refund_ids) = plain_tuple(py, refund_ids)? else { return Ok(None) };
+            let values = match (plain(py, amount)?, plain(py, refunded)?, plain(py, at)?, plain(py, channel)?) {
+                (Some(a), Some(r), Some(t), Some(c)) => vec![a, r, refund_ids.into_any(), t, c],
+                _ => return Ok(None),
+            };
+            let Some(record) = self.build(py, &self.order, values)? else { return Ok(None) };
+            order_map.set_item(order_id, record)?;
+        }
+        let held_map = PyDict::new(py);
+        for (order_id, items) in held {
+            let Value::Array(items) = items else { return Ok(None) };
+            let mut entries = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::Array(triple) if triple.len() == 3 => match plain_tuple(py, item)? {
+                        Some(entry) => entries.push(entry),
+                        None => return Ok(None),
+                    },
+                    _ => return Ok(None),
+                }
+            }
+            held_map.set_item(order_id, PyTuple::new(py, entries)?)?;
+        }
+        let last_claim = match last_claim {
+            Value::Null => py.None().into_bound(py),
+            Value::Array(pair) if pair.len() == 2 => match plain_tuple(py, last_claim)? {
+                Some(pair) => pair.into_any(),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let (Some(user_id), Some(next_deadline)) = (plain(py, user_id)?, plain(py, next_deadline)?) else {
+            return Ok(None);
+        };
+        let proxy = self.mapping_proxy.bind(py);
+        let values = vec![
+            user_id,
+            PyTuple::new(py, built)?.into_any(),
+            proxy.call1((order_map,))?,
+            proxy.call1((held_map,))?,
+            next_deadline,
+            last_claim,
+        ];
+        self.build(py, &self.user_state, values)
+    }
+
+    fn instance<'py>(&self, py: Python<'py>, instance: &Value) -> Built<'py> {
+        let Value::Array(fields) = instance else { return Ok(None) };
+        let [task_id, template_id, claim_event_id, claimed_at, deadline, status, progress, counted, slots] =
+            fields.as_slice()
+        else {
+            return Ok(None);
+        };
+        let Value::Array(counted) = counted else { return Ok(None) };
+        let mut pairs = Vec::with_capacity(counted.len());
+        for pair in counted {
+            match pair {
+                Value::Array(items) if items.len() == 2 => match plain_tuple(py, pair)? {
+                    Some(pair) => pairs.push(pair),
+                    None => return Ok(None),
+                },
+                _ => return Ok(None),
+            }
+        }
+        let Value::Array(slots) = slots else { return Ok(None) };
+        let mut built_slots = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let Value::Array(items) = slot else { return Ok(None) };
+            let mut values = Vec::with_capacity(items.len());
+            for item in items {
+                match plain(py, item)? {
+                    Some(value) => values.push(value),
+                    None => return Ok(None),
+                }
+            }
+            match self.build(py, &self.slot, values)? {
+                Some(slot) => built_slots.push(slot),
+                None => return Ok(None),
+            }
+        }
+        let mut values = Vec::with_capacity(9);
+        for item in [task_id, template_id, claim_event_id, claimed_at, deadline, status, progress] {
+            match plain(py, item)? {
+                Some(value) => values.push(value),
+                None => return Ok(None),
+            }
+        }
+        values.push(PyTuple::new(py, pairs)?.into_any());
+        values.push(PyTuple::new(py, built_slots)?.into_any());
+        self.build(py, &self.instance, values)
+    }
+}
+
+/// A string, an integer (within 64 bits) or null, as orjson reads them.
+fn plain<'py>(py: Python<'py>, value: &Value) -> PyResult<Option<Bound<'py, PyAny>>> {
+    Ok(match value {
+        Value::Null => Some(py.None().into_bound(py)),
+        Value::String(text) => Some(PyString::new(py, text).into_any()),
+        Value::Number(number) => {
+            if let Some(signed) = number.as_i64() {
+                Some(signed.into_pyobject(py)?.into_any())
+            } else if let Some(unsigned) = number.as_u64() {
+                Some(unsigned.into_pyobject(py)?.into_any())
+            } else {
+                None // a float: orjson gives a float, left to the Python decoder
+            }
+        }
+        _ => None,
+    })
+}
+
+/// An array of plain values as a tuple.
+fn plain_tuple<'py>(py: Python<'py>, value: &Value) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let Value::Array(items) = value else { return Ok(None) };
+    let mut values = Vec::with_capacity(items.len());
+    for item in items {
+        match plain(py, item)? {
+            Some(value) => values.push(value),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(PyTuple::new(py, values)?))
 }

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.hostile import hostile_messages
 
-from app import ids
+from app import ids, state_codec
 from app.state import OrderRecord, RewardSlot, TaskInstance, UserState
 from app.state_codec import (
     STATE_FORMAT,
@@ -395,3 +395,57 @@ def test_state_encoder_leaves_odd_values_to_python() -> None:
         encode_user_state(state)
     odd = UserState("u", (), MappingProxyType({1: None}), MappingProxyType({}), None, None)
     assert kernel.encode_user_state(STATE_FORMAT, odd) is None  # type: ignore[dict-item]
+
+
+def _state_reader() -> Any:
+    reader = state_codec._native_state_reader()
+    assert reader is not None
+    return reader
+
+
+@PROPS
+@given(STATES)
+def test_state_reader_is_the_reference(state: UserState) -> None:
+    raw = encode_user_state_python(state)
+    native = _state_reader().read(raw)
+    assert native is not None
+    python = state_codec.decode_user_state_python(raw)
+    assert native == python == state
+    assert list(native.orders) == list(python.orders)  # the order of the keys, too
+    assert encode_user_state_python(native) == raw
+    assert type(native.orders) is type(python.orders)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        native.user_id = "x"  # built without __init__, still frozen
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'[1,"u",[],{},{},null,null]',
+        b'[1,"u",[],{},{},1.5,null]',  # a float: left to Python
+        b'[1,"u",[],{},{},true,null]',
+        b'[1.0,"u",[],{},{},null,null]',
+        b'[2,"u",[],{},{},null,null]',
+        b'[1,"u",[],{},{},null,[5,"c",7]]',
+        b'[1,"u",[],{},{},null,["a","b"]]',
+        b'[1,"u",[],{"o":[1,0,[],5,"app"],"o":[2,0,[],5,"app"]},{},null,null]',
+        b'[1,"u",[],{"o":[1,0,[],5]},{},null,null]',
+        b'[1,"u",[["t","tpl","c",1,2,"in_progress",1,[["o",0]],[]]],{},{},2,null]',
+        b'[1,"u",[["t","tpl","c",1,2,"in_progress",1,[["o",0,9]],[]]],{},{},2,null]',
+        b'[1,"u",[],{},{"o":[["r",5,6]]},null,null]',
+        b'[1,"u",[],{},{"o":[["r",5]]},null,null]',
+        b'[1,"u",[],[],{},null,null]',
+        b'[1,"u",[],{},{},null]',
+        b"[]",
+        b"{}",
+    ],
+)
+def test_state_reader_edge_cases(raw: bytes) -> None:
+    native = _state_reader().read(raw)
+    try:
+        python = state_codec.decode_user_state_python(raw)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        assert native is None
+        return
+    if native is not None:
+        assert native == python

@@ -27,6 +27,7 @@ struct InputType {
     version: i64,
     class: Py<PyType>,
     fields: Vec<(String, FieldKind)>,
+    names: Vec<Py<PyString>>,
 }
 
 /// Limits of `schemas/limits.py`, handed over by the Python side.
@@ -42,6 +43,7 @@ struct Limits {
 pub struct InputReader {
     types: Vec<InputType>,
     limits: Limits,
+    object_new: PyObject,
 }
 
 type TypeSpec = (String, i64, Py<PyType>, Vec<(String, String)>);
@@ -53,6 +55,7 @@ impl InputReader {
     /// fields' values in that order.
     #[new]
     fn new(
+        py: Python<'_>,
         types: Vec<TypeSpec>,
         max_id_chars: usize,
         max_cents: u64,
@@ -77,10 +80,12 @@ impl InputReader {
                 };
                 kinds.push((field, kind));
             }
-            built.push(InputType { name, version, class, fields: kinds });
+            let names = kinds.iter().map(|(field, _)| PyString::intern(py, field).unbind()).collect();
+            built.push(InputType { name, version, class, fields: kinds, names });
         }
         let limits = Limits { max_id_chars, max_cents, min_at, max_at, max_tags };
-        Ok(InputReader { types: built, limits })
+        let object_new = py.import("builtins")?.getattr("object")?.getattr("__new__")?.unbind();
+        Ok(InputReader { types: built, limits, object_new })
     }
 
     /// The record of one message, or None when the Python reader must judge it.
@@ -99,19 +104,34 @@ impl InputReader {
             _ => return Ok(None),
         }
         match self.values(py, input, &doc)? {
-            Some(values) => Ok(Some(input.class.bind(py).call1(values)?.unbind())),
+            Some(values) => Ok(Some(self.build(py, input, values)?.unbind())),
             None => Ok(None),
         }
     }
 }
 
 impl InputReader {
+    /// The record, its slots set one by one as `fast_init`'s `__init__` sets
+    /// them (the class's frozen `__setattr__` bypassed), without running it.
+    fn build<'py>(&self, py: Python<'py>, input: &InputType, values: Vec<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let record = self.object_new.bind(py).call1((input.class.bind(py),))?;
+        for (name, value) in input.names.iter().zip(values) {
+            let status = unsafe {
+                pyo3::ffi::PyObject_GenericSetAttr(record.as_ptr(), name.as_ptr(), value.as_ptr())
+            };
+            if status != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(record)
+    }
+
     fn values<'py>(
         &self,
         py: Python<'py>,
         input: &InputType,
         doc: &Map<String, Value>,
-    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    ) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
         let mut values: Vec<Bound<'py, PyAny>> = Vec::with_capacity(input.fields.len());
         for (name, kind) in &input.fields {
             let value = match (kind, doc.get(name)) {
@@ -138,7 +158,7 @@ impl InputReader {
             };
             values.push(value);
         }
-        Ok(Some(PyTuple::new(py, values)?))
+        Ok(Some(values))
     }
 
     /// Non-empty, within the length limit, printable ASCII only.

@@ -228,6 +228,8 @@ def test_reader_takes_every_plain_input(raw: bytes) -> None:
     assert record is not None, raw
     assert record == _python_read(raw)
     assert type(record) is type(_python_read(raw))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.event_id = "x"  # type: ignore[misc]  # built without __init__, still frozen
 
 
 @PROPS

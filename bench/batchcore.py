@@ -58,6 +58,7 @@ def run_once(events: int, users: int, batch: int) -> Run:
     from schemas.codec import decode, encode
     from schemas.native import kernel
     from schemas.records import PoolCommand
+    from streams.config import Settings
     from streams.kafka.partitioner import partition_for
     from streams.partition_state import decode_user, user_key
     from streams.processor import (
@@ -88,7 +89,8 @@ def run_once(events: int, users: int, batch: int) -> Run:
 
     tables: list[dict[bytes, bytes]] = [{} for _ in range(PARTITIONS)]
     records = [PartitionRecord(p) for p in range(PARTITIONS)]
-    caches = [PartitionCache() for _ in range(PARTITIONS)]
+    # The worker's default cache of decoded users (streams/config.py).
+    caches = [PartitionCache(users_max=Settings().user_cache) for _ in range(PARTITIONS)]
     for cache, record in zip(caches, records, strict=True):
         cache.load(record)
     master = new_master(POOL, catalog.pools[POOL].total, PARTITIONS)

@@ -105,6 +105,12 @@ class Settings:
     max_idle_ms: int = 500
     # Decoded users kept in memory per partition between batches (0: none).
     user_cache: int = 8_192
+    # Allocations between two young-generation passes of Python's cyclic
+    # collector (0: Python's own 700). The worker keeps ~10^5-10^6 long-lived
+    # objects (cached users), and at 700 the collector's passes took ~20 % of
+    # the batch step (BENCHMARKS "batchcore"); the fold's garbage has no
+    # cycles, so reference counting frees it either way.
+    gc_threshold: int = 50_000
     # TLS and SASL of every Kafka client; its secrets are kept out of repr.
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -145,6 +151,7 @@ class Settings:
             max_pending=_positive_int(env, "TASKSTREAM_MAX_PENDING", cls.max_pending),
             max_idle_ms=_non_negative_int(env, "TASKSTREAM_MAX_IDLE_MS", cls.max_idle_ms),
             user_cache=_non_negative_int(env, "TASKSTREAM_USER_CACHE", cls.user_cache),
+            gc_threshold=_non_negative_int(env, "TASKSTREAM_GC_THRESHOLD", cls.gc_threshold),
             kafka_security=KafkaSecurity.from_env(env),
         )
 

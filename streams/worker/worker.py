@@ -385,10 +385,10 @@ class Worker:
         self._send(result.outputs)
 
     def _send(self, outputs: Iterable[Output]) -> None:
-        send = self.producer.send
         topics = self.output_topics
-        for output in outputs:
-            send(topics[output.role], output.key, output.value, output.partition)
+        self.producer.send_all(
+            (topics[output.role], output.key, output.value, output.partition) for output in outputs
+        )
 
     # ------------------------------------------------------------ loading
 

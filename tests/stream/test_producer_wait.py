@@ -46,3 +46,50 @@ async def test_an_unacknowledged_batch_waits_and_says_why(
     client._producer.purge()
     client.close(timeout=0.1)
     client._client = None
+
+
+class _Recording:
+    """What `send_all` hands librdkafka; a full queue on the second record."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+        self.polls = 0
+        self._full_once = True
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        if len(self.calls) == 1 and self._full_once:
+            self._full_once = False
+            raise BufferError("Local: Queue full")
+        self.calls.append((args, kwargs))
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+def test_send_all_hands_over_every_record_in_order_and_retries_a_full_queue() -> None:
+    client = BatchProducer({"bootstrap.servers": "x:1"}, frozenset())
+    recording = _Recording()
+    client._client = recording  # type: ignore[assignment]
+    client.send_all([("out", b"k1", b"v1", None), ("out", b"k2", b"v2", 3), ("out", None, None, 0)])
+    assert recording.calls == [
+        (("out", b"v1", b"k1"), {}),
+        (("out", b"v2", b"k2", 3), {}),  # retried after the full queue, not lost
+        (("out", None, None, 0), {}),
+    ]
+    assert recording.polls == 1
+
+
+def test_send_all_gives_headers_only_when_there_are_some() -> None:
+    client = BatchProducer({"bootstrap.servers": "x:1"}, frozenset())
+    recording = _Recording()
+    recording._full_once = False
+    client._client = recording  # type: ignore[assignment]
+    headers: list[tuple[str, str | bytes | None]] = [("epoch", b"7")]
+    client.send_all([("log", b"k", b"v", 2), ("log", b"k", None, None)], headers)
+    client.send("out", b"k", b"v")
+    assert recording.calls == [
+        (("log", b"v", b"k", 2), {"headers": headers}),
+        (("log", None, b"k"), {"headers": headers}),
+        (("out", b"v", b"k"), {}),
+    ]

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -242,6 +243,33 @@ class PartitionCache:
         return dict(self.rewinding)
 
 
+_NEVER = -math.inf
+
+
+class ReleaseBounds(NamedTuple):
+    """A sufficient condition for releasing the head of the buffer, from one
+    look at every input (`_Batch._release_bounds`); a head outside it gets
+    the full check, `_Batch._may_release`, which also notes when to look again.
+
+    A head may go when every other input has read up to its event time, or
+    is caught up (at its high watermark) and the head's idle wait is over,
+    the watermark read after it. So it may go when every input has read to
+    its time (`read_all`); or when every input not caught up has read to
+    its time (`read_busy`) and its wait ends by `waited_by`, the earliest
+    of the clock and of the caught-up inputs' watermark reads. The head's
+    own input always has read to its time."""
+
+    read_all: float
+    read_busy: float
+    waited_by: float
+
+    def lets_pass(self, head: Pending, max_idle: float) -> bool:
+        at = head.at
+        return at <= self.read_all or (
+            at <= self.read_busy and head.ready_from + max_idle <= self.waited_by
+        )
+
+
 @dataclass(slots=True)
 class BatchStats:
     accepted: int = 0
@@ -407,13 +435,16 @@ class _Batch:
         pending = self.pending
         held = self.cache.held
         cache = self.cache
+        bounds = self._release_bounds(highwater, highwater_seen)
         while pending:
             if cache.stalled_on is not None:
                 if self.budget.waiting_on(cache.stalled_on):
                     break  # nothing passes a stalled event, however full the buffer
                 cache.stalled_on = None
             head = pending[0][3]
-            if not self._may_release(head, highwater, highwater_seen):
+            if not bounds.lets_pass(head, self.max_idle) and not self._may_release(
+                head, highwater, highwater_seen
+            ):
                 if len(pending) <= max_pending:
                     break
                 self.stats.forced += 1
@@ -432,6 +463,39 @@ class _Batch:
                 f"pending buffer over {max_pending} events: released {self.stats.forced} "
                 "ahead of a lagging input (event-time order not guaranteed for them)"
             )
+
+    def _release_bounds(
+        self,
+        highwater: Mapping[str, int | None],
+        highwater_seen: Mapping[str, float | None] | None,
+    ) -> ReleaseBounds:
+        """What `_may_release` would say for most heads, worked out once per
+        batch: neither the inputs' progress nor the clock changes while a
+        batch releases, and in a backlog the per-input checks of every
+        event cost more than the event's own decoding."""
+        never = ReleaseBounds(_NEVER, _NEVER, _NEVER)
+        if any(self.cache.refetch.values()):
+            return never
+        read_all = read_busy = math.inf
+        waited_by = math.inf
+        for role in INPUT_ROLES:
+            read = self.max_at.get(role, _NEVER)
+            read_all = min(read_all, read)
+            hw = highwater.get(role)
+            caught_up = (
+                role not in self.cache.rewinding
+                and hw is not None
+                and self.next_offset.get(role, 0) >= hw
+            )
+            if not caught_up:
+                read_busy = min(read_busy, read)
+                continue
+            limit = self.now
+            if highwater_seen is not None:
+                seen = highwater_seen.get(role)
+                limit = _NEVER if seen is None else min(limit, seen)
+            waited_by = min(waited_by, limit)
+        return ReleaseBounds(read_all, read_busy, waited_by)
 
     def _may_release(
         self,

@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+mod digits;
 mod ids;
 mod json_text;
 mod read;

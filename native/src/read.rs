@@ -10,7 +10,8 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
-use serde_json::{Map, Number, Value};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::{Number, Value};
 
 use crate::timestamps::parse_canonical;
 
@@ -26,9 +27,14 @@ struct InputType {
     name: String,
     version: i64,
     class: Py<PyType>,
-    fields: Vec<(String, FieldKind)>,
+    // (index of the field's name in `InputReader::keys`, its kind)
+    fields: Vec<(usize, FieldKind)>,
     names: Vec<Py<PyString>>,
 }
+
+/// Where "type" and "v" are in `InputReader::keys`.
+const TYPE_KEY: usize = 0;
+const VERSION_KEY: usize = 1;
 
 /// Limits of `schemas/limits.py`, handed over by the Python side.
 struct Limits {
@@ -42,6 +48,9 @@ struct Limits {
 #[pyclass(frozen, module = "taskstream_native")]
 pub struct InputReader {
     types: Vec<InputType>,
+    // Every key some input type reads ("type" and "v" first); a message's
+    // values are kept by their key's index here, any other key's are dropped.
+    keys: Vec<String>,
     limits: Limits,
     object_new: PyObject,
 }
@@ -63,9 +72,11 @@ impl InputReader {
         max_at: i64,
         max_tags: usize,
     ) -> PyResult<Self> {
+        let mut keys = vec!["type".to_string(), "v".to_string()];
         let mut built = Vec::with_capacity(types.len());
         for (name, version, class, fields) in types {
             let mut kinds = Vec::with_capacity(fields.len());
+            let mut names = Vec::with_capacity(fields.len());
             for (field, kind) in fields {
                 let kind = match kind.as_str() {
                     "id" => FieldKind::Id,
@@ -78,28 +89,39 @@ impl InputReader {
                         )))
                     }
                 };
-                kinds.push((field, kind));
+                let index = match keys.iter().position(|key| *key == field) {
+                    Some(index) => index,
+                    None => {
+                        keys.push(field.clone());
+                        keys.len() - 1
+                    }
+                };
+                names.push(PyString::intern(py, &field).unbind());
+                kinds.push((index, kind));
             }
-            let names = kinds.iter().map(|(field, _)| PyString::intern(py, field).unbind()).collect();
             built.push(InputType { name, version, class, fields: kinds, names });
         }
         let limits = Limits { max_id_chars, max_cents, min_at, max_at, max_tags };
         let object_new = py.import("builtins")?.getattr("object")?.getattr("__new__")?.unbind();
-        Ok(InputReader { types: built, limits, object_new })
+        Ok(InputReader { types: built, keys, limits, object_new })
     }
 
     /// The record of one message, or None when the Python reader must judge it.
     fn read(&self, py: Python<'_>, raw: &[u8]) -> PyResult<Option<PyObject>> {
-        let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(raw) else {
+        let mut parser = serde_json::Deserializer::from_slice(raw);
+        let Ok(doc) = (Message { keys: &self.keys }).deserialize(&mut parser) else {
             return Ok(None);
         };
-        let Some(Value::String(type_name)) = doc.get("type") else {
+        if parser.end().is_err() {
+            return Ok(None); // trailing characters
+        }
+        let Some(Value::String(type_name)) = &doc[TYPE_KEY] else {
             return Ok(None);
         };
         let Some(input) = self.types.iter().find(|t| t.name == *type_name) else {
             return Ok(None);
         };
-        match doc.get("v") {
+        match &doc[VERSION_KEY] {
             Some(Value::Number(v)) if v.as_i64() == Some(input.version) => {}
             _ => return Ok(None),
         }
@@ -107,6 +129,44 @@ impl InputReader {
             Some(values) => Ok(Some(self.build(py, input, values)?.unbind())),
             None => Ok(None),
         }
+    }
+}
+
+/// A message's values by key index (`InputReader::keys`), None where absent.
+type Values = Vec<Option<Value>>;
+
+/// Reads one JSON object into `Values`: each key compared with the known
+/// ones, no map built. A repeated key keeps its last value, as a map would.
+/// An unknown key's value is still read as a `Value`, so what is refused
+/// (bad escapes, lone surrogates, depth) is what `serde_json::Value` refuses.
+struct Message<'k> {
+    keys: &'k [String],
+}
+
+impl<'de> DeserializeSeed<'de> for Message<'_> {
+    type Value = Values;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Values, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Message<'_> {
+    type Value = Values;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Values, A::Error> {
+        let mut values: Values = vec![None; self.keys.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value: Value = map.next_value()?;
+            if let Some(index) = self.keys.iter().position(|known| *known == *key) {
+                values[index] = Some(value);
+            }
+        }
+        Ok(values)
     }
 }
 
@@ -130,11 +190,11 @@ impl InputReader {
         &self,
         py: Python<'py>,
         input: &InputType,
-        doc: &Map<String, Value>,
+        doc: &Values,
     ) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
         let mut values: Vec<Bound<'py, PyAny>> = Vec::with_capacity(input.fields.len());
-        for (name, kind) in &input.fields {
-            let value = match (kind, doc.get(name)) {
+        for (index, kind) in &input.fields {
+            let value = match (kind, doc[*index].as_ref()) {
                 (FieldKind::Id, Some(Value::String(text))) if self.plain_id(text) => {
                     PyString::new(py, text).into_any()
                 }

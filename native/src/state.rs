@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 use serde_json::Value;
 
+use crate::digits::push_int;
 use crate::json_text::write_string;
 
 /// Not this encoder's case: the Python encoder takes over.
@@ -33,7 +34,7 @@ pub fn encode_user_state<'py>(
 
 fn write_state(py: Python<'_>, out: &mut Vec<u8>, format: i64, state: &Bound<'_, PyAny>) -> PyResult<Step> {
     out.push(b'[');
-    out.extend_from_slice(format.to_string().as_bytes());
+    push_int(out, format);
     out.push(b',');
     if scalar(out, &state.getattr(intern!(py, "user_id"))?).is_err() {
         return Ok(Err(Decline));
@@ -188,7 +189,7 @@ fn scalar(out: &mut Vec<u8>, item: &Bound<'_, PyAny>) -> Step {
         write_string(out, text.to_str().map_err(|_| Decline)?);
     } else if item.is_exact_instance_of::<PyInt>() {
         let number: i64 = item.extract().map_err(|_| Decline)?;
-        out.extend_from_slice(number.to_string().as_bytes());
+        push_int(out, number);
     } else if item.is_exact_instance_of::<PyBool>() {
         out.extend_from_slice(if item.is_truthy().map_err(|_| Decline)? { b"true" } else { b"false" });
     } else {

@@ -4,6 +4,8 @@
 //! anything else is left to the Python parser (which words the errors), so a
 //! `None` from this module is never a verdict, only "not the fast case".
 
+use crate::digits::push_padded;
+
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 
@@ -98,24 +100,45 @@ pub fn parse_canonical(text: &[u8]) -> Option<i64> {
 /// The canonical text of an instant (fraction only when non-zero); None
 /// outside years 1..=9999, where Python's `date` raises instead.
 pub fn format_canonical(micros: i64) -> Option<String> {
+    let mut out = Vec::with_capacity(27);
+    push_canonical(&mut out, micros)?;
+    // Only ASCII digits and separators were written.
+    String::from_utf8(out).ok()
+}
+
+/// `format_canonical`'s text appended to `out` (nothing written on None).
+pub fn push_canonical(out: &mut Vec<u8>, micros: i64) -> Option<()> {
     let seconds = micros.div_euclid(MICROS_PER_SECOND);
-    let fraction = micros.rem_euclid(MICROS_PER_SECOND);
+    let fraction = micros.rem_euclid(MICROS_PER_SECOND) as u64;
     let days = seconds.div_euclid(SECONDS_PER_DAY);
-    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY);
+    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY) as u64;
     let (year, month, day) = civil_from_days(days);
     if !(1..=9999).contains(&year) {
         return None;
     }
     let (hour, rest) = (second_of_day / 3_600, second_of_day % 3_600);
     let (minute, second) = (rest / 60, rest % 60);
-    let mut text = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}");
+    push_padded(out, year as u64, 4);
+    out.push(b'-');
+    push_padded(out, u64::from(month), 2);
+    out.push(b'-');
+    push_padded(out, u64::from(day), 2);
+    out.push(b'T');
+    push_padded(out, hour, 2);
+    out.push(b':');
+    push_padded(out, minute, 2);
+    out.push(b':');
+    push_padded(out, second, 2);
     if fraction != 0 {
-        let digits = format!("{fraction:06}");
-        text.push('.');
-        text.push_str(digits.trim_end_matches('0'));
+        out.push(b'.');
+        let at = out.len();
+        push_padded(out, fraction, 6);
+        while out.len() > at && out[out.len() - 1] == b'0' {
+            out.pop();
+        }
     }
-    text.push('Z');
-    Some(text)
+    out.push(b'Z');
+    Some(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
 
 use crate::json_text::write_string;
-use crate::timestamps::format_canonical;
+use crate::digits::push_int;
+use crate::timestamps::push_canonical;
 
 #[derive(Clone, Copy)]
 enum FieldOut {
@@ -82,20 +83,22 @@ fn write_value(out: &mut Vec<u8>, value: &Bound<'_, PyAny>, kind: FieldOut) -> b
         FieldOut::OptionalText => write_text(out, value),
         FieldOut::Integer => match exact_int(value) {
             Some(number) => {
-                out.extend_from_slice(number.to_string().as_bytes());
+                push_int(out, number);
                 true
             }
             None => false,
         },
-        FieldOut::Time => match exact_int(value).and_then(format_canonical) {
-            Some(text) => {
-                out.push(b'"');
-                out.extend_from_slice(text.as_bytes());
-                out.push(b'"');
-                true
+        FieldOut::Time => {
+            let Some(micros) = exact_int(value) else { return false };
+            let at = out.len();
+            out.push(b'"');
+            if push_canonical(out, micros).is_none() {
+                out.truncate(at);
+                return false;
             }
-            None => false,
-        },
+            out.push(b'"');
+            true
+        }
         FieldOut::Tags => write_tags(out, value),
     }
 }

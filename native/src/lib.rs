@@ -8,6 +8,7 @@ use pyo3::types::PyTuple;
 
 mod digits;
 mod ids;
+mod init;
 mod json_text;
 mod read;
 mod state;
@@ -46,6 +47,8 @@ fn taskstream_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(format_utc, module)?)?;
     module.add_function(wrap_pyfunction!(parse_utc, module)?)?;
     module.add_function(wrap_pyfunction!(state::encode_user_state, module)?)?;
+    module.add_function(wrap_pyfunction!(init::install_constructor, module)?)?;
+    module.add_function(wrap_pyfunction!(init::has_constructor, module)?)?;
     module.add_class::<read::InputReader>()?;
     module.add_class::<state::StateReader>()?;
     module.add_class::<write::RecordWriter>()?;

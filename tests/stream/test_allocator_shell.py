@@ -89,6 +89,10 @@ class FakeProducer:
         self.sent.append((topic, key, value, partition))
         self.log.append(("send", topic))
 
+    def send_all(self, records: Iterable[tuple[str, Any, Any, Any]], headers: Any = None) -> None:
+        for topic, key, value, partition in records:
+            self.send(topic, key, value, partition)
+
     async def wait(self) -> list[Delivered]:
         self.log.append(("wait", None))
         if self.fail:

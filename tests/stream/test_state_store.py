@@ -6,7 +6,7 @@ distrust the copy on a gap."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,10 @@ class RecordingProducer:
         headers: Any = None,
     ) -> None:
         self.sent.append((topic, key, value, partition, headers))
+
+    def send_all(self, records: Iterable[tuple[str, Any, Any, Any]], headers: Any = None) -> None:
+        for topic, key, value, partition in records:
+            self.send(topic, key, value, partition, headers)
 
 
 @pytest.fixture

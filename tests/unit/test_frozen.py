@@ -8,6 +8,7 @@ import pytest
 
 from app.frozen import fast_init
 from app.state import OrderRecord
+from schemas.native import kernel
 from schemas.records import OrderPaid, RewardGranted
 
 
@@ -53,3 +54,112 @@ def test_what_it_cannot_build_exactly_is_refused() -> None:
 
     with pytest.raises(TypeError, match="slotted"):
         fast_init(NoSlots)
+
+
+# ------------------------------------------------- the compiled constructor
+
+_CALLS: list[tuple[tuple[object, ...], dict[str, object]]] = [
+    ((1, "z", 3, 4), {}),
+    ((1,), {}),
+    ((), {"x": 1}),
+    ((1, "z"), {}),
+    ((), {"y": "z", "x": 1}),
+    ((1,), {"y": "z"}),
+    ((), {}),  # x missing
+    ((1, "d", 3), {}),  # too many
+    ((1,), {"x": 2}),  # x twice
+    ((1,), {"z": 2}),  # unknown
+    ((), {"y": "z"}),  # x missing, y given
+]
+
+
+def _python_built(cls: type, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+    """What the generated Python `__init__` gives (or raises), called explicitly."""
+    instance = object.__new__(cls)
+    cls.__init__(instance, *args, **kwargs)  # type: ignore[misc]
+    return instance
+
+
+@pytest.mark.skipif(kernel is None, reason="the native kernel is not installed")
+@pytest.mark.parametrize(("args", "kwargs"), _CALLS)
+def test_the_compiled_constructor_builds_and_refuses_as_the_python_init_does(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    try:
+        expected: object = _python_built(Sample, args, kwargs)
+    except TypeError as error:
+        refusal = str(error)
+    else:
+        built = Sample(*args, **kwargs)  # type: ignore[arg-type]
+        assert built == expected
+        assert type(built) is Sample
+        return
+    with pytest.raises(TypeError) as raised:
+        Sample(*args, **kwargs)  # type: ignore[arg-type]
+    assert str(raised.value) == refusal
+
+
+@pytest.mark.skipif(kernel is None, reason="the native kernel is not installed")
+def test_every_record_class_is_built_by_the_compiled_constructor() -> None:
+    """Guards the extension point: CPython calls a class's `tp_vectorcall`
+    for `cls(...)` (3.9-3.12). If a Python upgrade stopped calling it, or reset
+    it, records would still be right but slow: this says so."""
+    import sys
+
+    assert (3, 11) <= sys.version_info[:2] < (3, 13), "check native/src/init.rs on this Python"
+    classes = [Sample, OrderRecord, OrderPaid, RewardGranted, *_record_classes()]
+    assert kernel is not None
+    for cls in classes:
+        assert kernel.has_constructor(cls), cls.__qualname__
+
+    # ... and it is what runs: a class whose Python __init__ is broken still builds.
+    @fast_init
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Probe:
+        a: int
+
+    def broken(self: object, a: int) -> None:
+        raise AssertionError("the Python __init__ ran")
+
+    Probe.__init__ = broken  # type: ignore[method-assign]
+    assert Probe(3).a == 3
+
+
+def _record_classes() -> list[type]:
+    from schemas.records import RECORDS_BY_TYPE
+
+    return list(RECORDS_BY_TYPE.values())
+
+
+def test_records_built_all_ways_are_equal_and_hash_alike() -> None:
+    """Through the class (compiled when installed), through `replace`, and
+    through the Python `__init__`: the same values, still frozen."""
+    order = OrderRecord(1200, 0, ("r1",), 5, "app")
+    by_keywords = OrderRecord(
+        amount_cents=1200, refunded_cents=0, refund_ids=("r1",), at=5, channel="app"
+    )
+    by_python = _python_built(OrderRecord, (1200, 0, ("r1",), 5, "app"), {})
+    assert order == by_keywords == by_python
+    assert hash(order) == hash(by_python)
+    assert dataclasses.replace(order, at=6).at == 6
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        order.at = 7  # type: ignore[misc]
+
+
+@fast_init
+@dataclasses.dataclass(frozen=True, slots=True)
+class Required:
+    a: int
+    b: int
+
+
+@pytest.mark.skipif(kernel is None, reason="the native kernel is not installed")
+@pytest.mark.parametrize("args", [(), (1,), (1, 2, 3)])
+def test_refusals_without_defaults_are_worded_as_python_words_them(
+    args: tuple[object, ...],
+) -> None:
+    with pytest.raises(TypeError) as python:
+        _python_built(Required, args, {})
+    with pytest.raises(TypeError) as compiled:
+        Required(*args)  # type: ignore[arg-type]
+    assert str(compiled.value) == str(python.value)

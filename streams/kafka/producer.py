@@ -70,14 +70,23 @@ def producer_config(client: Mapping[str, Any], max_message_bytes: int) -> dict[s
 
 
 class BatchProducer:
-    """confluent-kafka Producer; `send` then `await wait()` once per batch."""
+    """confluent-kafka Producers; `send` then `await wait()` once per batch.
+
+    Two clients: one for the tracked topics (the changelog), whose every
+    delivery is reported (its offsets feed the zombie fence), and one for
+    the rest (outputs), configured to report failures only
+    (`delivery.report.only.error`): a success report costs a Python call
+    and a message object on librdkafka's polling thread, under the GIL,
+    for every output. A failure is reported by both, and fails the batch."""
 
     def __init__(self, config: Mapping[str, Any], tracked_topics: frozenset[str]) -> None:
         self._config = {**config, "on_delivery": self._on_delivery, "error_cb": self._on_error}
+        self._quiet_config = {**self._config, "delivery.report.only.error": True}
         self._tracked = tracked_topics
         self._reports: list[Delivered] = []
         self._errors: list[str] = []
-        self._client: Producer | None = None
+        self._client: Producer | None = None  # the tracked topics
+        self._quiet: Producer | None = None  # every other topic
         self.last_client_error = ""  # librdkafka's latest (it retries by itself)
 
     @property
@@ -86,6 +95,29 @@ class BatchProducer:
         if self._client is None:
             self._client = Producer(self._config)
         return self._client
+
+    @property
+    def _quiet_producer(self) -> Producer:
+        if self._quiet is None:
+            self._quiet = Producer(self._quiet_config)
+        return self._quiet
+
+    def _clients(self) -> list[Producer]:
+        return [client for client in (self._client, self._quiet) if client is not None]
+
+    def _queued(self) -> int:
+        """Records not yet delivered (each client's pending events served
+        first: librdkafka counts them in its queue length)."""
+        queued = 0
+        for client in self._clients():
+            client.poll(0)
+            queued += len(client)
+        return queued
+
+    def _flush(self, timeout: float) -> None:
+        for client in self._clients():
+            if len(client) > 0:
+                client.flush(timeout)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         # librdkafka's thread of the moment: only append (atomic under the GIL).
@@ -112,9 +144,11 @@ class BatchProducer:
         same headers (if any). One call per batch, not per record, and the
         headers keyword only when there are headers: confluent-kafka parses
         keywords slowly (2.5 against 1.3 µs a record without headers)."""
-        producer = self._producer
-        produce = producer.produce
+        tracked = self._tracked
+        loud, quiet = self._producer, self._quiet_producer
         for topic, key, value, partition in records:
+            producer = loud if topic in tracked else quiet
+            produce = producer.produce
             while True:
                 try:
                     if headers is not None:
@@ -133,23 +167,23 @@ class BatchProducer:
     async def wait(self) -> list[Delivered]:
         """Until every record sent so far is delivered; the tracked topics'
         delivery reports since the last wait. Raises DeliveryFailed."""
-        producer = self._producer
         began = time.monotonic()
         said = began
-        while len(producer) > 0:
-            await asyncio.to_thread(producer.flush, 1.0)
+        while self._queued() > 0:
+            await asyncio.to_thread(self._flush, 1.0)
             now = time.monotonic()
-            if now - said >= WAIT_WARNING_SECONDS and len(producer) > 0:
+            if now - said >= WAIT_WARNING_SECONDS and self._queued() > 0:
                 said = now
                 log.warning(
                     "%d record(s) not acknowledged by the brokers after %.0f s (acks=all: "
                     "min.insync.replicas in-sync replicas must have each); the batch's inputs "
                     "stay uncommitted until they are; last client error: %s",
-                    len(producer),
+                    self._queued(),
                     now - began,
                     self.last_client_error or "none",
                 )
-        producer.poll(0)
+        for client in self._clients():
+            client.poll(0)
         reports, self._reports = self._reports, []
         errors, self._errors = self._errors, []
         if errors:
@@ -157,8 +191,6 @@ class BatchProducer:
         return reports
 
     def close(self, timeout: float = 10.0) -> None:
-        if self._client is None:
-            return
-        left = self._client.flush(timeout)
+        left = sum(client.flush(timeout) for client in self._clients())
         if left:
             log.warning("%d record(s) still undelivered at close", left)

@@ -40,12 +40,13 @@ async def test_an_unacknowledged_batch_waits_and_says_why(
     assert said[0].startswith("1 record(s) not acknowledged by the brokers after ")
     assert "stay uncommitted" in said[0]
     assert "last client error: " in said[0]
-    assert len(client._producer) == 1  # the record is still queued: nothing was dropped
-    # Drop it and the client, or librdkafka goes on reconnecting (and
+    assert client._queued() == 1  # the record is still queued: nothing was dropped
+    # Drop it and the clients, or librdkafka goes on reconnecting (and
     # logging to stderr) for the rest of the session.
-    client._producer.purge()
+    for made in client._clients():
+        made.purge()
     client.close(timeout=0.1)
-    client._client = None
+    client._client = client._quiet = None
 
 
 class _Recording:
@@ -70,7 +71,7 @@ class _Recording:
 def test_send_all_hands_over_every_record_in_order_and_retries_a_full_queue() -> None:
     client = BatchProducer({"bootstrap.servers": "x:1"}, frozenset())
     recording = _Recording()
-    client._client = recording  # type: ignore[assignment]
+    client._client = client._quiet = recording  # type: ignore[assignment]
     client.send_all([("out", b"k1", b"v1", None), ("out", b"k2", b"v2", 3), ("out", None, None, 0)])
     assert recording.calls == [
         (("out", b"v1", b"k1"), {}),
@@ -84,7 +85,7 @@ def test_send_all_gives_headers_only_when_there_are_some() -> None:
     client = BatchProducer({"bootstrap.servers": "x:1"}, frozenset())
     recording = _Recording()
     recording._full_once = False
-    client._client = recording  # type: ignore[assignment]
+    client._client = client._quiet = recording  # type: ignore[assignment]
     headers: list[tuple[str, str | bytes | None]] = [("epoch", b"7")]
     client.send_all([("log", b"k", b"v", 2), ("log", b"k", None, None)], headers)
     client.send("out", b"k", b"v")
@@ -93,3 +94,25 @@ def test_send_all_gives_headers_only_when_there_are_some() -> None:
         (("log", None, b"k"), {"headers": headers}),
         (("out", b"v", b"k"), {}),
     ]
+
+
+@pytest.mark.asyncio
+async def test_outputs_report_failures_only_and_a_failure_fails_the_batch() -> None:
+    """The untracked topics' client reports no successes (a Python call per
+    output saved), yet an undelivered output still fails the batch."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    client = BatchProducer(
+        producer_config({"bootstrap.servers": nowhere, "reconnect.backoff.max.ms": 200}, 1024),
+        frozenset({"changelog"}),
+    )
+    assert client._quiet_config["delivery.report.only.error"] is True
+    assert "delivery.report.only.error" not in client._config  # the changelog's offsets
+    client.send("outputs", b"k", b"v")
+    assert client._quiet is not None
+    client._quiet.purge()  # the output fails: "purged from the queue"
+    with pytest.raises(
+        producer_module.DeliveryFailed, match=r"1 record\(s\) not delivered: outputs"
+    ):
+        await asyncio.wait_for(client.wait(), timeout=5)
+    client.close(timeout=0.1)
+    client._client = client._quiet = None

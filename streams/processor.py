@@ -65,6 +65,7 @@ from app.catalog import Catalog
 from app.dead_letters import dead_letter_for
 from app.deadlines import DeadlineIndex
 from app.engine import Outcome, handle
+from app.frozen import fast_init
 from app.state import UserState
 from schemas.codec import decode, decode_input, encode
 from schemas.errors import SchemaError
@@ -113,9 +114,11 @@ _REWARD_TYPES = frozenset(cls.TYPE for cls in REWARD_RECORDS)
 DEFAULT_MAX_PENDING = 20_000
 
 
-class InMessage(NamedTuple):
-    """One fetched message (a NamedTuple: built once per message, it is
-    three times cheaper to make than a frozen dataclass)."""
+@fast_init
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    """One fetched message (built once per message: with the native kernel
+    its class call is compiled, app/frozen.py)."""
 
     role: str  # which input topic (one of INPUT_ROLES, or BUDGET)
     topic: str  # its full name, for dead letters
@@ -179,7 +182,9 @@ def decode_message(role: str, key: bytes | None, value: bytes | None) -> InputEv
     return event
 
 
-class Pending(NamedTuple):
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Pending:
     """An accepted input waiting for its turn in event-time order."""
 
     at: int

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TypeVar
 
 from app import ids
 from app.budget import Budget
@@ -63,6 +64,9 @@ NOT_ACTIVE = "not_active"
 ALREADY_CLAIMED = "already_claimed"
 MAX_CLAIMS_REACHED = "max_claims_reached"
 NOT_ELIGIBLE = "not_eligible"
+
+
+V = TypeVar("V")
 
 
 @fast_init
@@ -323,12 +327,13 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
         return Outcome(state, tuple(out), tuple(notes))
 
     held = state.held_refunds.get(event.order_id, ())
-    refunded = sum(amount for _, amount, _ in held)
-    if held:
+    refunded = 0
+    refund_ids: tuple[str, ...] = ()
+    if held:  # rare: a generator per order costs more than the rest of this block
+        refunded = sum(amount for _, amount, _ in held)
+        refund_ids = tuple(rid for rid, _, _ in held)
         notes.append(f"applying {len(held)} refund(s) held for this order: -{refunded} cents")
-    record = OrderRecord(
-        event.amount_cents, refunded, tuple(rid for rid, _, _ in held), at, event.channel
-    )
+    record = OrderRecord(event.amount_cents, refunded, refund_ids, at, event.channel)
     remaining = record.remaining_cents
 
     matching: list[tuple[TaskInstance, Template]] = []
@@ -350,7 +355,7 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
             inst, template, state.user_id, event, catalog, budget, out, notes
         )
 
-    orders = dict(state.orders)
+    orders = _copied(state.orders)
     orders[event.order_id] = record
     held_map = state.held_refunds
     if held:
@@ -369,6 +374,14 @@ def _order_paid(state: UserState, event: OrderPaid, catalog: Catalog, budget: Bu
         state.last_claim,
     )
     return Outcome(new_state, tuple(out), tuple(notes))
+
+
+def _copied(mapping: Mapping[str, V]) -> dict[str, V]:
+    """A dict of the mapping. The state holds mapping proxies, whose `copy()`
+    is one C dict copy; `dict(proxy)` walks it key by key (0.18 against 1.3 µs)."""
+    if type(mapping) is MappingProxyType or type(mapping) is dict:
+        return mapping.copy()
+    return dict(mapping)
 
 
 def _outside_windows_note(state: UserState, at: int) -> str:
@@ -509,7 +522,7 @@ def _order_refunded(
         )
     if not replaced and not any(i.counts(event.order_id) for i in state.instances):
         notes.append(f"order {event.order_id} did not count for any task")
-    orders = dict(state.orders)
+    orders = _copied(state.orders)
     orders[event.order_id] = record
     instances = (
         tuple(replaced.get(i.task_id, i) for i in state.instances) if replaced else state.instances
@@ -537,7 +550,7 @@ def _hold_refund(
             f"order {event.order_id} unknown and no task it could count in: nothing to hold"
         )
         return Outcome(state, tuple(out), tuple(notes))
-    held_map = dict(state.held_refunds)
+    held_map = _copied(state.held_refunds)
     held_map[event.order_id] = (*held, (event.refund_id, event.amount_cents, event.at))
     notes.append(f"order {event.order_id} not seen yet: refund held until it arrives")
     new_state = UserState(

@@ -109,13 +109,14 @@ def settle(
     plan = template.reward
     due = due_slots(plan, inst.progress, template.target)
     slots = inst.slots
-    # Fast exit: every due slot settled and nothing granted beyond them.
-    if (
-        len(slots) == due
-        and (due == 0 or slots[-1].slot == due - 1)
-        and all(s.status != REVOKED for s in slots)
-    ):
-        return inst
+    # Fast exit: every due slot settled and nothing granted beyond them
+    # (a loop, not all(genexpr): this runs for every order that counts).
+    if len(slots) == due and (due == 0 or slots[-1].slot == due - 1):
+        for s in slots:
+            if s.status == REVOKED:
+                break
+        else:
+            return inst
     by_slot = {s.slot: s for s in slots}
     changed = False
     # Clawbacks first (highest slot first), so returned units can pay new grants.

@@ -197,6 +197,54 @@ impl Constructor {
     }
 }
 
+/// Where each of `names` is among the class's fields (its constructor's
+/// argument order); every field named exactly once. For readers that build
+/// records from values in their own order (read.rs, state.rs).
+pub fn positions(class: &Bound<'_, PyType>, names: &[String]) -> PyResult<Vec<usize>> {
+    let Some(constructor) = constructor_of(class.as_ptr()) else {
+        return Err(PyValueError::new_err(format!(
+            "{class}: no compiled constructor (decorate it with app.frozen.fast_init)"
+        )));
+    };
+    let py = class.py();
+    let fields: Vec<String> = constructor.names.iter().map(|name| name.bind(py).to_string()).collect();
+    let mut order = Vec::with_capacity(names.len());
+    for name in names {
+        match fields.iter().position(|field| field == name) {
+            Some(index) if !order.contains(&index) => order.push(index),
+            _ => return Err(PyValueError::new_err(format!("{class}: no field {name:?}, or named twice"))),
+        }
+    }
+    if order.len() != fields.len() {
+        return Err(PyValueError::new_err(format!("{class}: every field must be read ({fields:?})")));
+    }
+    Ok(order)
+}
+
+/// The record of `class` from `values`, value i being field `order[i]`
+/// (from `positions`), built by the class's compiled constructor.
+pub fn build_in_order<'py>(
+    class: &Bound<'py, PyType>,
+    order: &[usize],
+    values: &[Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = class.py();
+    let constructor = constructor_of(class.as_ptr())
+        .ok_or_else(|| PySystemError::new_err("a reader's class lost its constructor"))?;
+    if values.len() != order.len() {
+        return Err(PySystemError::new_err("a reader built the wrong number of values"));
+    }
+    let mut arguments = vec![std::ptr::null_mut(); order.len()];
+    for (value, &position) in values.iter().zip(order) {
+        arguments[position] = value.as_ptr();
+    }
+    unsafe {
+        let count = arguments.len() as ffi::Py_ssize_t;
+        let object = constructor.build(py, class.as_ptr(), arguments.as_ptr(), count, std::ptr::null_mut())?;
+        Ok(Bound::from_owned_ptr(py, object))
+    }
+}
+
 /// Python's wording: "missing 2 required positional arguments: 'a' and 'b'".
 fn missing_error(class_name: &str, missing: &[String]) -> PyErr {
     let listed = match missing {

@@ -13,6 +13,7 @@ use pyo3::types::{PyString, PyTuple, PyType};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::{Number, Value};
 
+use crate::init::{build_in_order, positions};
 use crate::timestamps::parse_canonical;
 
 #[derive(Clone, Copy)]
@@ -29,7 +30,8 @@ struct InputType {
     class: Py<PyType>,
     // (index of the field's name in `InputReader::keys`, its kind)
     fields: Vec<(usize, FieldKind)>,
-    names: Vec<Py<PyString>>,
+    // Each field's place among the class's fields (init::positions).
+    order: Vec<usize>,
 }
 
 /// Where "type" and "v" are in `InputReader::keys`.
@@ -52,7 +54,6 @@ pub struct InputReader {
     // values are kept by their key's index here, any other key's are dropped.
     keys: Vec<String>,
     limits: Limits,
-    object_new: PyObject,
 }
 
 type TypeSpec = (String, i64, Py<PyType>, Vec<(String, String)>);
@@ -76,7 +77,7 @@ impl InputReader {
         let mut built = Vec::with_capacity(types.len());
         for (name, version, class, fields) in types {
             let mut kinds = Vec::with_capacity(fields.len());
-            let mut names = Vec::with_capacity(fields.len());
+            let mut names: Vec<String> = Vec::with_capacity(fields.len());
             for (field, kind) in fields {
                 let kind = match kind.as_str() {
                     "id" => FieldKind::Id,
@@ -96,14 +97,14 @@ impl InputReader {
                         keys.len() - 1
                     }
                 };
-                names.push(PyString::intern(py, &field).unbind());
+                names.push(field);
                 kinds.push((index, kind));
             }
-            built.push(InputType { name, version, class, fields: kinds, names });
+            let order = positions(class.bind(py), &names)?;
+            built.push(InputType { name, version, class, fields: kinds, order });
         }
         let limits = Limits { max_id_chars, max_cents, min_at, max_at, max_tags };
-        let object_new = py.import("builtins")?.getattr("object")?.getattr("__new__")?.unbind();
-        Ok(InputReader { types: built, keys, limits, object_new })
+        Ok(InputReader { types: built, keys, limits })
     }
 
     /// The record of one message, or None when the Python reader must judge it.
@@ -126,7 +127,7 @@ impl InputReader {
             _ => return Ok(None),
         }
         match self.values(py, input, &doc)? {
-            Some(values) => Ok(Some(self.build(py, input, values)?.unbind())),
+            Some(values) => Ok(Some(build_in_order(input.class.bind(py), &input.order, &values)?.unbind())),
             None => Ok(None),
         }
     }
@@ -171,21 +172,6 @@ impl<'de> Visitor<'de> for Message<'_> {
 }
 
 impl InputReader {
-    /// The record, its slots set one by one as `fast_init`'s `__init__` sets
-    /// them (the class's frozen `__setattr__` bypassed), without running it.
-    fn build<'py>(&self, py: Python<'py>, input: &InputType, values: Vec<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        let record = self.object_new.bind(py).call1((input.class.bind(py),))?;
-        for (name, value) in input.names.iter().zip(values) {
-            let status = unsafe {
-                pyo3::ffi::PyObject_GenericSetAttr(record.as_ptr(), name.as_ptr(), value.as_ptr())
-            };
-            if status != 0 {
-                return Err(PyErr::fetch(py));
-            }
-        }
-        Ok(record)
-    }
-
     fn values<'py>(
         &self,
         py: Python<'py>,

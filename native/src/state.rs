@@ -11,6 +11,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyT
 use serde_json::Value;
 
 use crate::digits::push_int;
+use crate::init::{build_in_order, positions};
 use crate::json_text::write_string;
 
 /// Not this encoder's case: the Python encoder takes over.
@@ -208,7 +209,6 @@ fn scalar(out: &mut Vec<u8>, item: &Bound<'_, PyAny>) -> Step {
 #[pyclass(frozen, module = "taskstream_native")]
 pub struct StateReader {
     format: i64,
-    object_new: PyObject,
     mapping_proxy: PyObject,
     user_state: Builder,
     instance: Builder,
@@ -218,7 +218,8 @@ pub struct StateReader {
 
 struct Builder {
     class: Py<PyType>,
-    names: Vec<Py<PyString>>,
+    // Each array position's place among the class's fields (init::positions).
+    order: Vec<usize>,
 }
 
 type ClassSpec = (Py<PyType>, Vec<String>);
@@ -236,19 +237,17 @@ impl StateReader {
         slot: ClassSpec,
         mapping_proxy: PyObject,
     ) -> PyResult<Self> {
-        let builder = |(class, names): ClassSpec| Builder {
-            class,
-            names: names.iter().map(|n| PyString::intern(py, n).unbind()).collect(),
+        let builder = |(class, names): ClassSpec| -> PyResult<Builder> {
+            let order = positions(class.bind(py), &names)?;
+            Ok(Builder { class, order })
         };
-        let object_new = py.import("builtins")?.getattr("object")?.getattr("__new__")?.unbind();
         Ok(StateReader {
             format,
-            object_new,
             mapping_proxy,
-            user_state: builder(user_state),
-            instance: builder(instance),
-            order: builder(order),
-            slot: builder(slot),
+            user_state: builder(user_state)?,
+            instance: builder(instance)?,
+            order: builder(order)?,
+            slot: builder(slot)?,
         })
     }
 
@@ -268,21 +267,12 @@ type Built<'py> = PyResult<Option<Bound<'py, PyAny>>>;
 
 impl StateReader {
     fn build<'py>(&self, py: Python<'py>, builder: &Builder, values: Vec<Bound<'py, PyAny>>) -> Built<'py> {
-        if values.len() != builder.names.len() {
+        if values.len() != builder.order.len() {
             return Ok(None);
         }
-        let object = self.object_new.bind(py).call1((builder.class.bind(py),))?;
-        for (name, value) in builder.names.iter().zip(values) {
-            // The slot's own descriptor, as fast_init's __init__ uses it: the
-            // class's __setattr__ (which keeps the record frozen) is bypassed.
-            let status = unsafe {
-                pyo3::ffi::PyObject_GenericSetAttr(object.as_ptr(), name.as_ptr(), value.as_ptr())
-            };
-            if status != 0 {
-                return Err(PyErr::fetch(py));
-            }
-        }
-        Ok(Some(object))
+        // The class's compiled constructor: the slots set as fast_init's
+        // __init__ sets them, the frozen __setattr__ never called.
+        Ok(Some(build_in_order(builder.class.bind(py), &builder.order, &values)?))
     }
 
     fn state<'py>(&self, py: Python<'py>, doc: &[Value]) -> Built<'py> {

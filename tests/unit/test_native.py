@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from support.hostile import hostile_messages
 
 from app import ids, state_codec
+from app.frozen import fast_init
 from app.state import OrderRecord, RewardSlot, TaskInstance, UserState
 from app.state_codec import (
     STATE_FORMAT,
@@ -451,3 +452,30 @@ def test_state_reader_edge_cases(raw: bytes) -> None:
         return
     if native is not None:
         assert native == python
+
+
+def test_readers_build_only_classes_with_a_compiled_constructor() -> None:
+    """The readers build records through `app.frozen.fast_init`'s compiled
+    constructor, field by field name; a class without one, or a field list
+    that leaves a field unset, is refused when the reader is made."""
+    assert kernel is not None
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Plain:
+        event_id: str
+
+    with pytest.raises(ValueError, match="no compiled constructor"):
+        kernel.InputReader([("plain", 1, Plain, [("event_id", "id")])], 10, 10, 0, 10, 1)
+
+    @fast_init
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Two:
+        event_id: str
+        user_id: str
+
+    with pytest.raises(ValueError, match="every field"):
+        kernel.InputReader([("two", 1, Two, [("event_id", "id")])], 10, 10, 0, 10, 1)
+    reader = kernel.InputReader(
+        [("two", 1, Two, [("user_id", "id"), ("event_id", "id")])], 10, 10, 0, 10, 1
+    )
+    assert reader.read(b'{"type":"two","v":1,"event_id":"e","user_id":"u"}') == Two("e", "u")

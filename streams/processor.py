@@ -486,13 +486,7 @@ class _Batch:
         for role in INPUT_ROLES:
             read = self.max_at.get(role, _NEVER)
             read_all = min(read_all, read)
-            hw = highwater.get(role)
-            caught_up = (
-                role not in self.cache.rewinding
-                and hw is not None
-                and self.next_offset.get(role, 0) >= hw
-            )
-            if not caught_up:
+            if not self._caught_up(role, highwater):
                 read_busy = min(read_busy, read)
                 continue
             limit = self.now
@@ -501,6 +495,13 @@ class _Batch:
                 limit = _NEVER if seen is None else min(limit, seen)
             waited_by = min(waited_by, limit)
         return ReleaseBounds(read_all, read_busy, waited_by)
+
+    def _caught_up(self, role: str, highwater: Mapping[str, int | None]) -> bool:
+        """Read to its high watermark (known), and not waiting for a rewind."""
+        if role in self.cache.rewinding:
+            return False
+        hw = highwater.get(role)
+        return hw is not None and self.next_offset.get(role, 0) >= hw
 
     def _may_release(
         self,
@@ -515,10 +516,7 @@ class _Batch:
                 continue
             if self.max_at.get(role, head.at - 1) >= head.at:
                 continue
-            if role in self.cache.rewinding:
-                return False
-            hw = highwater.get(role)
-            if hw is None or self.next_offset.get(role, 0) < hw:
+            if not self._caught_up(role, highwater):
                 return False
             # Caught up, yet behind: what a live producer sends next on this
             # input may be earlier than the head. Wait a while for it.

@@ -16,7 +16,12 @@ Pure: the shell (`taskstream.audit`) reads the topics and hands in values.
    decided by the pool's remaining units, and shows up as missing. Whether
    the recorded decisions were legitimate is the budget reconciliation's job
    (`reconcile`).
-3. **Compare** by `event_id`, per output topic: expected but not written
+3. **So is the merge order, where it left event time.** An input that
+   reached a worker after a later event of its partition had been applied
+   was applied as it came, and the worker recorded where
+   (`applied_late`, on the late-inputs topic): the replay applies it at
+   that place, not at its event time.
+4. **Compare** by `event_id`, per output topic: expected but not written
    (missing), written but not expected (extra), written with other content
    (different). Identical copies of one event are at-least-once delivery,
    counted, not findings.
@@ -36,6 +41,7 @@ from schemas.codec import to_wire
 from schemas.errors import SchemaError
 from schemas.records import (
     REWARD_RECORDS,
+    AppliedLate,
     BucketGranted,
     BucketRecalled,
     BucketReturned,
@@ -174,11 +180,38 @@ class Expected:
     outputs: list[tuple[str, Record]] = field(default_factory=list)  # (topic, record)
     events: int = 0
     dead_letters: int = 0
+    applied_late: int = 0  # inputs placed where the workers recorded they applied them
     replayers: dict[int, Replayer] = field(default_factory=dict)  # partition -> its users
 
 
 DecodeMessage = Callable[[str, bytes | None, bytes | None], InputEvent]
 RANK = {"claims": 0, "orders": 1, "refunds": 2, "ticks": 3}
+# An input message by (role, partition, offset).
+MessageRef = tuple[str, int, int]
+
+
+def late_from(records: Iterable[Record]) -> dict[MessageRef, AppliedLate]:
+    """The workers' `applied_late` decisions by the input message they place
+    (a re-sent batch repeats one: the same message, the same place)."""
+    return {(r.topic, r.partition, r.offset): r for r in records if isinstance(r, AppliedLate)}
+
+
+def _order_key(
+    message: InputMessage, event: InputEvent, late: Mapping[MessageRef, AppliedLate]
+) -> tuple[int, int, int, int, int]:
+    """Where a message goes in the replay: by `(at, role, offset)` per
+    partition, or, applied late, right after the event its record names
+    (and after the ones applied late behind that event before it)."""
+    placed = late.get((message.role, message.partition, message.offset))
+    if placed is None:
+        return (event.at, RANK[message.role], message.partition, message.offset, 0)
+    return (
+        placed.after_at,
+        RANK[placed.after_topic],
+        message.partition,
+        placed.after_offset,
+        placed.seq,
+    )
 
 
 def replay_inputs(
@@ -187,11 +220,14 @@ def replay_inputs(
     budget: RecordedBudget,
     decode_message: DecodeMessage,
     *,
+    late: Mapping[MessageRef, AppliedLate] | None = None,
     on_applied: Callable[[Applied], object] | None = None,
 ) -> Expected:
-    """Apply every input message in the processor's order; collect the outputs."""
+    """Apply every input message in the processor's order (with `late`, the
+    workers' recorded merge decisions); collect the outputs."""
     expected = Expected()
-    queue: list[tuple[int, int, int, int, InputMessage, InputEvent]] = []
+    late = late or {}
+    queue: list[tuple[tuple[int, int, int, int, int], InputMessage, InputEvent]] = []
     for message in messages:
         try:
             event = decode_message(message.role, message.key, message.value)
@@ -200,11 +236,11 @@ def replay_inputs(
             expected.outputs.append((DEAD_LETTERS, letter))
             expected.dead_letters += 1
             continue
-        queue.append(
-            (event.at, RANK[message.role], message.partition, message.offset, message, event)
-        )
-    queue.sort(key=lambda item: item[:4])
-    for *_, message, event in queue:
+        key = _order_key(message, event, late)
+        expected.applied_late += key[4] > 0
+        queue.append((key, message, event))
+    queue.sort(key=lambda item: item[0])
+    for _, message, event in queue:
         expected.events += 1
         replayer = expected.replayers.get(message.partition)
         if replayer is None:

@@ -345,6 +345,37 @@ class BucketRecalled(Record):
     mode: str = _f(Kind.ID)
 
 
+# ------------------------------------------------------------- merge order
+#
+# The processor applies a partition's four inputs in event time (`at`, then
+# claims < orders < refunds < ticks, then offset). An input that reaches it
+# after it has applied a later event (a producer behind another, a quiet
+# input passed after the idle wait, a full buffer) is applied as it comes:
+# that choice is timing, so the worker records it and the audit replays it.
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class AppliedLate(Record):
+    TYPE: ClassVar[str] = "applied_late"
+    DESCRIPTION: ClassVar[str] = (
+        "An input event the worker applied after a later one of its partition (it "
+        "reached the worker after that one was applied): applied right after the "
+        "event named by after_*, the seq-th such event behind it. The audit replays "
+        "this order instead of event time."
+    )
+    event_id: str = _f(Kind.ID)
+    topic: str = _f(Kind.ID)  # the input's short topic name: claims | orders | refunds | ticks
+    partition: int = _f(Kind.COUNT)
+    offset: int = _f(Kind.COUNT)
+    at: int = _f(Kind.TIME)
+    # The latest event in event-time order applied before it on this partition.
+    after_topic: str = _f(Kind.ID)
+    after_offset: int = _f(Kind.COUNT)
+    after_at: int = _f(Kind.TIME)
+    seq: int = _f(Kind.COUNT)  # 1 for the first event applied late behind that one, 2...
+
+
 # -------------------------------------------------------------- dead letter
 
 
@@ -386,11 +417,13 @@ REWARD_RECORDS: tuple[type[Record], ...] = (RewardGranted, RewardRevoked, Reward
 TO_MASTER_RECORDS: tuple[type[Record], ...] = (RefillRequested, BucketReturned, PoolCommand)
 TO_BUCKET_RECORDS: tuple[type[Record], ...] = (BucketGranted, RefillDenied, BucketRecalled)
 BUDGET_RECORDS: tuple[type[Record], ...] = (*TO_MASTER_RECORDS, *TO_BUCKET_RECORDS)
+MERGE_RECORDS: tuple[type[Record], ...] = (AppliedLate,)
 ALL_RECORDS: tuple[type[Record], ...] = (
     *INPUT_RECORDS,
     *TASK_RECORDS,
     *REWARD_RECORDS,
     *BUDGET_RECORDS,
+    *MERGE_RECORDS,
     DeadLetter,
 )
 RECORDS_BY_TYPE: dict[str, type[Record]] = {cls.TYPE: cls for cls in ALL_RECORDS}

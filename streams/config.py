@@ -249,9 +249,13 @@ BUDGET_TOPICS = (BUDGET_GRANTS, BUDGET_REQUESTS)
 # What the processor reads, co-partitioned: the inputs and the buckets' budget
 # messages (the roles a partition record keeps positions for).
 PROCESSOR_INPUTS = (*INPUT_TOPICS, BUDGET_GRANTS)
+# The processor's merge decisions (schemas.records.AppliedLate): each input it
+# applied out of event-time order, on the partition it was read from, so the
+# audit applies the inputs in the order the workers did.
+LATE_INPUTS = "late-inputs"
 # Templates and pools, compacted, one partition: every worker reads all of it.
 TEMPLATES = "templates"
-TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS)
+TOPICS = (*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS, LATE_INPUTS)
 
 # Redo records hold a whole batch; the changelogs and the producer carry them.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -305,10 +309,11 @@ def replication_for(settings: Settings, brokers: int, existing: int | None = Non
 
 def topic_config(name: str) -> dict[str, str]:
     """The settings one of our topics is created with (short name)."""
-    if name in BUDGET_TOPICS:
+    if name in BUDGET_TOPICS or name == LATE_INPUTS:
         # Budget messages are kept for good: they are small (a few per
         # thousand rewards), the agents read them from offset 0, and an
-        # audit replays them.
+        # audit replays them. So are the merge decisions, which an audit
+        # needs for as long as it can read the inputs (and are rarer still).
         return {"retention.ms": "-1"}
     if name in INPUT_TOPICS:
         # The broker stamps each input with its append time: the worker's

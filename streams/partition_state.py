@@ -31,12 +31,13 @@ from app.frozen import fast_init
 from app.state import UserState
 from app.state_codec import decode_user_state, encode_user_state
 
-# 4: a bucket's 16th field (lease_wall); 3: progressive buckets; 2: held
+# 5: the latest input applied (event-time order) and the inputs applied late
+# behind it; 4: a bucket's 16th field (lease_wall); 3: progressive buckets; 2: held
 # offsets as runs; 1: lists. Formats 1-3 are still read (a format-3 bucket
 # reads with no clock); the buckets of 1 and 2 (a static split's plain
 # counters) are not, since a static share was never granted by a master.
-RECORD_FORMAT = 4
-_READABLE = (1, 2, 3, RECORD_FORMAT)
+RECORD_FORMAT = 5
+_READABLE = (1, 2, 3, 4, RECORD_FORMAT)
 USER_PREFIX = b"u:"
 _NO_DEADLINE = -1
 _HEADER = struct.Struct(">q")
@@ -88,6 +89,11 @@ class PartitionRecord:
     # offsets are kept: after a restart the worker fetches them again.
     held: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     buckets: Mapping[str, Bucket] = field(default_factory=dict)  # by pool id
+    # The latest input applied in event-time order, as (at, role, offset)
+    # (None: none yet), and how many inputs were applied late behind it
+    # (streams.processor: each one is recorded as an `applied_late` event).
+    max_applied: tuple[int, str, int] | None = None
+    late_behind: int = 0
 
     def fetch_positions(self) -> dict[str, int]:
         """Where each input must be fetched from to lose nothing: its oldest
@@ -108,6 +114,8 @@ def encode_partition(record: PartitionRecord) -> bytes:
             dict(record.max_at),
             {role: _runs(offsets) for role, offsets in record.held.items() if offsets},
             [_bucket_fields(bucket) for _, bucket in sorted(record.buckets.items())],
+            None if record.max_applied is None else list(record.max_applied),
+            record.late_behind,
         ]
     )
 
@@ -116,8 +124,9 @@ def decode_partition(raw: bytes) -> PartitionRecord:
     doc = orjson.loads(raw)
     if not isinstance(doc, list) or not doc or doc[0] not in _READABLE:
         raise ValueError(f"not a partition record of format {_READABLE}")
-    version, partition, seq, next_offset, max_at, held, buckets = doc
+    version, partition, seq, next_offset, max_at, held, buckets, *merge = doc
     expand = tuple if version == 1 else _expand
+    max_applied, late_behind = merge if version >= 5 else (None, 0)
     return PartitionRecord(
         partition,
         seq,
@@ -125,6 +134,8 @@ def decode_partition(raw: bytes) -> PartitionRecord:
         max_at,
         {role: expand(offsets) for role, offsets in held.items()},
         {} if version < 3 else {b[0]: Bucket(*b) for b in buckets},
+        None if max_applied is None else (max_applied[0], max_applied[1], max_applied[2]),
+        late_behind,
     )
 
 

@@ -32,6 +32,12 @@ What a batch does, in order:
    outage waits as long as a live one. `BatchResult.idle_until` tells the
    shell when to run the partition again with no new messages. A buffer
    over `max_pending` releases its head anyway.
+   An input that arrives after a later event was applied (its producer was
+   behind the others by more than the idle wait, or the buffer was full) is
+   applied as soon as it arrives, and the batch records where: an
+   `applied_late` event on the late-inputs topic, which the audit replays,
+   so live and replay agree whatever the producers' skew. The wait only
+   decides how often that happens.
    The buffer is in memory; the partition record keeps its offsets, and
    after a restart the shell fetches those again (`PartitionCache.load`).
 3. **Apply** each released event through the engine (`app.engine.handle`),
@@ -73,6 +79,7 @@ from schemas.limits import check_message_size
 from schemas.records import (
     REWARD_RECORDS,
     TO_BUCKET_RECORDS,
+    AppliedLate,
     InputEvent,
     RewardEvent,
     Tick,
@@ -85,6 +92,7 @@ from streams.config import BUDGET_GRANTS, INPUT_TOPIC_BY_TYPE, INPUT_TOPICS
 from streams.config import BUDGET_REQUESTS as BUDGET_REQUESTS
 from streams.config import CLAIMS as CLAIMS
 from streams.config import DEAD_LETTERS as DEAD_LETTERS
+from streams.config import LATE_INPUTS as LATE_INPUTS
 from streams.config import ORDERS as ORDERS
 from streams.config import REFUNDS as REFUNDS
 from streams.config import REWARDS as REWARDS
@@ -283,6 +291,7 @@ class BatchStats:
     applied: int = 0
     dead: int = 0
     forced: int = 0
+    late: int = 0  # applied after a later event (each recorded: `applied_late`)
     outputs: int = 0
     budget_messages: int = 0  # from the masters, applied
     stalls: int = 0  # events that had to wait for a master's answer
@@ -334,6 +343,10 @@ class _Batch:
         self.cache = cache
         self.next_offset = dict(record.next_offset)
         self.max_at = dict(record.max_at)
+        self.max_applied = record.max_applied
+        self.late_behind = record.late_behind
+        top = record.max_applied
+        self.max_key = (_NEVER, 0, 0) if top is None else (top[0], RANK[top[1]], top[2])
         self.partitions = partitions
         self.pending = cache.pending
         # The clock reaches the buckets only to size grants (in the refill
@@ -459,6 +472,7 @@ class _Batch:
                 self.stats.stalls += 1
                 continue  # loops back to the check above: applied again once answered
             heapq.heappop(pending)
+            self._note_order(head)
             held[head.role].discard(head.offset)
             by_role = self.stats.applied_by_role
             by_role[head.role] = by_role.get(head.role, 0) + 1
@@ -535,6 +549,37 @@ class _Batch:
                     self.idle_until = self.now  # look again after the next fetch
                     return False
         return True
+
+    def _note_order(self, applied: Pending) -> None:
+        """Keep the latest event applied in event-time order; record one
+        applied behind it. Live, an input can reach the worker after a later
+        event of another input was applied (a producer behind the others, an
+        input passed once its idle wait was over, a full buffer): it is
+        applied at once, and which events it came behind is timing, so it
+        becomes an `applied_late` event that the audit replays (DESIGN §3:
+        every nondeterministic decision is recorded)."""
+        key = (applied.at, applied.rank, applied.offset)
+        if key > self.max_key:
+            self.max_key = key
+            self.max_applied = (applied.at, applied.role, applied.offset)
+            self.late_behind = 0
+            return
+        top = self.max_applied
+        assert top is not None  # a key below max_key means something was applied
+        self.late_behind += 1
+        self.stats.late += 1
+        late = AppliedLate(
+            late_event_id(applied.role, self.partition, applied.offset),
+            applied.role,
+            self.partition,
+            applied.offset,
+            applied.at,
+            top[1],
+            top[2],
+            top[0],
+            self.late_behind,
+        )
+        self.outputs.append(Output(LATE_INPUTS, None, encode(late), self.partition))
 
     # ------------------------------------------------------------ apply
 
@@ -658,6 +703,8 @@ class _Batch:
             self.max_at,
             _held_offsets(self.cache.held, self.cache.refetch),
             dict(sorted(self.budget.buckets.items())),
+            self.max_applied,
+            self.late_behind,
         )
         self.stats.outputs = len(self.outputs)
         self.cache.keep_users(self.users)
@@ -670,6 +717,12 @@ class _Batch:
             tuple(self.notes),
             self.idle_until,
         )
+
+
+def late_event_id(role: str, partition: int, offset: int) -> str:
+    """The `applied_late` event of one input message (one per message: it is
+    applied once; a re-sent batch repeats the same id)."""
+    return f"late-{role}-{partition}-{offset}"
 
 
 def _held_offsets(

@@ -36,19 +36,21 @@ from app.audit import (
     Comparison,
     Expected,
     InputMessage,
+    MessageRef,
     PoolAudit,
     RecordedBudget,
     compare,
     decisions_from,
+    late_from,
     reconcile,
     replay_inputs,
 )
 from app.catalog import Catalog, CatalogError
 from schemas.codec import decode, to_wire
 from schemas.errors import SchemaError
-from schemas.records import Record
+from schemas.records import AppliedLate, Record
 from streams.catalog_feed import CatalogDocs
-from streams.config import BUDGET_TOPICS, INPUT_TOPICS, TEMPLATES, Settings
+from streams.config import BUDGET_TOPICS, INPUT_TOPICS, LATE_INPUTS, TEMPLATES, Settings
 from streams.kafka.partitioner import partition_for
 from streams.processor import decode_message
 from taskstream.catalog_files import load_catalog
@@ -75,6 +77,8 @@ class LogSnapshot:
     budget_messages: list[Record]  # distinct
     other_dead_letters: int  # not from an input topic (budget topics, notifier)
     unreadable: list[str] = field(default_factory=list)  # output messages that did not decode
+    # The workers' merge decisions: inputs applied after a later event.
+    late: dict[MessageRef, AppliedLate] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,10 +145,14 @@ def file_catalog(templates_path: Path | None, pools_path: Path | None) -> Catalo
 
 
 def read_snapshot(settings: Settings, catalog: Catalog | None, *, progress: bool) -> LogSnapshot:
-    topics = [*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS]
+    topics = [*INPUT_TOPICS, *OUTPUT_TOPICS, *BUDGET_TOPICS, LATE_INPUTS]
     if catalog is None:
         topics.append(TEMPLATES)
-    messages = read_topics_with_progress(settings, topics, progress=progress)
+    # A deployment whose workers predate the late-inputs topic has none: no
+    # input was recorded as applied late.
+    messages = read_topics_with_progress(
+        settings, topics, progress=progress, optional=(LATE_INPUTS,)
+    )
     by_topic: dict[str, list[LogMessage]] = {}
     for message in messages:
         by_topic.setdefault(message.topic, []).append(message)
@@ -163,7 +171,27 @@ def read_snapshot(settings: Settings, catalog: Catalog | None, *, progress: bool
     snapshot.budget_messages = _distinct_budget(
         m for t in BUDGET_TOPICS for m in by_topic.get(t, [])
     )
+    snapshot.late = late_records(by_topic.get(LATE_INPUTS, []), snapshot)
     return snapshot
+
+
+def late_records(
+    messages: Iterable[LogMessage], snapshot: LogSnapshot
+) -> dict[MessageRef, AppliedLate]:
+    """The `applied_late` decisions of the late-inputs topic. One that does
+    not decode is a finding, as an unreadable output is: the replay cannot
+    place its input where the worker applied it."""
+    records: list[Record] = []
+    for message in messages:
+        try:
+            records.append(decode(message.value or b""))
+        except SchemaError as exc:
+            where = f"{LATE_INPUTS}/{message.partition}@{message.offset}"
+            snapshot.unreadable.append(f"{where}: {exc}")
+            snapshot.outputs.append(
+                (LATE_INPUTS, {"event_id": f"unreadable {where}", "error": str(exc)})
+            )
+    return late_from(records)
 
 
 def catalog_from_topic(messages: Iterable[LogMessage]) -> Catalog:
@@ -224,7 +252,7 @@ def _distinct_budget(messages: Iterable[LogMessage]) -> list[Record]:
 def run_audit(snapshot: LogSnapshot) -> AuditResult:
     catalog = snapshot.catalog
     budget = RecordedBudget(catalog.pools.values(), decisions_from(snapshot.rewards, catalog))
-    expected = replay_inputs(snapshot.inputs, catalog, budget, decode_message)
+    expected = replay_inputs(snapshot.inputs, catalog, budget, decode_message, late=snapshot.late)
     comparison = compare(expected.outputs, snapshot.outputs)
     partitions = snapshot.partitions
     pools = reconcile(

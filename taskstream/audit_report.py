@@ -42,6 +42,11 @@ def summary(result: AuditResult, max_listed: int) -> Iterator[str]:
         yield f"  {len(result.undecided)} reward(s) the workers never decided (listed as missing)"
     if snapshot.other_dead_letters:
         yield f"  {snapshot.other_dead_letters} dead letter(s) from budget topics or notifiers"
+    if result.expected.applied_late:
+        yield (
+            f"  {result.expected.applied_late} input(s) the workers applied late, after a "
+            "later event (replayed where they were applied; see docs/audit.md)"
+        )
 
 
 def _counts(findings: tuple[Finding, ...]) -> dict[str, int]:
@@ -211,5 +216,6 @@ def as_json(result: AuditResult) -> bytes:
         "table_problems": result.table_problems,
         "undecided_rewards": result.undecided,
         "other_dead_letters": result.snapshot.other_dead_letters,
+        "applied_late": result.expected.applied_late,
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)

@@ -23,7 +23,7 @@ workers' outputs for this user differ from the replay; 1 could not run
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from app.audit import (
     RecordedBudget,
     compare,
     decisions_from,
+    late_from,
     replay_inputs,
 )
 from app.catalog import Catalog, CatalogError
@@ -54,7 +55,7 @@ from schemas.records import (
     RewardRejected,
 )
 from schemas.timestamps import format_utc
-from streams.config import BUDGET_GRANTS, INPUT_TOPICS, TEMPLATES
+from streams.config import BUDGET_GRANTS, INPUT_TOPICS, LATE_INPUTS, TEMPLATES
 from streams.kafka.partitioner import partition_for
 from streams.processor import decode_message
 from taskstream.audit import (
@@ -99,6 +100,7 @@ def explain_user(
         catalog,
         budget,
         decode_message,
+        late=late_from(_decoded(m for m in messages if m.topic == LATE_INPUTS)),
         on_applied=lambda a: applied.append(a) if a.user_id == user_id else None,
     )
     mine = [
@@ -119,6 +121,14 @@ def explain_user(
         lines += _refusals(rewards, partition, messages)
     lines += _differences(comparison)
     return lines, comparison
+
+
+def _decoded(messages: Iterable[LogMessage]) -> Iterator[Record]:
+    for m in messages:
+        try:
+            yield decode(m.value or b"")
+        except SchemaError:
+            continue  # the audit lists it; here it only cannot place its input
 
 
 def _user_outputs(
@@ -292,9 +302,10 @@ def explain(
         partition = partition_for(user_id.encode(), partitions)
         messages = read_topics_with_progress(
             settings,
-            [*INPUT_TOPICS, TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_GRANTS],
+            [*INPUT_TOPICS, TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_GRANTS, LATE_INPUTS],
             progress=progress,
             partitions=[partition],
+            optional=(LATE_INPUTS,),
         )
     except (CatalogError, TopicMissing, TimeoutError, OSError) as exc:
         click.echo(f"taskstream explain: {exc}", err=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
@@ -72,17 +72,20 @@ def read_topics(
     timeout: float = 300.0,
     missing_ok: bool = False,
     partitions: Iterable[int] | None = None,
+    optional: Collection[str] = (),
 ) -> list[LogMessage]:
     """Every message of the topics, from the start to the end offsets seen at
     the start. `on_total` learns how many messages that is (for a progress
     bar), `on_message` is called once per message read. A missing topic
-    raises TopicMissing unless `missing_ok` (then it reads as empty).
-    `partitions`: read only these partitions of every topic."""
+    raises TopicMissing unless `missing_ok` or it is `optional` (then it
+    reads as empty). `partitions`: read only these partitions of every topic."""
     topics = list(short_topics)
     consumer = _consumer(settings)
     out: list[LogMessage] = []
     try:
-        marks = _watermarks(consumer, settings, topics, 10.0, missing_ok=missing_ok)
+        marks = _watermarks(
+            consumer, settings, topics, 10.0, missing_ok=missing_ok, optional=optional
+        )
         if partitions is not None:
             wanted = set(partitions)
             marks = {tp: mark for tp, mark in marks.items() if tp[1] in wanted}
@@ -133,6 +136,7 @@ def read_topics_with_progress(
     *,
     progress: bool,
     partitions: Iterable[int] | None = None,
+    optional: Collection[str] = (),
 ) -> list[LogMessage]:
     """`read_topics` with a progress bar on stderr (shown only on a terminal)."""
     with tqdm(desc="reading", unit="msg", file=sys.stderr, disable=not progress or None) as bar:
@@ -140,6 +144,7 @@ def read_topics_with_progress(
             settings,
             short_topics,
             partitions=partitions,
+            optional=optional,
             on_total=lambda n: setattr(bar, "total", n),
             on_message=bar.update,
         )
@@ -167,13 +172,14 @@ def _watermarks(
     timeout: float,
     *,
     missing_ok: bool = False,
+    optional: Collection[str] = (),
 ) -> dict[tuple[str, int], tuple[int, int]]:
     marks: dict[tuple[str, int], tuple[int, int]] = {}
     for topic in topics:
         name = settings.topic(topic)
         metadata = consumer.list_topics(name, timeout=timeout).topics.get(name)
         if metadata is None or metadata.error is not None or not metadata.partitions:
-            if missing_ok:
+            if missing_ok or topic in optional:
                 continue
             raise TopicMissing(f"topic {name} does not exist on {settings.bootstrap}")
         for partition in sorted(metadata.partitions):

@@ -114,6 +114,12 @@ STALLS = Counter(
     "Times a partition's head event had to wait for a pool master's answer.",
     registry=REGISTRY,
 )
+APPLIED_LATE = Counter(
+    "taskstream_inputs_applied_late",
+    "Input events applied after a later event of their partition (they reached the "
+    "worker after it; each is recorded on the late-inputs topic for the audit).",
+    registry=REGISTRY,
+)
 FREEZES = Counter(
     "taskstream_worker_freezes",
     "Times this worker found it had been frozen (SIGSTOP, a suspended host) for over half "
@@ -171,6 +177,8 @@ def observe_batch(partition: int, result: BatchResult, seconds: float) -> None:
         INPUT_MESSAGES.labels("dropped_for_rewind").inc(stats.dropped_for_rewind)
     if stats.stalls:
         STALLS.inc(stats.stalls)
+    if stats.late:
+        APPLIED_LATE.inc(stats.late)
     for role, n in stats.applied_by_role.items():
         INPUT_EVENTS.labels(TYPE_OF_ROLE.get(role, role)).inc(n)
     if stats.applied_at:

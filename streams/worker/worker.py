@@ -40,6 +40,7 @@ from streams.config import (
     BUDGET_REQUESTS,
     DEAD_LETTERS,
     INPUT_TOPICS,
+    LATE_INPUTS,
     REWARDS,
     TASK_EVENTS,
     Settings,
@@ -475,4 +476,4 @@ class Worker:
         self.consumer.commit_positions.forget(revoked)
 
 
-_OUTPUT_ROLES = (TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_REQUESTS)
+_OUTPUT_ROLES = (TASK_EVENTS, REWARDS, DEAD_LETTERS, BUDGET_REQUESTS, LATE_INPUTS)

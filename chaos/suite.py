@@ -127,6 +127,9 @@ class Report:
     duplicated_effects: int = 0  # a reward id granted by two distinct events
     dead_expected: int = 0
     dead_found: int = 0
+    # Inputs the workers applied after a later event (recorded for the audit;
+    # an in-order upstream, as this suite's producer is, should see none).
+    applied_late: int = 0
     lag_behind: dict[str, Any] = field(default_factory=dict)
     pools_balanced: bool = False
     audit_exit: int | None = None
@@ -167,6 +170,7 @@ class Report:
             ("duplicated effects (a reward paid twice)", str(self.duplicated_effects)),
             ("duplicate copies (same id, same bytes)", f"{self.duplicate_copies:,}"),
             ("dead letters expected / found", f"{self.dead_expected} / {self.dead_found}"),
+            ("inputs applied late (late-inputs topic)", str(self.applied_late)),
             ("consumer lag at the end", "0" if not self.lag_behind else str(self.lag_behind)),
             ("pools balanced (pools status)", str(self.pools_balanced)),
             (
@@ -246,7 +250,7 @@ class Chaos:
         self.to_resume: list[tuple[float, WorkerProcess]] = []  # (when, stopped worker)
         self.readers = {
             t: TopicReader(bootstrap, self.deployment.settings.topic(t), quiet=True)
-            for t in (*OUTPUTS, "dead-letters")
+            for t in (*OUTPUTS, "dead-letters", "late-inputs")
         }
 
     # ---------------------------------------------------------------- setup
@@ -353,11 +357,12 @@ class Chaos:
         try:
             for start in range(0, len(self.lines), PRODUCE_CHUNK):
                 chunk = self.lines[start : start + PRODUCE_CHUNK]
-                # On a cluster, as an upstream keeping each user's events in
-                # order (DEPLOY.md): partitions' leaders make them readable at
-                # different moments, so events in flight together can swap.
-                in_order = self.nodes is not None
-                self.report.messages += self.deployment.produce(chunk, in_order=in_order)
+                # As an upstream keeping each user's events in order
+                # (DESIGN's precondition; DEPLOY.md "Producing in order"):
+                # events in flight together can be appended in either order
+                # (a broker restart retries them; on a cluster, partitions'
+                # leaders make them readable at different moments).
+                self.report.messages += self.deployment.produce(chunk)
                 done += len(chunk)
                 ahead = began + done / self.rate - time.monotonic()
                 if ahead > 0:
@@ -614,6 +619,7 @@ class Chaos:
             1 for r, n in revoked.items() if n > 1
         )
         report.dead_found = len({m["event_id"] for m in self.readers["dead-letters"].messages})
+        report.applied_late = len({m["event_id"] for m in self.readers["late-inputs"].messages})
         report.lag_behind = self._lag_behind()
         report.pools_balanced = self._pools_balanced()
         if self.nodes is not None:

@@ -57,9 +57,13 @@ class Settings:
                                order before it releases them anyway (default 20000)
     TASKSTREAM_MAX_IDLE_MS     how long an event waits, from when the broker appended
                                it, for an input that is read to its end but behind it
-                               in event time: what a live producer sent to that topic
-                               just before may reach the broker a moment later (Kafka
-                               Streams' max.task.idle.ms; default 500; 0: not at all)
+                               in event time: for producers that do not keep a user's
+                               events in order across topics, what one sent just before
+                               may reach the broker a moment later (Kafka Streams'
+                               max.task.idle.ms; default 0: pass an input once its high
+                               watermark, read after the event arrived, says it is read
+                               to its end; an input arriving later still is applied
+                               late and recorded, docs/streams.md "Late inputs")
 
     Connecting to a secured cluster (docs/security.md; every client uses them):
     KAFKA_SECURITY_PROTOCOL    PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL
@@ -102,7 +106,7 @@ class Settings:
     batch_max: int = 2000
     batch_window: float = 0.02
     max_pending: int = 20_000
-    max_idle_ms: int = 500
+    max_idle_ms: int = 0
     # Decoded users kept in memory per partition between batches (0: none).
     user_cache: int = 8_192
     # Allocations between two young-generation passes of Python's cyclic

@@ -363,7 +363,14 @@ def topics_create() -> None:
 
 
 class _Sender:
-    """A confluent-kafka producer that counts what it sent per topic and what failed."""
+    """A confluent-kafka producer that counts what it sent per topic and what failed.
+
+    It keeps each user's events in order across topics, as the workers
+    expect of an upstream (DESIGN: a user's events arrive in order;
+    docs/DEPLOY.md "Producing in order"): a user's next event is sent only
+    once the previous one is acknowledged, and a tick only once everything
+    before it is, and before anything after it. Events of different users
+    are batched freely."""
 
     def __init__(self, settings: Settings) -> None:
         from taskstream.kafka_io import producer
@@ -372,6 +379,19 @@ class _Sender:
         self.failures: list[str] = []
         self.sent: dict[str, int] = {}
         self._partitions: dict[str, int] = {}
+        self._in_flight: set[bytes] = set()  # users with an event not acknowledged yet
+
+    def settle(self) -> None:
+        """Wait until everything sent is acknowledged (failures are counted)."""
+        self.client.flush(60)
+        self._in_flight.clear()
+
+    def send_in_order(self, topic: str, value: bytes | None, key: bytes | None) -> None:
+        if key is not None:
+            if key in self._in_flight:
+                self.settle()
+            self._in_flight.add(key)
+        self.send(topic, value, key)
 
     def _delivered(self, err: object, _msg: object) -> None:
         if err is not None:
@@ -395,8 +415,10 @@ class _Sender:
 
         if topic not in self._partitions:
             self._partitions[topic] = partition_count(self.client, topic)
+        self.settle()
         for partition in range(self._partitions[topic]):
             self.send(topic, value, None, partition)
+        self.settle()
 
     def finish(self) -> str:
         """Wait for delivery; fail (exit 1) if anything was not delivered."""
@@ -417,7 +439,10 @@ def produce(path: str, progress: bool) -> None:
     """Send input events from a JSON-lines file (or - for stdin) to Kafka.
 
     Each line goes to the topic of its `type` (claims, orders, refunds,
-    ticks), keyed by its `user_id`; a tick goes to every partition. The
+    ticks), keyed by its `user_id`; a tick goes to every partition. A
+    user's events are sent in the file's order across topics (the next
+    after the previous is acknowledged), and a tick after every line before
+    it and before any after it, so the workers apply them in that order. The
     worker validates what it receives (bad events become dead letters);
     lines that cannot be routed at all (not JSON, unknown type) are reported
     here and not sent: exit 1 if any were.
@@ -442,7 +467,7 @@ def produce(path: str, progress: bool) -> None:
                 if routed.broadcast:
                     sender.broadcast(routed.topic, routed.value)
                 else:
-                    sender.send(routed.topic, routed.value, routed.key)
+                    sender.send_in_order(routed.topic, routed.value, routed.key)
             except UnroutableEvent as exc:
                 # Through the bar, so the line does not run into it.
                 bar.write(f"line {number}: {exc}", file=sys.stderr)

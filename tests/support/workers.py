@@ -79,16 +79,19 @@ class Deployment:
             args += ["--pools", str(pools)]
         subprocess.run(args, env={**os.environ, **self.env}, check=True, capture_output=True)
 
-    def produce(self, lines: Iterable[bytes | Line], *, in_order: bool = False) -> int:
+    def produce(self, lines: Iterable[bytes | Line], *, in_order: bool = True) -> int:
         """Send input lines as `taskstream produce` does (keyed by user, ticks to
         every partition; a `Line` with a raw topic goes there as-is). Returns the
         number of Kafka messages sent; remembers where each event_id landed.
 
-        `in_order`: as an upstream that keeps each user's events in order
-        across topics does on a replicated cluster: a user's next event is
-        sent only once the previous one is acknowledged (acks=all: readable),
-        and a tick only once everything before it is, and before anything
-        after it (docs/DEPLOY.md "Producing in order")."""
+        `in_order` (default): as an upstream that keeps each user's events in
+        order across topics (DESIGN's precondition; `taskstream produce`
+        does the same): a user's next event is sent only once the previous
+        one is acknowledged (acks=all: readable), and a tick only once
+        everything before it is, and before anything after it (docs/DEPLOY.md
+        "Producing in order"). Without it, events in flight together may be
+        appended in either order, and the workers apply late what comes late
+        (recorded: docs/streams.md "Late inputs")."""
         settings = self.settings
         client = producer(settings)
         sent = 0

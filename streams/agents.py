@@ -92,8 +92,9 @@ async def beat() -> None:
 
 @app.task  # type: ignore[untyped-decorator]
 async def release_idle_waits() -> None:
-    """Idle waits end on time (their latency is the events' latency); a
-    look with nothing due costs a dict lookup. A loop that sleeps after each
+    """Idle waits end on time (their latency is the events' latency), and
+    batches no later fetch settled are settled (`Worker.settle`); a look
+    with nothing due costs a dict lookup. A loop that sleeps after each
     look, not a faust timer: a run longer than the period is normal under
     load, and a 10 ms timer logged "Timer ... is overlapping" for every one
     (dozens of lines a second in the fault suite's logs). It ends when the
@@ -104,6 +105,7 @@ async def release_idle_waits() -> None:
         if app.should_stop:
             break
         await worker.release_idle_waits()
+        await worker.settle_if_due()
 
 
 @app.timer(LOST_FETCH_LOOK_SECONDS)  # type: ignore[untyped-decorator]

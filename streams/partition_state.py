@@ -7,21 +7,26 @@ partition, changelog topic `<app id>-state-changelog`):
     p:<partition> the partition's `PartitionRecord`: input offsets, the
                   offsets held back for event-time order, the partition's
                   budget buckets (app.bucketing.Bucket), batch sequence
-    r:<partition> the partition's redo record: every write and output of
-                  the last batch, written first as one changelog message
+    r:<partition>[:<slot>]  the partition's redo records: every write and
+                  output of one of its last batches (slot: its seq modulo
+                  REDO_SLOTS), written first as one changelog message
 
 Why a redo record: faust writes each key to the changelog separately, so a
 crash can leave some keys of a batch written and others not. The redo record
 makes a batch atomic: after a crash the worker re-applies it (the writes are
 idempotent) and re-sends its outputs (consumers de-duplicate by event id).
 The partition record, written last, says which batch the keys reflect.
+The worker takes the next fetch before the brokers have acknowledged the
+last one's records, so up to REDO_SLOTS - 1 batches can be unacknowledged:
+each has its own slot, and a load re-applies and re-sends them all, oldest
+first (`redo_batches`).
 """
 
 from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -51,8 +56,19 @@ def partition_key(partition: int) -> bytes:
     return b"p:%d" % partition
 
 
-def redo_key(partition: int) -> bytes:
-    return b"r:%d" % partition
+# Redo records kept per partition: one per batch, in slot `seq % REDO_SLOTS`,
+# so the batches whose delivery the worker has not awaited yet (at most
+# REDO_SLOTS - 1 of them: `Worker.settle`) each keep theirs.
+REDO_SLOTS = 4
+
+
+def redo_key(partition: int, slot: int = 0) -> bytes:
+    """Slot 0 is the key every format before 0.3 wrote (`r:<partition>`)."""
+    return b"r:%d" % partition if slot == 0 else b"r:%d:%d" % (partition, slot)
+
+
+def redo_keys(partition: int) -> list[bytes]:
+    return [redo_key(partition, slot) for slot in range(REDO_SLOTS)]
 
 
 # ----------------------------------------------------------------- users
@@ -297,6 +313,19 @@ def _b64(raw: bytes | None) -> str | None:
 
 def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
+
+
+def redo_batches(
+    read: Callable[[bytes], bytes | None], partition: int
+) -> list[tuple[bytes, bytes, Redo]]:
+    """The partition's redo records, oldest batch first: (key, bytes, record)."""
+    found = []
+    for key in redo_keys(partition):
+        raw = read(key)
+        if raw is not None:
+            found.append((key, raw, decode_redo(raw)))
+    found.sort(key=lambda item: item[2].seq)
+    return found
 
 
 def last_batch_again(key: bytes, raw_redo: bytes, redo: Redo) -> list[tuple[bytes, bytes | None]]:

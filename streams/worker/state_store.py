@@ -97,21 +97,15 @@ class PartitionStateStore:
 R = TypeVar("R")
 
 
-async def step_then_deliver(
+async def step_each(
     partitions: Iterable[int],
     step: Callable[[int], Awaitable[R]],
-    producer: BatchProducer,
-    store: PartitionStateStore,
     forget: Callable[[int], None],
 ) -> list[tuple[int, R]]:
-    """The batch loop the worker and the allocator share: each partition's
-    step (writes sent, RocksDB written) in partition order, one delivery wait
-    for all of them, then the changelog offsets acknowledged.
-
-    A partition whose step fails, or every stepped partition when the wait
-    fails, is forgotten (its cache is rebuilt from the table, and its last
-    batch written again, on next use) and the error raised. The caller
-    records input positions only from what this returns: after delivery."""
+    """Each partition's step (writes sent, RocksDB written) in partition
+    order; a partition whose step fails is forgotten (its cache is rebuilt
+    from the table, and its unacknowledged batches written again, on next
+    use) and the error raised."""
     done: list[tuple[int, R]] = []
     for partition in sorted(partitions):
         try:
@@ -119,11 +113,37 @@ async def step_then_deliver(
         except Exception:
             forget(partition)
             raise
+    return done
+
+
+async def deliver(
+    producer: BatchProducer,
+    store: PartitionStateStore,
+    forget: Callable[[int], None],
+    partitions: Iterable[int],
+) -> None:
+    """One delivery wait for everything sent, then the changelog offsets
+    acknowledged. When the wait fails, every partition with a batch in it is
+    forgotten and the error raised. Callers record input positions only
+    after this returns."""
     try:
         delivered = await producer.wait()
     except Exception:
-        for partition, _ in done:
+        for partition in partitions:
             forget(partition)
         raise
     store.acknowledge(delivered)
+
+
+async def step_then_deliver(
+    partitions: Iterable[int],
+    step: Callable[[int], Awaitable[R]],
+    producer: BatchProducer,
+    store: PartitionStateStore,
+    forget: Callable[[int], None],
+) -> list[tuple[int, R]]:
+    """The allocator's batch loop: each partition's step, then one delivery
+    wait for all of them (the worker defers its waits: `Worker.settle`)."""
+    done = await step_each(partitions, step, forget)
+    await deliver(producer, store, forget, [partition for partition, _ in done])
     return done

@@ -10,13 +10,17 @@ or ack per message. For each partition of a fetch the pure
    changed users and the partition record: changelog records through
    librdkafka, one RocksDB write batch (`PartitionStateStore`);
 2. sends the outputs through the same producer;
-3. waits once, for the whole fetch, until the broker has every record;
-4. only then records the processor's positions for the group's commits and
+3. takes the next fetch while librdkafka delivers; once SETTLE_SECONDS
+   passed since the oldest batch not acknowledged (or a partition has used
+   its redo slots, or the group rebalances), waits until the brokers have
+   every record (`settle`);
+4. only then records the batches' positions for the group's commits and
    the changelog offsets as the local copy's recovery point;
 5. rewinds the consumer where the processor found skipped offsets.
 
-After a crash the redo record is re-applied and its outputs re-sent when
-the partition is next loaded, so every accepted input has its effect
+After a crash the redo records of the last batches (each in its own slot)
+are re-applied and their outputs re-sent when the partition is next
+loaded, so every accepted input has its effect
 exactly once in the state and at least once (same ids, same bytes) in the
 output topics.
 
@@ -50,17 +54,18 @@ from streams.kafka.producer import BatchProducer
 from streams.kafka.transport import Consumer
 from streams.monitor import metrics
 from streams.partition_state import (
+    REDO_SLOTS,
     USER_PREFIX,
     Output,
     PartitionRecord,
     Redo,
     decode_partition,
-    decode_redo,
     decode_user,
     encode_redo,
     last_batch_again,
     next_deadline_of_record,
     partition_key,
+    redo_batches,
     redo_key,
     user_key,
 )
@@ -73,7 +78,7 @@ from streams.processor import (
     writes_for,
 )
 from streams.worker.lost_fetches import LostFetchWatch
-from streams.worker.state_store import PartitionStateStore, step_then_deliver
+from streams.worker.state_store import PartitionStateStore, deliver, step_each
 
 log = logging.getLogger("taskstream.worker")
 
@@ -87,6 +92,10 @@ BUFFER_PER_INPUT = 1000
 # processor before it fetches them again (streams/worker/lost_fetches.py):
 # well above a batch or a budget round trip, well below any test's patience.
 LOST_FETCH_SECONDS = 10.0
+# How long a batch's records may go unacknowledged while later fetches are
+# processed (`Worker.settle`). Its inputs are committed only after, so this
+# delays commits, never outputs (librdkafka sends them within linger.ms).
+SETTLE_SECONDS = 0.05
 
 # aiokafka's ConsumerRecord.timestamp_type of a topic that stamps append times.
 LOG_APPEND_TIME = 1
@@ -133,6 +142,12 @@ class Worker:
         self.lost_fetches: LostFetchWatch[TP] = LostFetchWatch(quiet_for=LOST_FETCH_SECONDS)
         # Fetches and idle releases take turns: both run partition steps.
         self.lock = asyncio.Lock()
+        # Batches whose records the brokers have not acknowledged yet (the
+        # next fetch is taken meanwhile; `settle` waits), since when, and how
+        # many redo slots each partition's hold.
+        self.unsettled: list[tuple[int, BatchResult]] = []
+        self.unsettled_since = 0.0
+        self.unsettled_slots: dict[int, int] = {}
         # A frozen worker (SIGSTOP, a suspended host) must not process its
         # stale buffer before its consumer knows whether it still owns its
         # partitions (streams/freeze.py): two heartbeats, then a fresh fetch.
@@ -177,7 +192,7 @@ class Worker:
 
     async def drain(self) -> None:
         async with self.lock:
-            pass  # the batch in flight, if any, is done
+            await self.settle()  # before a revoke: nothing of ours left unacknowledged
 
     def _moved_since(self, generation: int) -> bool:
         app = self.app
@@ -292,14 +307,54 @@ class Worker:
     # -------------------------------------------------------- the batches
 
     async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> None:
-        """Each partition's step, one delivery wait for all, then positions."""
+        """Each partition's step; the delivery wait (then positions) once due."""
 
         async def step(partition: int) -> BatchResult:
             return await self._step(partition, by_partition[partition])
 
-        done = await step_then_deliver(by_partition, step, self.producer, self.store, self.forget)
+        done = await step_each(by_partition, step, self.forget)
+        if not self.unsettled:
+            self.unsettled_since = time.monotonic()
+        self.unsettled.extend(done)
+        if self._settle_due():
+            await self.settle()
+
+    def _settle_due(self) -> bool:
+        """Wait for delivery once SETTLE_SECONDS passed since the oldest batch
+        not acknowledged, before a partition's next batch would need a redo
+        slot still held, or when the group rebalances."""
+        if not self.unsettled:
+            return False
+        return (
+            time.monotonic() - self.unsettled_since >= SETTLE_SECONDS
+            or max(self.unsettled_slots.values(), default=0) >= REDO_SLOTS - 1
+            or bool(self.app.rebalancing)
+        )
+
+    async def settle_if_due(self) -> None:
+        """The timer's part: settle batches no later fetch has settled."""
+        if not self._settle_due():
+            return
+        async with self.lock:
+            try:
+                await self.settle()
+            except Exception:  # the partitions are forgotten: reloaded and re-sent on next use
+                log.exception("delivery failed; the batches' partitions will be written again")
+
+    async def settle(self) -> None:
+        """Wait until the brokers have every record sent, then record the
+        batches' input positions for the group's commits (never before: a
+        commit must not pass an input whose effects could still be lost)
+        and act on their rewinds and back pressure. Why not at each fetch:
+        live, the wait was half of the worker's time (BENCHMARKS.md
+        "stream"), while librdkafka delivers in its own threads anyway."""
+        if not self.unsettled:
+            return
+        batches, self.unsettled = self.unsettled, []
+        self.unsettled_slots.clear()
+        await deliver(self.producer, self.store, self.forget, {p for p, _ in batches})
         positions = self.consumer.commit_positions
-        for partition, result in done:
+        for partition, result in batches:
             for role, position in result.record.fetch_positions().items():
                 positions.record(TP(self.settings.topic(role), partition), position)
             for role, offset in result.rewinds.items():
@@ -381,8 +436,10 @@ class Worker:
         """The redo record first, then the users and the partition record,
         then the outputs (all handed to the producer; awaited in `_run`)."""
         writes = writes_for(result)
-        redo = encode_redo(Redo(result.record.seq, tuple(writes), result.outputs))
-        self.store.write(partition, [(redo_key(partition), redo), *writes])
+        seq = result.record.seq
+        redo = encode_redo(Redo(seq, tuple(writes), result.outputs))
+        self.store.write(partition, [(redo_key(partition, seq % REDO_SLOTS), redo), *writes])
+        self.unsettled_slots[partition] = self.unsettled_slots.get(partition, 0) + 1
         self._send(result.outputs)
 
     def _send(self, outputs: Iterable[Output]) -> None:
@@ -394,22 +451,20 @@ class Worker:
     # ------------------------------------------------------------ loading
 
     def _load(self, partition: int) -> PartitionCache:
-        """After an assignment or a failed batch: write the last batch again
-        (`last_batch_again`), and rebuild the tick index from the users
-        stored here."""
+        """After an assignment or a failed batch: write the last batches again
+        (`last_batch_again`, oldest first: each may be unacknowledged), and
+        rebuild the tick index from the users stored here."""
         started = time.monotonic()
-        raw_redo = self.store.get(partition, redo_key(partition))
-        if raw_redo is not None:
-            redo = decode_redo(raw_redo)
-            cut = redo.seq > self._read_record(partition).seq
-            if cut:
+        stored_seq = self._read_record(partition).seq
+        for key, raw_redo, redo in redo_batches(lambda k: self.store.get(partition, k), partition):
+            if redo.seq > stored_seq:
                 log.warning(
                     "partition %d: batch %d was cut short by a crash; re-applying its %d write(s)",
                     partition,
                     redo.seq,
                     len(redo.writes),
                 )
-            self.store.write(partition, last_batch_again(redo_key(partition), raw_redo, redo))
+            self.store.write(partition, last_batch_again(key, raw_redo, redo))
             self._send(redo.outputs)  # they may not have arrived
         deadlines = rebuild_deadlines(self._stored_deadlines(partition))
         log.info(

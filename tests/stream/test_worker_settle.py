@@ -1,0 +1,252 @@
+"""The worker takes the next fetch before the brokers acknowledged the last
+one (`Worker.settle`): positions are recorded only after the delivery wait,
+each unacknowledged batch keeps its own redo slot, and a reload writes and
+sends them all again. A fake consumer, store and producer; the real
+processor and catalog."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP
+from unit.engine_builders import claim, t, template
+
+from app.catalog import parse_catalog
+from schemas.codec import encode
+from streams.config import Settings
+from streams.kafka.positions import CommitPositions
+from streams.kafka.producer import DeliveryFailed
+from streams.monitor import metrics
+from streams.partition_state import (
+    REDO_SLOTS,
+    PartitionRecord,
+    decode_partition,
+    decode_redo,
+    encode_partition,
+    partition_key,
+    redo_key,
+)
+from streams.worker import worker as worker_module
+from streams.worker.worker import SETTLE_SECONDS, Worker
+
+SETTINGS = Settings.from_env({})
+CATALOG = parse_catalog([template()], None)
+TOPICS = {SETTINGS.topic(role): role for role in ("claims", "orders", "refunds", "ticks")}
+CLAIMS = SETTINGS.topic("claims")
+TASK_EVENTS = SETTINGS.topic("task-events")
+
+
+@pytest.fixture(autouse=True)
+def _no_records_left_behind() -> Iterator[None]:
+    yield
+    metrics._records.clear()  # the worker's metrics are process-wide
+
+
+@dataclass
+class Fetched:
+    """What the worker reads of an aiokafka ConsumerRecord."""
+
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp_type: int = 0
+    timestamp: int | None = None
+
+
+class FakeApp:
+    rebalancing = False
+    in_recovery = False
+    consumer_generation_id = 1
+
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+
+
+class FakeConsumer:
+    """Every input of partition 0 read to its end at `ends`."""
+
+    def __init__(self) -> None:
+        self.ends: dict[TP, int] = {TP(topic, 0): 0 for topic in TOPICS}
+        self.commit_positions = CommitPositions()
+
+    def highwater(self, tp: TP) -> int:
+        return self.ends[tp]
+
+    def highwater_seen(self, tp: TP) -> float:
+        return 1e12  # read after anything the test sends
+
+    async def rewind(self, tp: TP, offset: int) -> None:
+        raise AssertionError("no rewind expected")
+
+    def hold_back(self, tps: Any) -> None: ...
+
+    def let_go(self, tps: Any) -> None: ...
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.data: dict[int, dict[bytes, bytes]] = {}
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.data.get(partition, {}).get(key)
+
+    def items_from(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in sorted(self.data.get(partition, {}).items()):
+            if key.startswith(prefix):
+                yield key, value
+
+    def write(self, partition: int, writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        db = self.data.setdefault(partition, {})
+        for key, value in writes:
+            if value is None:
+                db.pop(key, None)
+            else:
+                db[key] = value
+
+    def acknowledge(self, delivered: Any) -> None: ...
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.waits = 0
+        self.fail = False
+
+    def send_all(self, items: Iterable[tuple[str, Any, bytes, Any]], headers: Any = None) -> None:
+        self.sent.extend((topic, value) for topic, _key, value, _partition in items)
+
+    async def wait(self) -> list[Any]:
+        self.waits += 1
+        if self.fail:
+            raise DeliveryFailed("1 record(s) not delivered: broker down")
+        return []
+
+
+def _worker(store: FakeStore, producer: FakeProducer) -> Worker:
+    consumer = FakeConsumer()
+    return Worker(
+        FakeApp(consumer),
+        SETTINGS,
+        store,  # type: ignore[arg-type]
+        producer,  # type: ignore[arg-type]
+        catalog=lambda: CATALOG,
+        role_of_topic=TOPICS,
+    )
+
+
+def _claims(worker: Worker, first: int, count: int) -> None:
+    """A fetch of `count` claims of distinct users from offset `first`."""
+    records = [
+        Fetched(o, f"u{o}".encode(), encode(claim(at=t(2, 10), user=f"u{o}", event_id=f"c{o}")))
+        for o in range(first, first + count)
+    ]
+    worker.consumer.ends[TP(CLAIMS, 0)] = first + count  # type: ignore[attr-defined]
+    asyncio.run(worker.on_records({TP(CLAIMS, 0): records}, 1))
+
+
+def _position(worker: Worker) -> int | None:
+    return worker.consumer.commit_positions.positions.get(TP(CLAIMS, 0))
+
+
+def _claimed(producer: FakeProducer) -> list[str]:
+    return [
+        orjson.loads(value)["caused_by"]
+        for topic, value in producer.sent
+        if topic == TASK_EVENTS and orjson.loads(value)["type"] == "task_claimed"
+    ]
+
+
+@pytest.fixture
+def clock(monkeypatch: Any) -> list[float]:
+    now = [1_000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_positions_wait_for_delivery_and_redo_slots_bound_the_batches_in_flight(
+    clock: list[float],
+) -> None:
+    store, producer = FakeStore(), FakeProducer()
+    worker = _worker(store, producer)
+    for batch in range(REDO_SLOTS - 2):
+        _claims(worker, batch, 1)
+        assert producer.waits == 0
+        assert _position(worker) is None
+    assert _claimed(producer) == ["c0", "c1"]  # the outputs went out at once
+    # The third batch would leave no free slot for a fourth: settled now.
+    _claims(worker, 2, 1)
+    assert producer.waits == 1
+    assert _position(worker) == 3
+    assert worker.unsettled == []
+    # Each of the three batches kept its redo record in a slot of its own.
+    seqs = [decode_redo(store.get(0, redo_key(0, slot)) or b"").seq for slot in (1, 2, 3)]
+    assert seqs == [1, 2, 3]
+
+
+def test_an_idle_partition_is_settled_by_the_timer(clock: list[float]) -> None:
+    store, producer = FakeStore(), FakeProducer()
+    worker = _worker(store, producer)
+    _claims(worker, 0, 2)
+    asyncio.run(worker.settle_if_due())
+    assert producer.waits == 0  # not yet due
+    clock[0] += 2 * SETTLE_SECONDS
+    asyncio.run(worker.settle_if_due())
+    assert producer.waits == 1
+    assert _position(worker) == 2
+
+
+def test_a_revoke_drains_what_is_in_flight(clock: list[float]) -> None:
+    store, producer = FakeStore(), FakeProducer()
+    worker = _worker(store, producer)
+    _claims(worker, 0, 1)
+    asyncio.run(worker.drain())
+    assert producer.waits == 1
+    assert _position(worker) == 1
+
+
+def test_a_failed_delivery_records_nothing_and_a_reload_sends_every_slot_again(
+    clock: list[float],
+) -> None:
+    store, producer = FakeStore(), FakeProducer()
+    worker = _worker(store, producer)
+    for batch in range(REDO_SLOTS + 1):  # settles after batch 3; 4 and 5 in flight
+        _claims(worker, batch, 1)
+    assert producer.waits == 1
+    assert _position(worker) == 3
+    producer.fail = True
+    with pytest.raises(DeliveryFailed):
+        asyncio.run(worker.drain())
+    assert _position(worker) == 3  # batches 4 and 5 not acknowledged: not committed
+    assert worker.caches == {}  # forgotten: reloaded from the table
+    # Batches are numbered from 1: batch 4 went to slot 0, batch 5 to slot 1.
+    assert decode_redo(store.get(0, redo_key(0, 1)) or b"").seq == 5
+    producer.fail = False
+    producer.sent.clear()
+    _claims(worker, 5, 1)  # the reload re-sends every slot, oldest first
+    assert _claimed(producer) == ["c1", "c2", "c3", "c4", "c5"]
+    record = decode_partition(store.get(0, partition_key(0)) or b"")
+    assert record.seq == 6
+    assert record.next_offset["claims"] == 6
+
+
+def test_a_batch_cut_short_is_applied_again_from_its_slot(clock: list[float]) -> None:
+    store, producer = FakeStore(), FakeProducer()
+    worker = _worker(store, producer)
+    _claims(worker, 0, 1)
+    _claims(worker, 1, 1)
+    # As a changelog that holds batch 2's redo record but lost the rest of
+    # the batch (its user and partition record) would leave the table.
+    db = store.data[0]
+    del db[b"u:u1"]
+    db[partition_key(0)] = encode_partition(PartitionRecord(0, 1, {"claims": 1}))
+    fresh = _worker(store, FakeProducer())
+    _claims(fresh, 2, 1)
+    assert b"u:u1" in db
+    record = decode_partition(db[partition_key(0)])
+    assert record.seq == 3
+    assert record.next_offset["claims"] == 3

@@ -343,10 +343,11 @@ class _Batch:
         self.cache = cache
         self.next_offset = dict(record.next_offset)
         self.max_at = dict(record.max_at)
-        self.max_applied = record.max_applied
-        self.late_behind = record.late_behind
+        # The latest event applied in event-time order, as its (at, rank,
+        # offset) heap key (None: none yet; the record names its role).
         top = record.max_applied
-        self.max_key = (_NEVER, 0, 0) if top is None else (top[0], RANK[top[1]], top[2])
+        self.max_key = None if top is None else (top[0], RANK[top[1]], top[2])
+        self.late_behind = record.late_behind
         self.partitions = partitions
         self.pending = cache.pending
         # The clock reaches the buckets only to size grants (in the refill
@@ -559,13 +560,11 @@ class _Batch:
         becomes an `applied_late` event that the audit replays (DESIGN §3:
         every nondeterministic decision is recorded)."""
         key = (applied.at, applied.rank, applied.offset)
-        if key > self.max_key:
+        top = self.max_key
+        if top is None or key > top:
             self.max_key = key
-            self.max_applied = (applied.at, applied.role, applied.offset)
             self.late_behind = 0
             return
-        top = self.max_applied
-        assert top is not None  # a key below max_key means something was applied
         self.late_behind += 1
         self.stats.late += 1
         late = AppliedLate(
@@ -574,7 +573,7 @@ class _Batch:
             self.partition,
             applied.offset,
             applied.at,
-            top[1],
+            INPUT_ROLES[top[1]],
             top[2],
             top[0],
             self.late_behind,
@@ -703,7 +702,7 @@ class _Batch:
             self.max_at,
             _held_offsets(self.cache.held, self.cache.refetch),
             dict(sorted(self.budget.buckets.items())),
-            self.max_applied,
+            None if (top := self.max_key) is None else (top[0], INPUT_ROLES[top[1]], top[2]),
             self.late_behind,
         )
         self.stats.outputs = len(self.outputs)

@@ -1,16 +1,20 @@
-"""Small builders for templates, catalogs and events used across unit tests."""
+"""Small builders for templates, catalogs, events and input messages used across unit tests."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+from app.audit import InputMessage
 from app.budget import Ledger
 from app.catalog import Catalog, parse_catalog
 from app.engine import Outcome, handle
 from app.state import UserState
-from schemas.records import OrderPaid, OrderRefunded, TaskClaim, Tick
+from schemas.codec import encode
+from schemas.records import InputEvent, OrderPaid, OrderRefunded, TaskClaim, Tick
 from schemas.timestamps import parse_utc
+from streams.kafka.partitioner import partition_for
+from streams.processor import ROLE_OF_TYPE
 
 BASE_TEMPLATE: dict[str, Any] = {
     "template_id": "t",
@@ -87,6 +91,28 @@ def refund(
 
 def tick(at: int, event_id: str | None = None) -> Tick:
     return Tick(event_id or f"tick-{at}", at)
+
+
+def input_messages(log: list[InputEvent], partitions: int) -> list[InputMessage]:
+    """The log as the producers write it: keyed by user, ticks to every partition."""
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for event in log:
+        role = ROLE_OF_TYPE[event.TYPE]
+        if isinstance(event, Tick):
+            targets, key = list(range(partitions)), None
+        else:
+            user = event.user_id  # type: ignore[union-attr]
+            targets, key = [partition_for(user.encode(), partitions)], user.encode()
+        for partition in targets:
+            offset = offsets.get((role, partition), 0)
+            offsets[(role, partition)] = offset + 1
+            out.append(
+                InputMessage(
+                    role, partition, offset, key, encode(event), f"x.{role}/{partition}@{offset}"
+                )
+            )
+    return out
 
 
 class Run:

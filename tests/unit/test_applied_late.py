@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from unit.engine_builders import claim, order, refund, t, template, tick
+from unit.engine_builders import claim, input_messages, order, refund, t, template, tick
 
 from app.audit import InputMessage, RecordedBudget, late_from, replay_inputs
 from app.catalog import Catalog, parse_catalog
@@ -26,7 +26,6 @@ from streams.processor import (
     INPUT_ROLES,
     LATE_INPUTS,
     RANK,
-    ROLE_OF_TYPE,
     InMessage,
     PartitionCache,
     decode_message,
@@ -36,19 +35,6 @@ from streams.processor import (
 
 CATALOG: Catalog = parse_catalog([template(target=2, duration_days=3)], None)
 USERS = ("a", "b", "c")
-
-
-def _messages(log: list[InputEvent]) -> list[InputMessage]:
-    """One partition; each topic's offsets in the order the log lists them."""
-    offsets: dict[str, int] = {}
-    out = []
-    for event in log:
-        role = ROLE_OF_TYPE[event.TYPE]
-        offset = offsets.get(role, 0)
-        offsets[role] = offset + 1
-        key = None if role == "ticks" else event.user_id.encode()  # type: ignore[union-attr]
-        out.append(InputMessage(role, 0, offset, key, encode(event), f"x.{role}/0@{offset}"))
-    return out
 
 
 class LiveRun:
@@ -112,7 +98,7 @@ def test_a_tick_after_a_later_order_is_recorded_and_replayed_where_it_was_applie
         tick(t(5, 13)),  # a's deadline: t(5, 10)
         order("o2", at=t(6, 9), user="a"),
     ]
-    messages = _messages(log)
+    messages = input_messages(log, 1)
     by_role = {role: [m for m in messages if m.role == role] for role in INPUT_ROLES}
     run = LiveRun()
     # The tick's producer is behind: the order at day 6 is applied first
@@ -139,7 +125,7 @@ def test_an_input_in_event_time_order_writes_no_late_record() -> None:
         order("o2", at=t(6, 9), user="a"),
     ]
     run = LiveRun()
-    run.batch(_messages(log))
+    run.batch(input_messages(log, 1))
     assert run.late() == []
     assert run.record.late_behind == 0
 
@@ -173,7 +159,7 @@ def logs(draw: st.DrawFn) -> list[InputEvent]:
 def test_the_audit_replays_any_arrival_order_the_worker_saw(
     log: list[InputEvent], data: st.DataObject
 ) -> None:
-    messages = _messages(log)
+    messages = input_messages(log, 1)
     queues = {role: [m for m in messages if m.role == role] for role in INPUT_ROLES}
     run = LiveRun(max_pending=data.draw(st.sampled_from((1, 3, 20_000))))
     batch: list[InputMessage] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from unit.engine_builders import claim, order, t, template, tick
+from unit.engine_builders import claim, input_messages, order, t, template, tick
 
 from app.audit import (
     DEAD_LETTERS,
@@ -39,12 +39,10 @@ from schemas.records import (
     Record,
     RefillDenied,
     RewardGranted,
-    Tick,
 )
 from streams.kafka.partitioner import partition_for
 from streams.partition_state import PartitionRecord
 from streams.processor import (
-    ROLE_OF_TYPE,
     InMessage,
     PartitionCache,
     decode_message,
@@ -82,28 +80,6 @@ def _log(seed: int, events: int = 400) -> list[InputEvent]:
     return list(generate(shape))
 
 
-def _messages(log: list[InputEvent], partitions: int) -> list[InputMessage]:
-    """The log as the producers write it: keyed by user, ticks to every partition."""
-    offsets: dict[tuple[str, int], int] = {}
-    out = []
-    for event in log:
-        role = ROLE_OF_TYPE[event.TYPE]
-        if isinstance(event, Tick):
-            targets, key = list(range(partitions)), None
-        else:
-            user = event.user_id  # type: ignore[union-attr]
-            targets, key = [partition_for(user.encode(), partitions)], user.encode()
-        for partition in targets:
-            offset = offsets.get((role, partition), 0)
-            offsets[(role, partition)] = offset + 1
-            out.append(
-                InputMessage(
-                    role, partition, offset, key, encode(event), f"x.{role}/{partition}@{offset}"
-                )
-            )
-    return out
-
-
 def _topic(record: Record) -> str:
     return REWARDS if record.TYPE in _REWARD_TYPES else TASK_EVENTS
 
@@ -136,7 +112,7 @@ def test_the_audit_of_a_faithful_run_agrees(partitions, seed, cash, small, items
     catalog = _catalog(cash, small, items)
     log = _log(seed)
     live = _live(catalog, log)
-    _expected, comparison, budget = _audit(catalog, _messages(log, partitions), live)
+    _expected, comparison, budget = _audit(catalog, input_messages(log, partitions), live)
     assert comparison.findings == ()
     assert budget.undecided == []
     assert comparison.expected == len({to_wire(r)["event_id"] for r in live})
@@ -158,7 +134,7 @@ def test_tampering_is_listed_exactly() -> None:
         for r in live
         if r is not removed
     ] + [injected]
-    _expected, comparison, _budget = _audit(catalog, _messages(log, 3), tampered)
+    _expected, comparison, _budget = _audit(catalog, input_messages(log, 3), tampered)
     found = {(f.kind, f.event_id) for f in comparison.findings}
     assert found == {
         (MISSING, removed.event_id),
@@ -171,7 +147,7 @@ def test_duplicate_copies_are_counted_not_reported() -> None:
     catalog = _catalog(10**9, 10**9, 1000)
     log = _log(3)
     live = _live(catalog, log)
-    _expected, comparison, _budget = _audit(catalog, _messages(log, 2), live + live[:10])
+    _expected, comparison, _budget = _audit(catalog, input_messages(log, 2), live + live[:10])
     assert comparison.agrees
     assert comparison.duplicates == 10
 
@@ -189,7 +165,7 @@ def test_the_replay_follows_the_processors_order_and_dead_letters() -> None:
         order("o3", at=t(9, 14), user="b"),
         order("o4", at=t(2, 13), user="a"),  # late in the log, early in event time
     ]
-    messages = _messages(log, 1)
+    messages = input_messages(log, 1)
     bad = [
         InputMessage("orders", 0, 4, b"a", b"{not json", "x.orders/0@4"),
         InputMessage("claims", 0, 2, b"zzz", encode(claim(at=t(2, 14), user="c")), "x.claims/0@2"),

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,22 @@ def usage(pid: int) -> tuple[float, int]:
     return ticks / CLOCK_TICKS, hwm
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds by thread name (threads of one name summed) of the process
+    and its children: which thread a run's CPU went to."""
+    by_name: defaultdict[str, float] = defaultdict(float)
+    for each in [pid, *descendants(pid)]:
+        for task in Path(f"/proc/{each}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue  # the thread ended meanwhile
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            by_name[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return dict(by_name)
+
+
 def inputs_committed(settings: Settings) -> bool:
     try:
         return all(
@@ -304,6 +320,8 @@ class Result:
     partitions: dict[int, tuple[int, int]]  # input partition -> first, last reward (ms)
     stop_s: float
     cpu_at_stop: float
+    cpu_at_first: float  # CPU seconds when its first reward was seen (start-up)
+    threads: dict[str, float]  # CPU seconds by thread name when the last reward was seen
     produce_s: float = 0.0  # how long producing its backlog took
 
     @property
@@ -365,6 +383,8 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
         return new
 
     sample: tuple[float, int] | None = None
+    first_cpu: float | None = None
+    threads: dict[str, float] = {}
     started = time.time()
     proc = system.start()
     say(f"{system.label}: worker pid {proc.pid} started; waiting for {want:,} rewards")
@@ -381,8 +401,11 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
                     + system.log_path.read_text(errors="replace")[-3000:]
                 )
             now = time.monotonic()
+            if first_cpu is None and seen:
+                first_cpu = usage(proc.pid)[0]
             if sample is None and len(seen) >= want:
                 sample = usage(proc.pid)
+                threads = thread_cpu(proc.pid)
                 last_s = max((hi for _, hi in spans.values()), default=0) / 1000 - started
                 say(f"{system.label}: all {want:,} rewards out, {last_s:.1f}s after start")
             if now >= next_report:
@@ -395,6 +418,7 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
                     if sample is None:  # fewer than expected: one more grace period
                         if now - last_new > 10:
                             sample = usage(proc.pid)
+                            threads = thread_cpu(proc.pid)
                             break
                         continue
                     break
@@ -430,6 +454,8 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
         spans,
         stop_s,
         at_stop,
+        0.0 if first_cpu is None else first_cpu,
+        threads,
     )
 
 
@@ -541,6 +567,14 @@ def main(argv: list[str]) -> int:
                 )
                 for line in issues[:5]:
                     say(f"  {line[:300]}")
+                say(
+                    f"  CPU at the first reward {result.cpu_at_first:.1f}s; by thread: "
+                    + ", ".join(
+                        f"{name} {cpu:.1f}s"
+                        for name, cpu in sorted(result.threads.items(), key=lambda kv: -kv[1])
+                        if cpu >= 0.05
+                    )
+                )
                 say(
                     "  rewards by input partition, first-last (s after start): "
                     + ", ".join(

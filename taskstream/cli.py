@@ -82,7 +82,7 @@ def worker(loglevel: str) -> None:
     shared among them and move on a crash; each needs its own
     TASKSTREAM_DATA_DIR and TASKSTREAM_WEB_PORT on one machine.
     """
-    from faust.worker import Worker
+    from taskstream.worker_logs import Worker
 
     _settings()  # bad settings (e.g. an unreadable secret file): exit 2 with why
     import streams.agents  # registers the agents on the app

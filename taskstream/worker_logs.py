@@ -13,6 +13,9 @@ dropped, by its shape. `--loglevel debug` shows everything.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+import faust.worker
 
 CHATTY_LIBRARIES = ("faust", "mode")
 SUBCLASS_MODULES = (
@@ -58,3 +61,20 @@ def quiet_faust() -> None:
     chatter = FaustChatter()
     for name in SUBCLASS_MODULES:
         logging.getLogger(name).addFilter(chatter)
+
+
+class Worker(faust.worker.Worker):
+    """faust's worker without its terminal spinner.
+
+    At `--loglevel warning` or `error`, faust keeps a spinner that turns on
+    every log record, and to feed it lowers the ROOT logger to DEBUG
+    (`faust.worker.Worker._setup_spinner_handler`): every `log.debug` of
+    aiokafka, faust and mode then builds a record that the handler throws
+    away (aiokafka's fetch thread logs one per partition per fetch). A worker
+    has no use for a spinner, so the root logger keeps the level asked for."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+
+    def _setup_spinner_handler(self, logger: Any, level: int) -> None:
+        return None

@@ -18,6 +18,16 @@ Without the kernel means a child process in which `taskstream_native`
 cannot be imported, so every call takes the Python reference: the runs
 alternate (kernel, Python, kernel, ...) and the medians are compared.
 Both must give the same outputs byte for byte (a digest of them is compared).
+
+A third row runs the Quix peer's rules (`bench/peer_quix.py`, `Rules.step`)
+over the same log in memory, the way its worker runs them minus Kafka and
+RocksDB: each message's value read with orjson (as Quix's JSON
+deserializer does), the user's state read from bytes and written back as
+bytes (Quix's store keeps values as orjson bytes; each user's events are
+far apart in this log, so each read misses its transaction cache), each
+reward written with orjson. It must grant and revoke what our step does.
+It is the floor of the comparison in `bench peer`: what each worker spends
+on its own logic before any framework cost.
 """
 
 from __future__ import annotations
@@ -158,6 +168,42 @@ def run_once(events: int, users: int, batch: int) -> Run:
     return Run(kernel is not None, events, outputs, cpu, digest.hexdigest())
 
 
+def peer_rules_once(events: int, users: int) -> Run:
+    """The Quix peer's rules over the log in memory (see the module's doc)."""
+    from bench.peer_log import TEMPLATES, PeerShape, generate, wire
+    from bench.peer_quix import Rules
+
+    (template,) = orjson.loads(TEMPLATES.read_bytes())
+    rules = Rules(template)
+    lines = wire(generate(PeerShape(events=events, users=users)))
+    table: dict[bytes, bytes] = {}
+    digest = hashlib.sha256()
+    outputs = 0
+
+    class State:
+        """Quix's per-key state: values stored as orjson bytes."""
+
+        def __init__(self, key: bytes) -> None:
+            self.key = key
+
+        def get(self, name: str) -> object:
+            raw = table.get(self.key + name.encode())
+            return None if raw is None else orjson.loads(raw)
+
+        def set(self, name: str, value: object) -> None:
+            table[self.key + name.encode()] = orjson.dumps(value)
+
+    started = time.process_time()
+    for line in lines:
+        value = orjson.loads(line)
+        for reward in rules.step(value, State(value["user_id"].encode())):
+            raw = orjson.dumps(reward)
+            outputs += 1
+            digest.update(raw)
+    cpu = time.process_time() - started
+    return Run(False, len(lines), outputs, cpu, digest.hexdigest())
+
+
 def _child(events: int, users: int, batch: int, kernel: bool) -> Run:
     """One pass in a fresh process; without the kernel, it cannot import it."""
     block = "" if kernel else "sys.modules['taskstream_native'] = None; "
@@ -182,7 +228,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating")
     options = parser.parse_args(argv)
     runs: dict[bool, list[Run]] = {True: [], False: []}
+    peer: list[Run] = []
     for index in range(options.repeat):
+        peer.append(peer_rules_once(options.events, options.users))
+        sys.stderr.write(
+            f"[bench batchcore] run {index + 1} Quix peer's rules: {peer[-1].outputs:,} rewards, "
+            f"{peer[-1].micros_per_event:.1f} µs/event\n"
+        )
         for kernel in (True, False):
             run = _child(options.events, options.users, options.batch, kernel)
             if run.kernel != kernel:
@@ -217,6 +269,13 @@ def main(argv: list[str]) -> int:
         listed = ", ".join(f"{r.micros_per_event:.1f}" for r in runs[kernel])
         print(f"| {label} | {value:.1f} | {listed} |")
     print(f"| kernel / Python | {with_kernel / without:.2f} | |")
+    rules = statistics.median(r.micros_per_event for r in peer)
+    listed = ", ".join(f"{r.micros_per_event:.1f}" for r in peer)
+    print(
+        f"| the Quix peer's rules, in memory ({peer[0].outputs:,} rewards) | {rules:.1f} "
+        f"| {listed} |"
+    )
+    print(f"| ours (kernel) / the peer's rules | {with_kernel / rules:.1f} | |")
     return 0
 
 

@@ -73,7 +73,7 @@ from bench.peer_log import (
     generate,
     wire,
 )
-from bench.stream import bench_broker
+from bench.stream import bench_broker, cpu_seconds
 from streams.config import CLAIMS, ORDERS, REFUNDS, REWARDS, TICKS, Settings
 from streams.kafka.partitioner import partition_for
 from taskstream import broker
@@ -132,6 +132,24 @@ class System:
 
     def start(self) -> subprocess.Popen[bytes]:
         raise NotImplementedError
+
+    def written(self) -> dict[str, int]:
+        """Bytes in the broker's log files of each topic this system wrote
+        (its inputs left out), as far as the broker we started under our root
+        shows them; {} for an outside broker."""
+        data = self.root / "broker" / "data"
+        inputs = {self.settings.topic(name) for name in (CLAIMS, ORDERS, REFUNDS, TICKS)}
+        sizes: Counter[str] = Counter()
+        for folder in data.glob(f"*{self.settings.app_id}*"):
+            topic = folder.name.rpartition("-")[0]
+            if topic not in inputs:
+                sizes[topic] += sum(f.stat().st_size for f in folder.glob("*.log"))
+        return dict(sizes)
+
+    def broker_pid(self) -> int | None:
+        """The broker bench_broker started under our root (None: an outside one)."""
+        pid_file = self.root / "broker" / "broker.pid"
+        return int(pid_file.read_text().strip()) if pid_file.exists() else None
 
 
 class Taskstream(System):
@@ -322,6 +340,7 @@ class Result:
     cpu_at_stop: float
     cpu_at_first: float  # CPU seconds when its first reward was seen (start-up)
     threads: dict[str, float]  # CPU seconds by thread name when the last reward was seen
+    broker_cpu: float | None  # the broker's CPU seconds from start to the last reward
     produce_s: float = 0.0  # how long producing its backlog took
 
     @property
@@ -385,6 +404,9 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
     sample: tuple[float, int] | None = None
     first_cpu: float | None = None
     threads: dict[str, float] = {}
+    broker_pid = system.broker_pid()
+    broker_began = None if broker_pid is None else cpu_seconds(broker_pid)
+    broker_cpu: float | None = None
     started = time.time()
     proc = system.start()
     say(f"{system.label}: worker pid {proc.pid} started; waiting for {want:,} rewards")
@@ -406,6 +428,8 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
             if sample is None and len(seen) >= want:
                 sample = usage(proc.pid)
                 threads = thread_cpu(proc.pid)
+                if broker_pid is not None and broker_began is not None:
+                    broker_cpu = cpu_seconds(broker_pid) - broker_began
                 last_s = max((hi for _, hi in spans.values()), default=0) / 1000 - started
                 say(f"{system.label}: all {want:,} rewards out, {last_s:.1f}s after start")
             if now >= next_report:
@@ -456,6 +480,7 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
         at_stop,
         0.0 if first_cpu is None else first_cpu,
         threads,
+        broker_cpu,
     )
 
 
@@ -567,8 +592,20 @@ def main(argv: list[str]) -> int:
                 )
                 for line in issues[:5]:
                     say(f"  {line[:300]}")
+                written = system.written()
                 say(
-                    f"  CPU at the first reward {result.cpu_at_first:.1f}s; by thread: "
+                    f"  wrote {sum(written.values()) / 2**20:.1f} MiB to the broker: "
+                    + ", ".join(
+                        f"{topic.removeprefix(system.settings.topic_prefix)} {size / 2**20:.1f}"
+                        for topic, size in sorted(written.items(), key=lambda kv: -kv[1])
+                        if size >= 2**16
+                    )
+                )
+                say(
+                    f"  CPU at the first reward {result.cpu_at_first:.1f}s; the broker's "
+                    f"CPU from start to the last reward "
+                    + ("unknown" if result.broker_cpu is None else f"{result.broker_cpu:.1f}s")
+                    + "; by thread: "
                     + ", ".join(
                         f"{name} {cpu:.1f}s"
                         for name, cpu in sorted(result.threads.items(), key=lambda kv: -kv[1])

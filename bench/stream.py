@@ -252,6 +252,25 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_parties(dep: Deployment, root: Path) -> dict[str, int]:
+    """The processes whose CPU a latency run shares the machine's cores
+    among: the workers, the broker we started (if any), this process (the
+    producer)."""
+    parties = {f"worker {n + 1}": proc.pid for n, proc in enumerate(dep.workers)}
+    pid_file = root / "broker" / "broker.pid"
+    if pid_file.exists():
+        parties["broker"] = int(pid_file.read_text().strip())
+    parties["producer (this process)"] = os.getpid()
+    return parties
+
+
 def folder_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -294,8 +313,20 @@ def latency(bootstrap: str, root: Path, rate: float, seconds: float) -> dict[str
             tick_every=10**9,  # no ticks: each would go to every partition
             seed=5,
         )
+        parties = cpu_parties(dep, root)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in parties.items()}
+        began = time.monotonic()
         stamps = dep.produce(generate(shape), rate=rate)
         dep.wait_consumed(300)
+        span = time.monotonic() - began
+        cores = {
+            name: (cpu_seconds(pid) - cpu_before[name]) / span for name, pid in parties.items()
+        }
+        say(
+            f"CPU while producing and consuming ({span:.1f}s), in cores: "
+            + ", ".join(f"{name} {used:.2f}" for name, used in cores.items())
+            + f"; together {sum(cores.values()):.2f} of {os.cpu_count()}"
+        )
         gaps: dict[str, list[int]] = {}
         for _, doc, ts in dep.outputs():
             sent = stamps.get(str(doc.get("caused_by")))
@@ -314,6 +345,7 @@ def latency(bootstrap: str, root: Path, rate: float, seconds: float) -> dict[str
             "rewards": len(rewards),
             "reward_p50": statistics.median(rewards) if rewards else float("nan"),
             "reward_p99": rewards[int(len(rewards) * 0.99)] if rewards else float("nan"),
+            "cores": sum(cores.values()),
         }
         say(f"latency at {rate:,.0f} ev/s: {result}")
         return result
@@ -376,6 +408,10 @@ def main(argv: list[str]) -> int:
             rows.append(
                 f"| latency order -> reward_granted ({lat['rewards']:,} rewards) | "
                 f"p50 {lat['reward_p50']:.0f} ms, p99 {lat['reward_p99']:.0f} ms |"
+            )
+            rows.append(
+                f"| CPU during the latency run (worker + broker + producer) | "
+                f"{lat['cores']:.2f} of {os.cpu_count()} cores |"
             )
         if "memory" not in skip:
             for users in (int(u) for u in args.memory_users.split(",")):

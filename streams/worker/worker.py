@@ -10,10 +10,11 @@ or ack per message. For each partition of a fetch the pure
    changed users and the partition record: changelog records through
    librdkafka, one RocksDB write batch (`PartitionStateStore`);
 2. sends the outputs through the same producer;
-3. takes the next fetch while librdkafka delivers; once SETTLE_SECONDS
-   passed since the oldest batch not acknowledged (or a partition has used
-   its redo slots, or the group rebalances), waits until the brokers have
-   every record (`settle`);
+3. takes the next fetch while librdkafka delivers; before the steps of a
+   fetch that comes SETTLE_SECONDS after the oldest batch not acknowledged
+   (or finds a partition's redo slots used, or the group rebalancing), or
+   once no fetch has come for SETTLE_SECONDS, waits until the brokers have
+   every record sent so far (`settle`);
 4. only then records the batches' positions for the group's commits and
    the changelog offsets as the local copy's recovery point;
 5. rewinds the consumer where the processor found skipped offsets.
@@ -147,6 +148,7 @@ class Worker:
         # many redo slots each partition's hold.
         self.unsettled: list[tuple[int, BatchResult]] = []
         self.unsettled_since = 0.0
+        self.last_unsettled_at = 0.0
         self.unsettled_slots: dict[int, int] = {}
         # A frozen worker (SIGSTOP, a suspended host) must not process its
         # stale buffer before its consumer knows whether it still owns its
@@ -307,35 +309,48 @@ class Worker:
     # -------------------------------------------------------- the batches
 
     async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> None:
-        """Each partition's step; the delivery wait (then positions) once due."""
+        """Settle earlier batches if due, then each partition's step.
+
+        The wait comes before the steps, not after: it then covers the
+        records of earlier fetches, which librdkafka delivered while this
+        fetch came in (measured on the peer log: 51 waits of ~25 ms and up
+        to 575 ms when the wait also covered the batch just sent, 20 % of a
+        backlog run)."""
+        if self._settle_due(by_partition):
+            await self.settle()
 
         async def step(partition: int) -> BatchResult:
             return await self._step(partition, by_partition[partition])
 
         done = await step_each(by_partition, step, self.forget)
+        now = time.monotonic()
         if not self.unsettled:
-            self.unsettled_since = time.monotonic()
+            self.unsettled_since = now
+        self.last_unsettled_at = now
         self.unsettled.extend(done)
-        if self._settle_due():
-            await self.settle()
 
-    def _settle_due(self) -> bool:
-        """Wait for delivery once SETTLE_SECONDS passed since the oldest batch
-        not acknowledged, before a partition's next batch would need a redo
-        slot still held, or when the group rebalances."""
+    def _settle_due(self, partitions: Iterable[int]) -> bool:
+        """Before a step: SETTLE_SECONDS passed since the oldest batch not
+        acknowledged, a partition about to step holds REDO_SLOTS - 1 redo
+        slots (its next batch needs a free one, and one stays spare), or
+        the group rebalances."""
         if not self.unsettled:
             return False
+        slots = self.unsettled_slots
         return (
             time.monotonic() - self.unsettled_since >= SETTLE_SECONDS
-            or max(self.unsettled_slots.values(), default=0) >= REDO_SLOTS - 1
+            or any(slots.get(partition, 0) >= REDO_SLOTS - 1 for partition in partitions)
             or bool(self.app.rebalancing)
         )
 
     async def settle_if_due(self) -> None:
-        """The timer's part: settle batches no later fetch has settled."""
-        if not self._settle_due():
+        """The timer's part: settle batches once no fetch has come for
+        SETTLE_SECONDS (a fetch would settle them before its steps)."""
+        if not self.unsettled or time.monotonic() - self.last_unsettled_at < SETTLE_SECONDS:
             return
         async with self.lock:
+            if not self.unsettled:
+                return
             try:
                 await self.settle()
             except Exception:  # the partitions are forgotten: reloaded and re-sent on next use

@@ -173,19 +173,48 @@ def test_positions_wait_for_delivery_and_redo_slots_bound_the_batches_in_flight(
 ) -> None:
     store, producer = FakeStore(), FakeProducer()
     worker = _worker(store, producer)
-    for batch in range(REDO_SLOTS - 2):
+    for batch in range(REDO_SLOTS - 1):
         _claims(worker, batch, 1)
         assert producer.waits == 0
         assert _position(worker) is None
-    assert _claimed(producer) == ["c0", "c1"]  # the outputs went out at once
-    # The third batch would leave no free slot for a fourth: settled now.
-    _claims(worker, 2, 1)
+    assert _claimed(producer) == ["c0", "c1", "c2"]  # the outputs went out at once
+    # Three batches hold three slots: the fourth waits for their delivery
+    # before its step (one slot always stays free), then goes in flight.
+    _claims(worker, 3, 1)
     assert producer.waits == 1
     assert _position(worker) == 3
-    assert worker.unsettled == []
-    # Each of the three batches kept its redo record in a slot of its own.
-    seqs = [decode_redo(store.get(0, redo_key(0, slot)) or b"").seq for slot in (1, 2, 3)]
-    assert seqs == [1, 2, 3]
+    assert [result.record.seq for _, result in worker.unsettled] == [4]
+    # Each batch kept its redo record in a slot of its own.
+    seqs = [decode_redo(store.get(0, redo_key(0, slot)) or b"").seq for slot in range(4)]
+    assert seqs == [4, 1, 2, 3]
+
+
+def test_a_fetch_settles_the_batches_before_it_not_its_own(clock: list[float]) -> None:
+    store, producer = FakeStore(), FakeProducer()
+    worker = _worker(store, producer)
+    _claims(worker, 0, 1)
+    clock[0] += 2 * SETTLE_SECONDS
+    _claims(worker, 1, 1)  # due: the first batch is settled, then this one steps
+    assert producer.waits == 1
+    assert _position(worker) == 1
+    assert [result.record.seq for _, result in worker.unsettled] == [2]
+
+
+def test_the_timer_leaves_batches_to_the_next_fetch_while_fetches_come(
+    clock: list[float],
+) -> None:
+    store, producer = FakeStore(), FakeProducer()
+    worker = _worker(store, producer)
+    _claims(worker, 0, 1)
+    clock[0] += 0.6 * SETTLE_SECONDS
+    _claims(worker, 1, 1)
+    clock[0] += 0.6 * SETTLE_SECONDS
+    asyncio.run(worker.settle_if_due())  # the oldest is due, but a fetch came since
+    assert producer.waits == 0
+    clock[0] += SETTLE_SECONDS
+    asyncio.run(worker.settle_if_due())  # no fetch for SETTLE_SECONDS: the timer settles
+    assert producer.waits == 1
+    assert _position(worker) == 2
 
 
 def test_an_idle_partition_is_settled_by_the_timer(clock: list[float]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 
 import pytest
 
@@ -54,6 +55,13 @@ def test_what_it_cannot_build_exactly_is_refused() -> None:
 
     with pytest.raises(TypeError, match="slotted"):
         fast_init(NoSlots)
+
+    @dataclasses.dataclass(slots=True)
+    class NotFrozen:
+        x: int
+
+    with pytest.raises(TypeError, match="frozen"):
+        fast_init(NotFrozen)
 
 
 # ------------------------------------------------- the compiled constructor
@@ -163,3 +171,29 @@ def test_refusals_without_defaults_are_worded_as_python_words_them(
     with pytest.raises(TypeError) as compiled:
         Required(*args)  # type: ignore[arg-type]
     assert str(compiled.value) == str(python.value)
+
+
+@pytest.mark.skipif(kernel is None, reason="the native kernel is not installed")
+def test_compiled_records_are_left_to_reference_counting() -> None:
+    """The cycle collector does not walk them (a frozen record cannot be in a
+    cycle); they are freed as soon as the last reference goes."""
+    import gc
+    import weakref
+
+    from app.state import UserState
+
+    order = OrderRecord(1200, 0, (), 5, "app")
+    state = UserState("u1", (), MappingProxyType({"o1": order}), MappingProxyType({}), None, None)
+    assert not gc.is_tracked(order)
+    assert not gc.is_tracked(state)
+    assert gc.is_tracked(_python_built(OrderRecord, (1200, 0, (), 5, "app"), {}))
+
+    @fast_init
+    @dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
+    class Weak:
+        x: int
+
+    value = Weak(1)
+    gone = weakref.ref(value)
+    del value
+    assert gone() is None

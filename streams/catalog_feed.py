@@ -80,7 +80,11 @@ class CatalogFeed:
         self._thread = threading.Thread(target=self._run, name="catalog-feed", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        """Start following the topic; a second call does nothing (the
+        worker's command starts the feed before faust does, so the catalog
+        is read while faust starts, and faust's start task calls it again)."""
+        if self._thread.ident is None:
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()

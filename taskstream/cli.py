@@ -91,13 +91,17 @@ def worker(loglevel: str) -> None:
     import streams.monitor.progress  # noqa: F401  (the periodic progress line)
     from streams.api import link as api_worker  # the routing file of the render API process
     from streams.api.routing import ApiSidecar
-    from streams.app import app, settings
+    from streams.app import app, catalog_feed, settings
 
     # Every topic and changelog exists before this worker joins the group
     # (see ensure_topics for why faust's own creation is not enough).
     created = _ensure_topics(settings)
     if created:
         click.echo(f"created {', '.join(created)}", err=True)
+    # The templates are read while faust starts: no batch runs before the
+    # catalog is read, and started with faust's tasks it was ready ~1 s after
+    # the partitions were assigned.
+    catalog_feed.start()
     api_worker.reset()  # no stale routing from a previous run reaches the API process
     click.echo(
         f"worker {settings.app_id}: brokers {settings.bootstrap} "

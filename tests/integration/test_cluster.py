@@ -86,12 +86,22 @@ def _orders(users: int, first: int) -> list[bytes]:
 
 
 def _rewards(deployment: Deployment) -> int:
-    reader = deployment.reader("rewards")
-    try:
-        reader.read_to_end(timeout=30)
-        return len(reader.messages)
-    finally:
-        reader.close()
+    """How many rewards are out; asked again when the reader's client fails
+    while a node comes and goes (a fresh-clone run once failed here with
+    `_DESTROY_BROKER`, "Broker handle destroyed without termination", from
+    `get_watermark_offsets` right after a node was started again)."""
+    deadline = time.monotonic() + 60
+    while True:
+        reader = deployment.reader("rewards")
+        try:
+            reader.read_to_end(timeout=30)
+            return len(reader.messages)
+        except KafkaException:
+            if time.monotonic() >= deadline:
+                raise
+        finally:
+            reader.close()
+        time.sleep(1)
 
 
 def _wait(what: str, check: object, worker: WorkerProcess, timeout: float) -> None:

@@ -73,7 +73,7 @@ from bench.peer_log import (
     generate,
     wire,
 )
-from bench.stream import bench_broker, cpu_seconds
+from bench.stream import bench_broker, broker_pid, cpu_seconds, stat_cpu
 from streams.config import CLAIMS, ORDERS, REFUNDS, REWARDS, TICKS, Settings
 from streams.kafka.partitioner import partition_for
 from taskstream import broker
@@ -145,11 +145,6 @@ class System:
             if topic not in inputs:
                 sizes[topic] += sum(f.stat().st_size for f in folder.glob("*.log"))
         return dict(sizes)
-
-    def broker_pid(self) -> int | None:
-        """The broker bench_broker started under our root (None: an outside one)."""
-        pid_file = self.root / "broker" / "broker.pid"
-        return int(pid_file.read_text().strip()) if pid_file.exists() else None
 
 
 class Taskstream(System):
@@ -304,12 +299,10 @@ def thread_cpu(pid: int) -> dict[str, float]:
     for each in [pid, *descendants(pid)]:
         for task in Path(f"/proc/{each}/task").glob("*"):
             try:
-                stat = (task / "stat").read_text()
+                name, cpu = stat_cpu(task / "stat")
             except OSError:
                 continue  # the thread ended meanwhile
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            by_name[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            by_name[name] += cpu
     return dict(by_name)
 
 
@@ -404,8 +397,8 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
     sample: tuple[float, int] | None = None
     first_cpu: float | None = None
     threads: dict[str, float] = {}
-    broker_pid = system.broker_pid()
-    broker_began = None if broker_pid is None else cpu_seconds(broker_pid)
+    broker = broker_pid(system.root)
+    broker_began = None if broker is None else cpu_seconds(broker)
     broker_cpu: float | None = None
     started = time.time()
     proc = system.start()
@@ -428,8 +421,8 @@ def run(system: System, events: int, want: int, timeout: float) -> Result:
             if sample is None and len(seen) >= want:
                 sample = usage(proc.pid)
                 threads = thread_cpu(proc.pid)
-                if broker_pid is not None and broker_began is not None:
-                    broker_cpu = cpu_seconds(broker_pid) - broker_began
+                if broker is not None and broker_began is not None:
+                    broker_cpu = cpu_seconds(broker) - broker_began
                 last_s = max((hi for _, hi in spans.values()), default=0) / 1000 - started
                 say(f"{system.label}: all {want:,} rewards out, {last_s:.1f}s after start")
             if now >= next_report:

@@ -252,11 +252,24 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def stat_cpu(stat_path: Path) -> tuple[str, float]:
+    """(name, CPU seconds: user + system) from a /proc `stat` file: a
+    process's (every thread) or one thread's (`/proc/<pid>/task/<tid>/stat`)."""
+    stat = stat_path.read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system, every thread) a process has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(Path(f"/proc/{pid}/stat"))[1]
+
+
+def broker_pid(root: Path) -> int | None:
+    """The broker bench_broker started under `root` (None: an outside one)."""
+    pid_file = root / "broker" / "broker.pid"
+    return int(pid_file.read_text().strip()) if pid_file.exists() else None
 
 
 def cpu_parties(dep: Deployment, root: Path) -> dict[str, int]:
@@ -264,9 +277,9 @@ def cpu_parties(dep: Deployment, root: Path) -> dict[str, int]:
     among: the workers, the broker we started (if any), this process (the
     producer)."""
     parties = {f"worker {n + 1}": proc.pid for n, proc in enumerate(dep.workers)}
-    pid_file = root / "broker" / "broker.pid"
-    if pid_file.exists():
-        parties["broker"] = int(pid_file.read_text().strip())
+    broker = broker_pid(root)
+    if broker is not None:
+        parties["broker"] = broker
     parties["producer (this process)"] = os.getpid()
     return parties
 

@@ -140,9 +140,15 @@ class Run:
         )
 
     def worker_logs(self) -> str:
-        return "\n\n".join(
-            f"--- worker {w.label} ---\n{w.log_tail()}" for w in self.workers.values()
-        )
+        """Each worker's log tail, then where each running one waits (its
+        threads' and tasks' stacks): called when a wait timed out."""
+        tails = [f"--- worker {w.label} ---\n{w.log_tail()}" for w in self.workers.values()]
+        stacks = [
+            f"--- worker {w.label}: stacks ---\n{w.stacks()}"
+            for w in self.workers.values()
+            if w.running()
+        ]
+        return "\n\n".join(tails + stacks)
 
     def assert_same_answer_as_replay(self) -> None:
         contents: dict[str, bytes] = {}
@@ -247,10 +253,14 @@ def test_sigkills_and_a_lost_rocksdb_folder_change_nothing(run: Run) -> None:
 
 
 def test_a_third_worker_joins_and_leaves(run: Run) -> None:
-    # Three events per batch slow the workers down enough that the third
-    # worker's join and leave (a rebalance each) both land mid-run (the
-    # leave at ~60 % of the outputs here; asserted below).
-    extra = {"TASKSTREAM_BATCH_MAX": "3"}
+    # One event per batch, the slowest a worker goes (every batch has its
+    # fixed costs): the work then lasts ~17 s from the first output, and the
+    # third worker needs ~8 s of it to start, read its partitions' changelogs
+    # and run a first batch. At three events per batch the work lasted ~9 s
+    # and the join raced its end: the third worker found its partitions done
+    # and the test waited 180 s for a batch that never came (a fresh-clone
+    # run, 2026-12-04; 1 run in 7 alone with a CPU hog).
+    extra = {"TASKSTREAM_BATCH_MAX": "1"}
     for label in ("a", "b", "c"):
         run.workers[label] = run.deployment.worker(label, **extra)
     # Warm buckets (`pools open`), so few rewards wait for a grant: this test
@@ -260,14 +270,18 @@ def test_a_third_worker_joins_and_leaves(run: Run) -> None:
     run.start("b")
     total = len(run.expected.outputs)
     deadline = time.monotonic() + 180
-    # Join early: with a few events per batch, a grant waits in the agent's
-    # queue behind the events fetched before it, so outputs come in bursts
-    # and a join at "10 % of outputs" could land after the work is done.
-    while run.outputs_seen() < 20:
+    # Join at the first output: the group is processing, so partitions move
+    # with state, and as early as that, because outputs come in bursts (a
+    # grant waits in the agent's queue behind the events fetched before it).
+    while run.outputs_seen() < 1:
         assert time.monotonic() < deadline, run.worker_logs()
     run.start("c")
     deadline = time.monotonic() + 180
-    while "loaded" not in run.workers["c"].log_since_start() or run.outputs_seen() < 0.5 * total:
+    while "loaded" not in run.workers["c"].log_since_start():
+        assert run.outputs_seen() < total, (
+            "the work ended before the third worker ran a batch: slow the workers down\n"
+            + run.worker_logs()
+        )
         assert time.monotonic() < deadline, run.worker_logs()
     seen_at_leave = run.outputs_seen()
     run.workers["c"].stop()  # SIGTERM: a clean leave, partitions move back

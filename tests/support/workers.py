@@ -247,6 +247,27 @@ class WorkerProcess:
         events = [line for line in all_lines if "progress:" not in line]
         return "\n".join(events[-lines:] + progress[-1:])
 
+    def stacks(self, settle_seconds: float = 3.0) -> str:
+        """Every thread's and asyncio task's stack in the running worker (mode's
+        SIGUSR1 handler writes them to its stderr, our log): what a test that
+        timed out needs to say *where* a worker waits, not only that it does."""
+        if not self.running():
+            return "(not running)"
+        before = self.log_path.stat().st_size
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + settle_seconds
+        size = before
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            grown = self.log_path.stat().st_size
+            if grown > before and grown == size:
+                break  # written and no longer growing
+            size = grown
+        with self.log_path.open("rb") as log:
+            log.seek(before)
+            return log.read().decode(errors="replace")
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import faust.worker
 
+from taskstream.await_chains import describe_tasks
+
 CHATTY_LIBRARIES = ("faust", "mode")
 SUBCLASS_MODULES = (
     "streams.kafka.transport",
@@ -78,3 +80,10 @@ class Worker(faust.worker.Worker):
 
     def _setup_spinner_handler(self, logger: Any, level: int) -> None:
         return None
+
+    async def _cry(self) -> None:
+        """SIGUSR1 (mode's handler): mode's dump of every thread and task,
+        then each task's whole await chain, which mode's dump cuts at the
+        first `async for` (taskstream/await_chains.py)."""
+        await super()._cry()
+        print(describe_tasks(), file=self.stderr, flush=True)

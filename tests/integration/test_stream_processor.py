@@ -247,7 +247,7 @@ def test_sigkills_and_a_lost_rocksdb_folder_change_nothing(run: Run) -> None:
         kills += 1
         run.start(label, wipe=kills == 3)  # the third restart comes back on an empty disk
     assert kills >= 5
-    run.wait_for_everything(300)
+    run.wait_for_everything(150)
     run.assert_same_answer_as_replay()
     run.assert_dead_letters()
 
@@ -287,7 +287,7 @@ def test_a_third_worker_joins_and_leaves(run: Run) -> None:
     run.workers["c"].stop()  # SIGTERM: a clean leave, partitions move back
     print(f"outputs at the leave: {seen_at_leave} of {total}")
     assert seen_at_leave < total, "the leave came after the work: slow the workers down"
-    run.wait_for_everything(300)
+    run.wait_for_everything(150)
     run.assert_same_answer_as_replay()
     run.assert_dead_letters()
     assert "loaded" in run.workers["c"].log_since_start(), "the third worker never took a partition"

@@ -266,7 +266,12 @@ class WorkerProcess:
             size = grown
         with self.log_path.open("rb") as log:
             log.seek(before)
-            return log.read().decode(errors="replace")
+            dump = log.read().decode(errors="replace")
+        # mode's part: threads (kept), then tasks with every local (dropped:
+        # cut at the first `async for`); ours: each task's whole await chain.
+        threads = dump.split("\nTASKS", 1)[0]
+        chains = dump.partition("asyncio task(s), innermost await last:")
+        return threads + "\n" + chains[0].rpartition("\n")[2] + chains[1] + chains[2]
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

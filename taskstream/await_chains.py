@@ -71,11 +71,27 @@ def chain(awaitable: Any) -> Iterator[str]:
     yield "(deeper levels cut)"
 
 
+def _event_loops() -> list[asyncio.AbstractEventLoop]:
+    """Every event loop in the process: faust runs aiokafka's consumer on
+    its own thread's loop, where a fetch the main loop waits for runs."""
+    return [obj for obj in gc.get_objects() if isinstance(obj, asyncio.AbstractEventLoop)]
+
+
 def describe_tasks(loop: asyncio.AbstractEventLoop | None = None) -> str:
-    """Every task of the running (or given) loop with its await chain."""
-    tasks = asyncio.all_tasks(loop)
-    parts = [f"{len(tasks)} asyncio task(s), innermost await last:"]
-    for task in sorted(tasks, key=lambda t: t.get_name()):
-        lines = "\n".join(f"    {line}" for line in chain(task.get_coro()))
-        parts.append(f"  task {task.get_name()}:\n{lines}")
+    """Every task of every event loop (or of `loop`) with its await chain;
+    the loop this runs on first."""
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    loops = [loop] if loop is not None else _event_loops()
+    loops.sort(key=lambda each: each is not running)
+    parts = []
+    for each in loops:
+        tasks = asyncio.all_tasks(each)
+        where = "this thread's loop" if each is running else f"loop {id(each):#x}"
+        parts.append(f"{len(tasks)} asyncio task(s) of {where}, innermost await last:")
+        for task in sorted(tasks, key=lambda t: t.get_name()):
+            lines = "\n".join(f"    {line}" for line in chain(task.get_coro()))
+            parts.append(f"  task {task.get_name()}:\n{lines}")
     return "\n".join(parts)

@@ -269,9 +269,9 @@ class WorkerProcess:
             dump = log.read().decode(errors="replace")
         # mode's part: threads (kept), then tasks with every local (dropped:
         # cut at the first `async for`); ours: each task's whole await chain.
-        threads = dump.split("\nTASKS", 1)[0]
-        chains = dump.partition("asyncio task(s), innermost await last:")
-        return threads + "\n" + chains[0].rpartition("\n")[2] + chains[1] + chains[2]
+        threads, _, rest = dump.partition("\nTASKS")
+        start = rest.find(" asyncio task(s) of this thread's loop")
+        return threads + "\n" + rest[rest.rfind("\n", 0, start) + 1 :] if start >= 0 else dump
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

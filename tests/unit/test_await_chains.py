@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import threading
 
 import mode.worker
 
@@ -38,7 +40,9 @@ async def test_the_chain_follows_async_for_down_to_the_future() -> None:
         "_innermost",
     ]
     assert lines[-1].startswith("waits for <Future pending")
-    assert "task fetcher:" in describe_tasks()
+    described = describe_tasks()
+    assert "of this thread's loop" in described.splitlines()[0]
+    assert "task fetcher:" in described
     gate.set_result(None)
     await task
 
@@ -48,3 +52,30 @@ def test_the_worker_adds_the_chains_to_modes_sigusr1_dump() -> None:
     assert "self._cry()" in inspect.getsource(mode.worker.Worker._on_sigusr1)
     assert Worker._cry is not mode.worker.Worker._cry
     assert "describe_tasks" in inspect.getsource(Worker._cry)
+
+
+def test_tasks_of_another_threads_loop_are_listed_too() -> None:
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def consumer_thread_fetch() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    task = loop.create_task(consumer_thread_fetch(), name="thread-fetch")
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(5)
+        described = describe_tasks()
+        assert "task thread-fetch:" in described
+        assert "in consumer_thread_fetch" in described
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(5)
+        loop.close()

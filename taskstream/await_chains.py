@@ -84,8 +84,13 @@ def describe_tasks(loop: asyncio.AbstractEventLoop | None = None) -> str:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         running = None
-    loops = [loop] if loop is not None else _event_loops()
-    loops.sort(key=lambda each: each is not running)
+    if loop is not None:
+        loops = [loop]
+    else:
+        # The running loop first; it may be one gc does not list (uvloop's).
+        loops = [each for each in _event_loops() if each is not running]
+        if running is not None:
+            loops.insert(0, running)
     parts = []
     for each in loops:
         tasks = asyncio.all_tasks(each)

@@ -532,6 +532,14 @@ class _Batch:
             if self.max_at.get(role, head.at - 1) >= head.at:
                 continue
             if not self._caught_up(role, highwater):
+                if highwater.get(role) is None and role not in self.cache.rewinding:
+                    # No fetch has answered for this input yet (just assigned).
+                    # If it is quiet, the answer brings its high watermark and
+                    # no record, so no batch of this partition would come to
+                    # look again: run it again after the next fetch instead
+                    # (held forever otherwise: seen after a rebalance with one
+                    # event per batch, every input of a partition read to its end).
+                    self.idle_until = self.now
                 return False
             # Caught up, yet behind: what a live producer sends next on this
             # input may be earlier than the head. Wait a while for it.

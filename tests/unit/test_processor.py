@@ -359,3 +359,19 @@ def test_bad_budget_messages_are_dead_letters() -> None:
     reasons = [orjson.loads(o.value)["reason"] for o in result.outputs]
     assert "addressed to partition 1" in reasons[0]
     assert "does not belong on the budget-grants topic" in reasons[2]
+
+
+def test_an_input_with_no_known_high_watermark_gets_the_partition_run_again() -> None:
+    """Just assigned: no fetch has answered for the refunds input yet. If it is
+    quiet, its answer carries a high watermark and no record, and no batch of
+    this partition would follow: the step asks to be run again instead."""
+    sim = PartitionSim(catalog(template(target=1)))
+    unknown: dict[str, int | None] = {CLAIMS: 1, ORDERS: 0, REFUNDS: None, TICKS: 0}
+    sim.run([message(CLAIMS, 0, claim(at=t(1)))], unknown, now=10.0, max_idle=0.5)
+    held = sim.run([], unknown, now=10.5, max_idle=0.5)  # the idle wait is over
+    assert sim.outputs == []
+    assert held.idle_until == 10.5  # run again after the next fetch
+    known = {CLAIMS: 1, ORDERS: 0, REFUNDS: 0, TICKS: 0}
+    seen = dict.fromkeys(known, 10.6)
+    sim.run([], known, now=10.6, max_idle=0.5, highwater_seen=seen)
+    assert types(sim) == ["task_claimed"]

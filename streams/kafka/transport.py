@@ -230,7 +230,7 @@ class Consumer(faust_aiokafka.Consumer):
         earlier = self._skipped.get(tp)
         self._skipped[tp] = offset if earlier is None else min(earlier, offset)
 
-    async def refetch_skipped(self) -> int:
+    async def refetch_skipped(self, awaited: Mapping[TP, int] | None = None) -> int:
         """Fetch again, once the rebalance is over, what was skipped during it
         in partitions still assigned here. faust seeks every partition to its
         committed offset near the end of a rebalance, but a fetch can still
@@ -239,13 +239,26 @@ class Consumer(faust_aiokafka.Consumer):
         message in that partition no batch runs there: what was never
         processed is never fetched again, and what was (before the
         rebalance) never has its position committed (seen in the pools
-        test: 3 partitions' committed offsets stuck for minutes). Returns
-        how many partitions were rewound."""
+        test: 3 partitions' committed offsets stuck for minutes).
+
+        `awaited`: offsets the processor still waits for (a partition loaded
+        after the rebalance is fetched again from its oldest held event).
+        Such a partition is fetched again from the earlier of the two: a
+        rewind to the skipped offset alone moved the fetch past the held
+        events, the processor dropped everything while it waited for the
+        first of them, and the partition held its buffer for good (the
+        third-worker test, one event per batch). Returns how many
+        partitions were rewound."""
         if not self._skipped or self.app.rebalancing or self.app.in_recovery:
             return 0
         skipped, self._skipped = self._skipped, {}
         assigned = self.assignment()
-        again = {tp: offset for tp, offset in skipped.items() if tp in assigned}
+        waits = awaited or {}
+        again = {
+            tp: min(offset, waits.get(tp, offset))
+            for tp, offset in skipped.items()
+            if tp in assigned
+        }
         for tp, offset in sorted(again.items()):
             await self.rewind(tp, offset)
         return len(again)

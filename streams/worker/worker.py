@@ -231,7 +231,7 @@ class Worker:
         async with self.lock:
             if self._busy_elsewhere():
                 return
-            rewound = await self.consumer.refetch_skipped()
+            rewound = await self.consumer.refetch_skipped(self._awaited_offsets())
             if rewound:
                 log.info("fetching again %d partition(s) skipped in the last rebalance", rewound)
             next_offsets, highwaters = self._input_positions()
@@ -251,6 +251,16 @@ class Worker:
                     self.lost_fetches.quiet_for,
                 )
                 await self.consumer.rewind(tp, offset)
+
+    def _awaited_offsets(self) -> dict[TP, int]:
+        """Per input partition, the offset the processor waits for (a loaded
+        partition's oldest held event, a gap's first offset)."""
+        topic = self.settings.topic
+        return {
+            TP(topic(role), partition): offset
+            for partition, cache in self.caches.items()
+            for role, offset in cache.rewinding.items()
+        }
 
     def _busy_elsewhere(self) -> bool:
         app = self.app

@@ -51,7 +51,7 @@ class FakeConsumer:
     async def rewind(self, tp: TP, offset: int) -> None:
         self.rewinds.append((tp, offset))
 
-    async def refetch_skipped(self) -> int:
+    async def refetch_skipped(self, awaited: Any = None) -> int:
         return 0
 
 
@@ -152,3 +152,25 @@ def test_records_skipped_in_a_rebalance_are_fetched_again_once_it_is_over() -> N
 
     assert asyncio.run(run()) == [0, 2, 0]
     assert consumer.rewinds == [(claims4, 200), (claims5, 120)]
+
+
+def test_a_skipped_partition_is_fetched_again_from_what_the_processor_awaits() -> None:
+    """Loaded after the rebalance, the partition is fetched again from its
+    oldest held event (230); the records skipped in the rebalance start later
+    (715). Fetched again from 715, the processor would drop everything while
+    it waits for 230: the earlier of the two wins."""
+    orders1, orders2 = TP(ORDERS, 1), TP(ORDERS, 2)
+    consumer = SkippingConsumer({orders1: 2000, orders2: 2000})
+    consumer.note_skipped(orders1, 715)
+    consumer.note_skipped(orders2, 90)
+
+    asyncio.run(consumer.refetch_skipped({orders1: 230, orders2: 400}))
+    assert consumer.rewinds == [(orders1, 230), (orders2, 90)]
+
+
+def test_the_worker_hands_over_what_its_loaded_partitions_await() -> None:
+    worker = _worker(FakeConsumer({}), {})
+    cache = worker_module.PartitionCache()
+    cache.rewinding = {"orders": 230, "claims": 12}
+    worker.caches[1] = cache
+    assert worker._awaited_offsets() == {TP(ORDERS, 1): 230, TP(CLAIMS, 1): 12}

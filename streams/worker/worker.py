@@ -253,14 +253,19 @@ class Worker:
                 await self.consumer.rewind(tp, offset)
 
     def _awaited_offsets(self) -> dict[TP, int]:
-        """Per input partition, the offset the processor waits for (a loaded
-        partition's oldest held event, a gap's first offset)."""
+        """Per input partition, the earliest offset the processor still needs
+        fetched again: a rewind's awaited offset, or the oldest event held
+        before the partition was loaded and not fetched back yet."""
         topic = self.settings.topic
-        return {
-            TP(topic(role), partition): offset
-            for partition, cache in self.caches.items()
-            for role, offset in cache.rewinding.items()
-        }
+        awaited: dict[TP, int] = {}
+        for partition, cache in self.caches.items():
+            for role, offset in cache.rewinding.items():
+                awaited[TP(topic(role), partition)] = offset
+            for role, offsets in cache.refetch.items():
+                if offsets:
+                    tp = TP(topic(role), partition)
+                    awaited[tp] = min(min(offsets), awaited.get(tp, min(offsets)))
+        return awaited
 
     def _busy_elsewhere(self) -> bool:
         app = self.app

@@ -172,5 +172,9 @@ def test_the_worker_hands_over_what_its_loaded_partitions_await() -> None:
     worker = _worker(FakeConsumer({}), {})
     cache = worker_module.PartitionCache()
     cache.rewinding = {"orders": 230, "claims": 12}
+    # The claims' awaited record came back; these held ones have not yet.
+    cache.refetch = {"claims": {40, 17}, "orders": set()}
     worker.caches[1] = cache
     assert worker._awaited_offsets() == {TP(ORDERS, 1): 230, TP(CLAIMS, 1): 12}
+    cache.rewinding = {}  # both awaited records arrived
+    assert worker._awaited_offsets() == {TP(CLAIMS, 1): 17}

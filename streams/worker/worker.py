@@ -273,7 +273,8 @@ class Worker:
 
     def _input_positions(self) -> tuple[dict[TP, int], dict[TP, int | None]]:
         """Per assigned input partition: where the processor expects its next
-        message (an awaited rewind first), and the high watermark."""
+        message (an awaited rewind or a held event still to come back first),
+        and the high watermark."""
         consumer = self.consumer
         next_offsets: dict[TP, int] = {}
         highwaters: dict[TP, int | None] = {}
@@ -292,6 +293,9 @@ class Worker:
                 records[tp.partition] = record
             offset = record.next_offset.get(role)
             awaited = cache.rewinding.get(role) if cache is not None else None
+            refetch = cache.refetch.get(role) if cache is not None else None
+            if refetch:  # held before the load, not fetched back yet: never skip them
+                awaited = min(refetch) if awaited is None else min(awaited, min(refetch))
             if awaited is not None:
                 offset = awaited if offset is None else min(offset, awaited)
             if offset is None:

@@ -178,3 +178,29 @@ def test_the_worker_hands_over_what_its_loaded_partitions_await() -> None:
     assert worker._awaited_offsets() == {TP(ORDERS, 1): 230, TP(CLAIMS, 1): 12}
     cache.rewinding = {}  # both awaited records arrived
     assert worker._awaited_offsets() == {TP(CLAIMS, 1): 17}
+
+
+def test_a_lost_fetch_is_fetched_again_from_a_held_event_still_to_come_back(
+    monkeypatch: Any,
+) -> None:
+    """Loaded after a rebalance, partition 6 still waits for held orders 150
+    and 180 to come back: fetched again from the processor's next offset
+    (209), they would be skipped for good."""
+    clock = [1_000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    orders6 = TP(ORDERS, 6)
+    consumer = FakeConsumer({orders6: 252})
+    record = PartitionRecord(6, seq=40, next_offset={"orders": 209})
+    worker = _worker(consumer, {6: record})
+    cache = worker_module.PartitionCache()
+    cache.record = record
+    cache.refetch = {"orders": {180, 150}}
+    worker.caches[6] = cache
+
+    async def looks() -> None:
+        for _ in range(6):
+            await worker.refetch_lost_inputs()
+            clock[0] += 2
+
+    asyncio.run(looks())
+    assert consumer.rewinds == [(orders6, 150)]

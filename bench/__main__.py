@@ -9,7 +9,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("core", "batchcore", "broker", "stream", "buckets", "audit", "api_spike", "peer")
+BENCHMARKS = (
+    "core",
+    "batchcore",
+    "broker",
+    "stream",
+    "buckets",
+    "audit",
+    "api_spike",
+    "peer",
+    "restore",
+)
 # Run only when named (`make soak`): they take the machine for many minutes.
 ON_REQUEST = ("soak", "profile")
 

@@ -13,17 +13,53 @@ position had drifted; the seek then rewinds.
 Repair: seek first, activate the input partitions after, so the first
 record the worker sees is at the committed offset. Installed through
 faust's `TableManager` setting (`App(TableManager=...)`), for this app only.
+
+Bulk restore
+------------
+faust hands every changelog record to the recovery one at a time: a faust
+Message and Event, the conductor, a queue hop, and per record a scan of
+every recovering partition's remaining count (`need_recovery`) plus two
+debug f-strings built whatever the log level. A worker taking over two
+partitions read ~60,000 records in 5.4 s that way, most of a join's time.
+`Recovery.restore` takes a whole fetch of an active changelog partition in
+one call and does what faust's `_slurp_changelogs` does per record, once
+per fetch: the offset check, the table's buffer (flushed as one RocksDB
+write batch at `recovery_buffer_size`), and the end-of-recovery signal.
+Standby partitions (this app runs none) and tables with an
+`on_changelog_event` callback still go faust's way.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from time import monotonic
+from typing import Any, NamedTuple
 
 from faust.tables import manager as faust_manager
 from faust.tables import recovery as faust_recovery
+from faust.types import TP
+
+
+class ChangelogRecord(NamedTuple):
+    """One fetched changelog record, shaped as the faust Event whose
+    `message` the stores read (`apply_changelog_batch`: tp, partition,
+    offset, key, value, headers) without building a Message and an Event."""
+
+    tp: TP
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+    @property
+    def message(self) -> ChangelogRecord:
+        return self
 
 
 class Recovery(faust_recovery.Recovery):
+    """faust's recovery with the seek repair and the bulk restore."""
+
     async def _resume_streams(self, generation_id: int = 0) -> None:
         """faust's `Recovery._resume_streams` with the seek moved before the
         input partitions become active; otherwise unchanged."""
@@ -49,6 +85,65 @@ class Recovery(faust_recovery.Recovery):
         self.tables.on_standbys_ready()
         app.on_rebalance_end()
         self.log.info("Worker ready")
+
+    def takes(self, tp: TP) -> bool:
+        """Whether `restore` takes this changelog partition's records now:
+        an active one being recovered, of a table without a changelog
+        callback (faust awaits that per record)."""
+        if tp not in self.active_tps:
+            return False
+        table = self.tp_to_table.get(tp)
+        return table is not None and not getattr(table, "_on_changelog_event", None)
+
+    def restore(self, tp: TP, records: Sequence[Any]) -> int:
+        """`_slurp_changelogs`' work for a fetch of `tp` (aiokafka
+        ConsumerRecords in offset order, `takes(tp)` true): records at or
+        below the offset already seen are dropped, the rest join the
+        table's buffer, which is applied whenever it holds
+        `recovery_buffer_size` records; once no active partition has
+        anything left the buffers are applied and the recovery's end is
+        signalled, as faust does after each record. Returns how many
+        records were new."""
+        seen = self.active_offsets.get(tp)
+        start = 0
+        if seen is not None:
+            while start < len(records) and records[start].offset <= seen:
+                start += 1
+        now = monotonic()
+        self._active_events_received_at[tp] = now
+        fresh = records[start:]
+        if fresh:
+            self._buffer(tp, fresh, now)
+        if self.in_recovery and not self.need_recovery():
+            self.flush_buffers()
+            self._set_recovery_ended()
+            self.signal_recovery_end.set()
+        return len(fresh)
+
+    def _buffer(self, tp: TP, fresh: Sequence[Any], now: float) -> None:
+        table = self.tp_to_table[tp]
+        partition = tp.partition
+        buffer: list[Any] = self.buffers[table]  # Event-shaped records beside faust Events
+        buffer.extend(
+            ChangelogRecord(tp, partition, r.offset, r.key, r.value, r.headers) for r in fresh
+        )
+        self.active_offsets[tp] = fresh[-1].offset
+        size = self.buffer_sizes.get(tp)
+        if size is None:
+            size = self.buffer_sizes[tp] = table.recovery_buffer_size
+        if len(buffer) >= size:
+            table.apply_changelog_batch(buffer)
+            buffer.clear()
+            self._last_flush_at = now
+        # faust's estimate of the time left (its recovery log lines) samples
+        # the time per record.
+        done = monotonic()
+        last = self._last_active_event_processed_at
+        if last is not None:
+            self._processing_times.append((done - last) / len(fresh))
+            if len(self._processing_times) > self.num_samples_required_for_estimate:
+                self._processing_times.popleft()
+        self._last_active_event_processed_at = done
 
 
 class TableManager(faust_manager.TableManager):

@@ -49,6 +49,7 @@ from faust.types import TP
 
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
+from streams.kafka.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +200,15 @@ class Consumer(faust_aiokafka.Consumer):
             return
         batched: dict[TP, list[Any]] = {}
         others: dict[TP, list[Any]] = {}
+        recovery = getattr(self.app.tables, "recovery", None)
+        bulk = recovery if isinstance(recovery, Recovery) else None
         for tp, tp_records in records.items():
             if active is not None and tp not in active and tp not in self._buffered_partitions:
                 continue
             if sink is not None and tp.topic in sink.topics:
                 batched[tp] = tp_records
+            elif bulk is not None and bulk.takes(tp):
+                self._restore(tp, tp_records, bulk)
             else:
                 others[tp] = tp_records
         if batched and sink is not None:
@@ -216,6 +221,18 @@ class Consumer(faust_aiokafka.Consumer):
                 break
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             yield tp, to_message(tp, record)
+
+    def _restore(self, tp: TP, records: list[Any], recovery: Recovery) -> None:
+        """A changelog fetch to the recovery in one call (`Recovery.restore`),
+        past the records faust's drain loop would drop (below the read
+        offset), and the read offset moved as the drain loop moves it."""
+        read_offset = self._read_offset.get(tp)
+        if read_offset is not None and records and records[0].offset < read_offset:
+            records = [r for r in records if r.offset >= read_offset]
+        if records:
+            recovery.restore(tp, records)
+            self._read_offset[tp] = records[-1].offset
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         if self.batch_sink is not None:

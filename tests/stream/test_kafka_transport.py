@@ -57,6 +57,11 @@ REPLACED = {
     ),
     "faust Recovery._resume_streams": (faust_recovery.Recovery._resume_streams, "d986a6710c1a"),
     "faust TableManager.recovery": (faust_manager.TableManager.recovery.fget, "f0bf5de78b4c"),
+    # Recovery.restore does, per fetch, what this loop does per record.
+    "faust Recovery._slurp_changelogs": (
+        faust_recovery.Recovery._slurp_changelogs.fun,  # type: ignore[attr-defined]
+        "7825c7e50f76",
+    ),
     "aiokafka AIOKafkaConsumer.seek_to_committed": (
         aiokafka.AIOKafkaConsumer.seek_to_committed,
         "f6cd85c8b70a",
@@ -209,6 +214,37 @@ async def test_a_fetch_reaches_the_sink_whole_and_other_topics_go_the_usual_way(
     handed_on = [(tp, m.offset) async for tp, m in consumer.getmany(timeout=0.1)]
     assert sink.fetches == [({ORDERS: [5, 6], TP("ts.orders", 4): [0]}, app.consumer_generation_id)]
     assert handed_on == [(other, 9)]
+
+
+async def test_a_changelog_fetch_being_recovered_goes_to_the_recovery_whole() -> None:
+    app = transport.BatchApp(
+        "restore-test",
+        broker=f"{transport.register()}://127.0.0.1:1",
+        TableManager="streams.kafka.recovery:TableManager",
+    )
+    consumer = app.consumer
+    restoring, standby = CHANGELOG, TP("app-state-changelog", 4)
+    bulk = app.tables.recovery
+    assert isinstance(bulk, recovery.Recovery)
+    restored: list[tuple[TP, list[int]]] = []
+    bulk.takes = lambda tp: tp == restoring  # type: ignore[method-assign]
+    bulk.restore = lambda tp, rs: restored.append((tp, [r.offset for r in rs])) or len(rs)  # type: ignore[method-assign]
+    consumer._read_offset[restoring] = 4  # the drain loop's: below it is dropped
+    fetched = {
+        restoring: [_Record(restoring, o) for o in (3, 4, 5, 6)],
+        standby: [_Record(standby, 0)],
+    }
+
+    async def wait_next_records(timeout: float) -> tuple[Any, Any]:
+        return fetched, None
+
+    consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
+    consumer.resume_flow()
+    consumer.highwater = lambda tp: 10  # type: ignore[method-assign]
+    handed_on = [(tp, m.offset) async for tp, m in consumer.getmany(timeout=0.1)]
+    assert restored == [(restoring, [4, 5, 6])]
+    assert consumer._read_offset[restoring] == 6
+    assert handed_on == [(standby, 0)]  # not taken: faust's way, one message at a time
 
 
 # ------------------------------------------------------------- repair 6

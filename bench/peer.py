@@ -353,18 +353,24 @@ class Result:
         return self.cpu_s / self.events * 1e6
 
 
-def run(system: System, events: int, want: int, timeout: float) -> Result:
-    """Start the worker, follow its output topic until it is done, stop it."""
+def output_watcher(system: System, name: str) -> Consumer:
+    """A consumer of the system's output topic from its beginning, in no group."""
     watcher = Consumer(
         {
             "bootstrap.servers": system.settings.bootstrap,
-            "group.id": f"peer-watch-{uuid.uuid4().hex}",
+            "group.id": f"{name}-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
         }
     )
     watcher.assign(
         [TopicPartition(system.output_topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
     )
+    return watcher
+
+
+def run(system: System, events: int, want: int, timeout: float) -> Result:
+    """Start the worker, follow its output topic until it is done, stop it."""
+    watcher = output_watcher(system, "peer-watch")
     seen: set[tuple[str, str]] = set()
     counts: Counter[tuple[str, str]] = Counter()
     spans: dict[int, tuple[int, int]] = {}  # input partition -> first, last reward (ms)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.peer import (
@@ -40,6 +40,7 @@ from bench.peer import (
     Quix,
     System,
     Taskstream,
+    output_watcher,
     peer_python,
     produce,
     run,
@@ -126,16 +127,7 @@ def changelog_records(system: System) -> int:
 
 def restart_until_probe(system: System, user: str, timeout: float) -> Restart:
     """Start the worker, wait for `user`'s reward, stop the worker."""
-    watcher = Consumer(
-        {
-            "bootstrap.servers": system.settings.bootstrap,
-            "group.id": f"restore-watch-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
-    )
-    watcher.assign(
-        [TopicPartition(system.output_topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
-    )
+    watcher = output_watcher(system, "restore-watch")
     began = time.monotonic()
     proc = system.start()
     try:

@@ -29,15 +29,18 @@ from app import ids
 from app.budget import Budget
 from app.catalog import Catalog, Template
 from app.frozen import fast_init
-from app.rewards import settle
+from app.rewards import BUDGET_EXHAUSTED, GRANT_REASONS, settle
 from app.state import (
     COMPLETED,
     EMPTY_HELD,
     EMPTY_ORDERS,
     EXPIRED,
+    GRANTED,
     IN_PROGRESS,
+    REJECTED,
     HeldRefunds,
     OrderRecord,
+    RewardSlot,
     TaskInstance,
     UserState,
     next_deadline_of,
@@ -48,6 +51,8 @@ from schemas.records import (
     OrderPaid,
     OrderRefunded,
     OutputEvent,
+    RewardGranted,
+    RewardRejected,
     TaskAdvanced,
     TaskClaim,
     TaskClaimed,
@@ -56,6 +61,7 @@ from schemas.records import (
     TaskRolledBack,
     Tick,
 )
+from schemas.native import kernel
 from schemas.timestamps import format_utc, to_datetime
 
 # claim_rejected reasons
@@ -89,6 +95,10 @@ def handle(state: UserState | None, event: InputEvent, catalog: Catalog, budget:
         assert isinstance(event, OrderPaid)
         if state is None:  # the common case: most buyers hold no task
             return _NO_TASK_ORDER
+        if _compiled_orders is not None:
+            outcome = _compiled_orders.order_paid(state, event, catalog, budget)
+            if outcome is not None:
+                return outcome  # type: ignore[no-any-return]
         return _order_paid(state, event, catalog, budget)
     if kind is OrderRefunded:
         assert isinstance(event, OrderRefunded)
@@ -623,3 +633,39 @@ def _roll_back(
         )
     rolled = inst.moved(status, progress, counted)
     return settle(rolled, template, user_id, event.at, event.event_id, catalog.pools, budget, out)
+
+
+# -------------------------------------------------------- compiled orders
+
+# The kernel's `OrderPath.order_paid` (native/src/orders.rs) is `_order_paid`
+# compiled: the same outcome value for value and the same budget calls, or
+# None for what it leaves to `_order_paid`, which stays the reference
+# (expiries first, held refunds, lotteries, revocations). It builds the
+# records through these classes and holds these constants, so it keeps no
+# copy of the domain's names. tests/unit/test_native_orders.py compares the
+# two on generated logs.
+_compiled_orders = (
+    None
+    if kernel is None
+    else kernel.OrderPath(
+        {
+            "OrderRecord": OrderRecord,
+            "TaskInstance": TaskInstance,
+            "RewardSlot": RewardSlot,
+            "UserState": UserState,
+            "Outcome": Outcome,
+            "TaskAdvanced": TaskAdvanced,
+            "TaskCompleted": TaskCompleted,
+            "RewardGranted": RewardGranted,
+            "RewardRejected": RewardRejected,
+            "MappingProxyType": MappingProxyType,
+            "purchase_day": _purchase_day,
+            "IN_PROGRESS": IN_PROGRESS,
+            "COMPLETED": COMPLETED,
+            "GRANTED": GRANTED,
+            "REJECTED": REJECTED,
+            "BUDGET_EXHAUSTED": BUDGET_EXHAUSTED,
+            "GRANT_REASONS": GRANT_REASONS,
+        }
+    )
+)

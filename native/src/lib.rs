@@ -10,6 +10,7 @@ mod digits;
 mod ids;
 mod init;
 mod json_text;
+mod orders;
 mod read;
 mod state;
 mod timestamps;
@@ -49,6 +50,7 @@ fn taskstream_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(state::encode_user_state, module)?)?;
     module.add_function(wrap_pyfunction!(init::install_constructor, module)?)?;
     module.add_function(wrap_pyfunction!(init::has_constructor, module)?)?;
+    module.add_class::<orders::OrderPath>()?;
     module.add_class::<read::InputReader>()?;
     module.add_class::<state::StateReader>()?;
     module.add_class::<write::RecordWriter>()?;

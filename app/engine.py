@@ -45,6 +45,7 @@ from app.state import (
     UserState,
     next_deadline_of,
 )
+from schemas.native import kernel
 from schemas.records import (
     ClaimRejected,
     InputEvent,
@@ -61,7 +62,6 @@ from schemas.records import (
     TaskRolledBack,
     Tick,
 )
-from schemas.native import kernel
 from schemas.timestamps import format_utc, to_datetime
 
 # claim_rejected reasons

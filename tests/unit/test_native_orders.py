@@ -59,7 +59,9 @@ def _template(template_id: str, **fields: Any) -> dict[str, Any]:
 
 
 TEMPLATES = [
-    _template("cum", target=2, reward={"mode": "cumulative", "amount_cents": 500, "pool_id": "cash"}),
+    _template(
+        "cum", target=2, reward={"mode": "cumulative", "amount_cents": 500, "pool_id": "cash"}
+    ),
     _template(
         "per",
         count_by="day",
@@ -170,9 +172,9 @@ def compare_log(log: list[InputEvent], catalog: Catalog, ledger: Ledger) -> Coun
     for event in log:
         if type(event) is Tick:
             for user, state in list(states.items()):
-                if state is not None and state.next_deadline is not None:
-                    if state.next_deadline <= event.at:
-                        states[user] = handle(state, event, catalog, ledger).state
+                deadline = state.next_deadline if state is not None else None
+                if state is not None and deadline is not None and deadline <= event.at:
+                    states[user] = handle(state, event, catalog, ledger).state
             continue
         user = event.user_id  # type: ignore[union-attr]
         state = states.get(user)
@@ -196,13 +198,24 @@ def compare_log(log: list[InputEvent], catalog: Catalog, ledger: Ledger) -> Coun
     return seen
 
 
+NOTE_MARKERS = (
+    "duplicate order",
+    "order before",
+    "after the deadline",
+    "already expired",
+    "does not count",
+    "exclusive,",
+    "already completed",
+    "already counts",
+)
+
+
 def _tally(seen: Counter[str], outcome: Outcome) -> None:
     seen["taken"] += 1
     for output in outcome.events:
         seen[output.TYPE] += 1
     for note in outcome.notes:
-        for marker in ("duplicate order", "order before", "after the deadline", "already expired",
-                       "does not count", "exclusive,", "already completed", "already counts"):  # fmt: skip
+        for marker in NOTE_MARKERS:
             if marker in note:
                 seen[marker] += 1
 

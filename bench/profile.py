@@ -97,7 +97,7 @@ def summarise(stacks: list[tuple[list[str], int]], top: int) -> str:
     return "\n".join(lines)
 
 
-def record(dep: Deployment, out: Path, rate: int) -> tuple[float, int]:
+def record(dep: Deployment, out: Path, rate: int, gil: bool = False) -> tuple[float, int]:
     """Run one worker under py-spy until the backlog is in; return (seconds, messages)."""
     env = {
         **dep.env,
@@ -107,6 +107,9 @@ def record(dep: Deployment, out: Path, rate: int) -> tuple[float, int]:
     raw = out / "profile.txt"
     log = (out / "worker.log").open("wb")
     cmd = [PY_SPY, "record", "--format", "raw", "--rate", str(rate), "--threads", "-o", str(raw)]
+    # --gil: only the thread holding the GIL, so threads blocked in C
+    # (librdkafka's flush, a consumer's poll) do not pass for CPU.
+    cmd += ["--gil"] if gil else []
     cmd += ["--", TASKSTREAM, "worker", "--loglevel", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     dep.workers.append(proc)
@@ -144,6 +147,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--peer", action="store_true", help="the peer benchmark's log and template (bench peer)"
     )
+    parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL")
     args, _ = parser.parse_known_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with bench_broker("bench-profile-") as (bootstrap, root):
@@ -153,7 +157,7 @@ def main(argv: list[str]) -> int:
             dep = Deployment(bootstrap, root)
             dep.produce(generate(LogShape(events=args.events, users=args.users, seed=20261123)))
         try:
-            seconds, messages = record(dep, args.out, args.rate)
+            seconds, messages = record(dep, args.out, args.rate, args.gil)
         finally:
             dep.stop()
     say(f"{messages:,} messages in {seconds:.1f} s (worker start included)")

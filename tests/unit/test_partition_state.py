@@ -12,6 +12,7 @@ from streams.partition_state import (
     Output,
     PartitionRecord,
     Redo,
+    _redo_body,
     decode_partition,
     decode_redo,
     encode_partition,
@@ -106,12 +107,42 @@ def test_redo_records_of_format_3_are_still_read() -> None:
     )
 
 
-def test_a_cut_redo_record_is_refused() -> None:
-    raw = encode_redo(Redo(7, ((b"u:a", b"x"),), ()))
+def test_a_cut_or_padded_redo_record_is_refused() -> None:
+    raw = encode_redo(Redo(7, ((b"u:a", b"x" * 300),), (Output("rewards", b"a", b"{}"),)))
     for cut in (1, 3, len(raw) - 5):
-        with pytest.raises(ValueError, match="cut short"):
+        with pytest.raises(ValueError, match="format 5 is cut short or corrupt"):
             decode_redo(raw[:-cut])
-    with pytest.raises(ValueError, match="trailing"):
+    with pytest.raises(ValueError, match="format 5 is cut short or corrupt"):
+        decode_redo(raw + b"??")
+
+
+def test_redo_records_are_compressed() -> None:
+    """Format 5: the batch's writes and outputs, zstd-compressed; a typical
+    batch (user states and task events repeat their field names) shrinks
+    several times over."""
+    state = b'{"user_id":"u%d","tasks":{"t1":{"state":"in_progress","count":2}}}'
+    writes = tuple((b"u:u%d" % n, state % n) for n in range(200))
+    outputs = tuple(Output("task-events", b"u%d" % n, state % n) for n in range(200))
+    redo = Redo(9, writes, outputs)
+    raw = encode_redo(redo)
+    assert raw.startswith(b"\x00R5")
+    assert len(raw) * 4 < len(_redo_body(redo))
+    assert decode_redo(raw) == redo
+
+
+def _format_4(redo: Redo) -> bytes:
+    """How workers before format 5 wrote a redo record."""
+    return b"\x00R4" + _redo_body(redo)
+
+
+def test_redo_records_of_format_4_are_still_read() -> None:
+    redo = Redo(7, ((b"u:a", b"x"), (b"u:b", None)), (Output("rewards", b"a", b"{}", 3),))
+    assert decode_redo(_format_4(redo)) == redo
+    raw = _format_4(redo)
+    for cut in (1, 3, len(raw) - 5):
+        with pytest.raises(ValueError, match="format 4 is cut short"):
+            decode_redo(raw[:-cut])
+    with pytest.raises(ValueError, match="format 4 has 2 trailing"):
         decode_redo(raw + b"??")
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger("taskstream.worker")
 
 _client = {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()}
 producer = BatchProducer(
-    producer_config(_client, MAX_MESSAGE_BYTES),
+    producer_config(_client, MAX_MESSAGE_BYTES, settings.compression),
     tracked_topics=frozenset({state.changelog_topic.get_topic_name()}),
 )
 worker = Worker(

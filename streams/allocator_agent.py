@@ -23,7 +23,7 @@ from streams.worker.state_store import PartitionStateStore
 
 _client = {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()}
 producer = BatchProducer(
-    producer_config(_client, MAX_MESSAGE_BYTES),
+    producer_config(_client, MAX_MESSAGE_BYTES, settings.compression),
     tracked_topics=frozenset({allocator_table.changelog_topic.get_topic_name()}),
 )
 allocator = Allocator(

@@ -44,7 +44,9 @@ class DeliveryFailed(Exception):
     """A record could not be delivered within librdkafka's delivery timeout."""
 
 
-def producer_config(client: Mapping[str, Any], max_message_bytes: int) -> dict[str, Any]:
+def producer_config(
+    client: Mapping[str, Any], max_message_bytes: int, compression: str = "lz4"
+) -> dict[str, Any]:
     """Our producer settings over the client settings (bootstrap, security)."""
     return {
         **client,
@@ -56,6 +58,7 @@ def producer_config(client: Mapping[str, Any], max_message_bytes: int) -> dict[s
         # (librdkafka's default is CRC32): readers find a user's events by it.
         "partitioner": "murmur2_random",
         "linger.ms": 2,
+        "compression.type": compression,
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,
         "message.max.bytes": max_message_bytes + 1024,
@@ -64,8 +67,9 @@ def producer_config(client: Mapping[str, Any], max_message_bytes: int) -> dict[s
         # delivered, so a cluster short of in-sync replicas (min.insync.replicas)
         # holds the worker, which says why (`wait`), instead of failing it.
         "message.timeout.ms": 0,
-        # No compression: faust's recovery and the allocator read these
-        # topics with aiokafka, which needs extra libraries for lz4/zstd.
+        # compression: faust's recovery and the allocator read these topics
+        # with aiokafka, which decompresses lz4, snappy and zstd with cramjam
+        # (pinned in pyproject.toml for that reason).
     }
 
 

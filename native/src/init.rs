@@ -267,3 +267,39 @@ fn missing_error(class_name: &str, missing: &[String]) -> PyErr {
         missing.len()
     ))
 }
+
+/// Where each of `names`' values sits in an instance of `class` (a
+/// `fast_init` class): the offsets of its member descriptors' object slots.
+/// None when the class has no compiled constructor, lacks a field, or a
+/// field's descriptor is not a plain object slot. Writers read records
+/// through these (`read_slot`) instead of an attribute lookup per field:
+/// the type's MRO walk, the descriptor call, for every field of every record.
+pub fn slot_offsets(py: Python<'_>, class: *mut ffi::PyObject, names: &[&str]) -> Option<Vec<ffi::Py_ssize_t>> {
+    let constructor = constructor_of(class)?;
+    let mut offsets = Vec::with_capacity(names.len());
+    for name in names {
+        let index = constructor.names.iter().position(|known| known.bind(py).to_str().ok() == Some(*name))?;
+        let slot = constructor.slots[index].as_ptr();
+        unsafe {
+            if ffi::Py_TYPE(slot) != std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type) {
+                return None;
+            }
+            // pyo3-ffi types d_member as a PyGetSetDef; CPython's is a PyMemberDef.
+            let member = (*(slot as *mut ffi::PyMemberDescrObject)).d_member as *const ffi::PyMemberDef;
+            if member.is_null() || (*member).type_code != ffi::Py_T_OBJECT_EX || (*member).offset <= 0 {
+                return None;
+            }
+            offsets.push((*member).offset);
+        }
+    }
+    Some(offsets)
+}
+
+/// The value in an object's slot at `offset` (from `slot_offsets` for the
+/// object's exact type), or None if the slot is empty (never set).
+///
+/// Safety: `offset` must come from `slot_offsets` for `Py_TYPE(object)`.
+pub unsafe fn read_slot<'py>(object: &Bound<'py, PyAny>, offset: ffi::Py_ssize_t) -> Option<Bound<'py, PyAny>> {
+    let place = (object.as_ptr() as *const u8).offset(offset) as *const *mut ffi::PyObject;
+    Bound::from_borrowed_ptr_or_opt(object.py(), *place)
+}

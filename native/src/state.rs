@@ -5,13 +5,17 @@
 //! write this way (a float, a non-str key, an int beyond 64 bits) gives None,
 //! and the Python encoder handles it.
 
+use std::sync::Mutex;
+
+use pyo3::exceptions::PySystemError;
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 use serde_json::Value;
 
 use crate::digits::push_int;
-use crate::init::{build_in_order, positions};
+use crate::init::{build_in_order, positions, read_slot, slot_offsets};
 use crate::json_text::write_string;
 
 /// Not this encoder's case: the Python encoder takes over.
@@ -33,83 +37,168 @@ pub fn encode_user_state<'py>(
     }
 }
 
+const USER_FIELDS: &[&str] = &["user_id", "instances", "orders", "held_refunds", "next_deadline", "last_claim"];
+const INSTANCE_FIELDS: &[&str] = &[
+    "task_id",
+    "template_id",
+    "claim_event_id",
+    "claimed_at",
+    "deadline",
+    "status",
+    "progress",
+    "counted",
+    "slots",
+];
+const SLOT_FIELDS: &[&str] = &["slot", "status", "reward_id", "amount_cents", "prize_id", "pool_id", "debited", "grants"];
+const ORDER_FIELDS: &[&str] = &["amount_cents", "refunded_cents", "refund_ids", "at", "channel"];
+
+/// Per (field list, exact type): its slot offsets, or None for a type whose
+/// fields are read by name. Only `fast_init` classes get offsets, and their
+/// constructors keep them alive for good, so a cached address is never
+/// another class's.
+type Offsets = Option<&'static [ffi::Py_ssize_t]>;
+static LAYOUTS: Mutex<Vec<(usize, usize, Offsets)>> = Mutex::new(Vec::new());
+
+fn layout(object: &Bound<'_, PyAny>, names: &'static [&'static str]) -> Offsets {
+    let class = unsafe { ffi::Py_TYPE(object.as_ptr()) } as usize;
+    let list = names.as_ptr() as usize;
+    let mut table = LAYOUTS.lock().ok()?;
+    if let Some((_, _, found)) = table.iter().find(|(l, c, _)| *l == list && *c == class) {
+        return *found;
+    }
+    let found: Offsets = slot_offsets(object.py(), class as *mut ffi::PyObject, names)
+        .map(|offsets| &*Box::leak(offsets.into_boxed_slice()));
+    table.push((list, class, found));
+    found
+}
+
+/// The record's values of `names`, in that order: straight from its slots
+/// when its type's layout is known, else by attribute (which raises what
+/// Python's encoder would raise for a missing one).
+fn fields_of<'py>(object: &Bound<'py, PyAny>, names: &'static [&'static str]) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let offsets = layout(object, names);
+    let mut values = Vec::with_capacity(names.len());
+    for (index, name) in names.iter().enumerate() {
+        // Safety: the offsets are those of this object's exact type.
+        let value = match offsets.and_then(|offsets| unsafe { read_slot(object, offsets[index]) }) {
+            Some(value) => value,
+            None => object.getattr(*name)?,
+        };
+        values.push(value);
+    }
+    Ok(values)
+}
+
+/// The dict behind a dict or a `MappingProxyType` of one (iterated without
+/// the `items()` view's tuples); None for any other mapping.
+fn dict_behind<'py>(mapping: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
+    if let Ok(dict) = mapping.downcast_exact::<PyDict>() {
+        return Some(dict.clone());
+    }
+    unsafe {
+        if ffi::Py_TYPE(mapping.as_ptr()) != std::ptr::addr_of_mut!(ffi::PyDictProxy_Type) {
+            return None;
+        }
+        // CPython's mappingproxyobject: PyObject_HEAD, then the mapping.
+        let place = (mapping.as_ptr() as *const u8).add(std::mem::size_of::<ffi::PyObject>()) as *const *mut ffi::PyObject;
+        let inner = Bound::from_borrowed_ptr_or_opt(mapping.py(), *place)?;
+        inner.downcast_exact::<PyDict>().ok().cloned()
+    }
+}
+
+/// Each (key, value) of a mapping, written by `entry`, comma-separated.
+fn write_entries(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    mapping: &Bound<'_, PyAny>,
+    mut entry: impl FnMut(&mut Vec<u8>, &Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<Step>,
+) -> PyResult<Step> {
+    if let Some(dict) = dict_behind(mapping) {
+        for (index, (key, value)) in dict.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            if entry(out, &key, &value)?.is_err() {
+                return Ok(Err(Decline));
+            }
+        }
+        return Ok(Ok(()));
+    }
+    for (index, item) in mapping.call_method0(intern!(py, "items"))?.try_iter()?.enumerate() {
+        let item = item?;
+        if index > 0 {
+            out.push(b',');
+        }
+        if entry(out, &item.get_item(0)?, &item.get_item(1)?)?.is_err() {
+            return Ok(Err(Decline));
+        }
+    }
+    Ok(Ok(()))
+}
+
 fn write_state(py: Python<'_>, out: &mut Vec<u8>, format: i64, state: &Bound<'_, PyAny>) -> PyResult<Step> {
+    let [user_id, instances, orders, held, next_deadline, last_claim]: [Bound<'_, PyAny>; 6] =
+        fields_of(state, USER_FIELDS)?.try_into().map_err(|_| PySystemError::new_err("field count"))?;
     out.push(b'[');
     push_int(out, format);
     out.push(b',');
-    if scalar(out, &state.getattr(intern!(py, "user_id"))?).is_err() {
+    if scalar(out, &user_id).is_err() {
         return Ok(Err(Decline));
     }
     out.extend_from_slice(b",[");
-    let instances = state.getattr(intern!(py, "instances"))?;
     for (index, instance) in instances.try_iter()?.enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        if write_instance(py, out, &instance?)?.is_err() {
+        if write_instance(out, &instance?)?.is_err() {
             return Ok(Err(Decline));
         }
     }
     out.extend_from_slice(b"],{");
-    let orders = state.getattr(intern!(py, "orders"))?;
-    for (index, item) in orders.call_method0(intern!(py, "items"))?.try_iter()?.enumerate() {
-        let item = item?;
-        let (key, order) = (item.get_item(0)?, item.get_item(1)?);
-        if index > 0 {
-            out.push(b',');
-        }
-        if key_text(out, &key).is_err() || write_order(py, out, &order)?.is_err() {
+    let written = write_entries(py, out, &orders, |out, key, order| {
+        if key_text(out, key).is_err() {
             return Ok(Err(Decline));
         }
+        write_order(out, order)
+    })?;
+    if written.is_err() {
+        return Ok(Err(Decline));
     }
     out.extend_from_slice(b"},{");
-    let held = state.getattr(intern!(py, "held_refunds"))?;
-    for (index, item) in held.call_method0(intern!(py, "items"))?.try_iter()?.enumerate() {
-        let item = item?;
-        if index > 0 {
-            out.push(b',');
-        }
-        if key_text(out, &item.get_item(0)?).is_err() || value(out, &item.get_item(1)?).is_err() {
-            return Ok(Err(Decline));
-        }
+    let written = write_entries(py, out, &held, |out, key, value_of| {
+        Ok(key_text(out, key).and_then(|()| value(out, value_of)))
+    })?;
+    if written.is_err() {
+        return Ok(Err(Decline));
     }
     out.extend_from_slice(b"},");
-    if scalar(out, &state.getattr(intern!(py, "next_deadline"))?).is_err() {
+    if scalar(out, &next_deadline).is_err() {
         return Ok(Err(Decline));
     }
     out.push(b',');
-    if value(out, &state.getattr(intern!(py, "last_claim"))?).is_err() {
+    if value(out, &last_claim).is_err() {
         return Ok(Err(Decline));
     }
     out.push(b']');
     Ok(Ok(()))
 }
 
-fn write_instance(py: Python<'_>, out: &mut Vec<u8>, instance: &Bound<'_, PyAny>) -> PyResult<Step> {
+fn write_instance(out: &mut Vec<u8>, instance: &Bound<'_, PyAny>) -> PyResult<Step> {
+    let values = fields_of(instance, INSTANCE_FIELDS)?;
     out.push(b'[');
-    let names = [
-        intern!(py, "task_id"),
-        intern!(py, "template_id"),
-        intern!(py, "claim_event_id"),
-        intern!(py, "claimed_at"),
-        intern!(py, "deadline"),
-        intern!(py, "status"),
-        intern!(py, "progress"),
-        intern!(py, "counted"),
-    ];
-    for name in names {
-        if value(out, &instance.getattr(name)?).is_err() {
+    let (scalars, slots) = values.split_at(INSTANCE_FIELDS.len() - 1);
+    for item in scalars {
+        if value(out, item).is_err() {
             return Ok(Err(Decline));
         }
         out.push(b',');
     }
     out.push(b'[');
-    let slots = instance.getattr(intern!(py, "slots"))?;
-    for (index, slot) in slots.try_iter()?.enumerate() {
+    for (index, slot) in slots[0].try_iter()?.enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        if write_slot(py, out, &slot?)?.is_err() {
+        if fields(out, &slot?, SLOT_FIELDS)?.is_err() {
             return Ok(Err(Decline));
         }
     }
@@ -117,39 +206,18 @@ fn write_instance(py: Python<'_>, out: &mut Vec<u8>, instance: &Bound<'_, PyAny>
     Ok(Ok(()))
 }
 
-fn write_slot(py: Python<'_>, out: &mut Vec<u8>, slot: &Bound<'_, PyAny>) -> PyResult<Step> {
-    let names = [
-        intern!(py, "slot"),
-        intern!(py, "status"),
-        intern!(py, "reward_id"),
-        intern!(py, "amount_cents"),
-        intern!(py, "prize_id"),
-        intern!(py, "pool_id"),
-        intern!(py, "debited"),
-        intern!(py, "grants"),
-    ];
-    fields(out, slot, &names)
-}
-
-fn write_order(py: Python<'_>, out: &mut Vec<u8>, order: &Bound<'_, PyAny>) -> PyResult<Step> {
-    let names = [
-        intern!(py, "amount_cents"),
-        intern!(py, "refunded_cents"),
-        intern!(py, "refund_ids"),
-        intern!(py, "at"),
-        intern!(py, "channel"),
-    ];
-    fields(out, order, &names)
+fn write_order(out: &mut Vec<u8>, order: &Bound<'_, PyAny>) -> PyResult<Step> {
+    fields(out, order, ORDER_FIELDS)
 }
 
 /// An object's attributes as one array, in the order given.
-fn fields(out: &mut Vec<u8>, object: &Bound<'_, PyAny>, names: &[&Bound<'_, PyString>]) -> PyResult<Step> {
+fn fields(out: &mut Vec<u8>, object: &Bound<'_, PyAny>, names: &'static [&'static str]) -> PyResult<Step> {
     out.push(b'[');
-    for (index, name) in names.iter().enumerate() {
+    for (index, item) in fields_of(object, names)?.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        if value(out, &object.getattr(*name)?).is_err() {
+        if value(out, item).is_err() {
             return Ok(Err(Decline));
         }
     }

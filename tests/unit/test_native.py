@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -398,6 +400,59 @@ def test_state_encoder_leaves_odd_values_to_python() -> None:
         encode_user_state(state)
     odd = UserState("u", (), MappingProxyType({1: None}), MappingProxyType({}), None, None)
     assert kernel.encode_user_state(STATE_FORMAT, odd) is None  # type: ignore[dict-item]
+
+
+class _Orders(Mapping[str, OrderRecord]):
+    """A mapping that is neither a dict nor a MappingProxyType of one."""
+
+    def __init__(self, items: dict[str, OrderRecord]) -> None:
+        self._items = items
+
+    def __getitem__(self, key: str) -> OrderRecord:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True, slots=True)
+class _SlotsOnly:
+    """An order-like record without a compiled constructor: read by attribute."""
+
+    amount_cents: int
+    refunded_cents: int
+    refund_ids: tuple[str, ...]
+    at: int
+    channel: str
+
+
+def test_state_encoder_reads_any_mapping_and_record_like_the_reference() -> None:
+    """The encoder reads fast_init records from their slots and dicts (or
+    proxies of them) without items(); anything else it reads the slow way,
+    to the same bytes."""
+    assert kernel is not None
+    order = OrderRecord(1200, 0, ("r1",), 5, "app")
+    plain = {"o1": order, "o2": OrderRecord(900, 900, (), 6, "web")}
+    for orders in (plain, MappingProxyType(plain), _Orders(plain)):
+        state = UserState("u", (), orders, MappingProxyType({}), 7, ("c", 1))  # type: ignore[arg-type]
+        assert kernel.encode_user_state(STATE_FORMAT, state) == encode_user_state_python(state)
+    alike = UserState(
+        "u",
+        (),
+        {"o1": _SlotsOnly(1, 0, (), 2, "x")},
+        {},
+        None,
+        None,  # type: ignore[dict-item]
+    )
+    assert kernel.encode_user_state(STATE_FORMAT, alike) == encode_user_state_python(alike)
+    with pytest.raises(AttributeError, match="at"):
+        kernel.encode_user_state(
+            STATE_FORMAT,
+            UserState("u", (), {"o1": object()}, {}, None, None),  # type: ignore[dict-item]
+        )
 
 
 def _state_reader() -> Any:

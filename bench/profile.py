@@ -35,17 +35,20 @@ from taskstream import broker
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 
-# First match wins: a frame's file path -> area.
+# First match wins: a frame's file path -> area. The libraries first (faust
+# has an app/ of its own), then ours, then "kafka/", which would also match
+# streams/kafka/ (before 2026-12-04 it came before streams/, and the
+# producer's and the transport's frames counted as aiokafka's).
 AREAS = (
     ("faust/", "faust"),
     ("mode/", "faust"),
     ("aiokafka/", "aiokafka"),
-    ("kafka/", "aiokafka"),
     ("confluent_kafka/", "confluent-kafka"),
     ("rocksdict/", "rocksdict"),
     ("app/", "core (app/)"),
     ("schemas/", "core (schemas/)"),
     ("streams/", "shell (streams/)"),
+    ("kafka/", "aiokafka"),
     ("asyncio/", "asyncio"),
     ("concurrent/", "threads"),
     ("threading.py", "threads"),

@@ -100,7 +100,9 @@ def summarise(stacks: list[tuple[list[str], int]], top: int) -> str:
     return "\n".join(lines)
 
 
-def record(dep: Deployment, out: Path, rate: int, gil: bool = False) -> tuple[float, int]:
+def record(
+    dep: Deployment, out: Path, rate: int, gil: bool = False, idle: bool = False
+) -> tuple[float, int]:
     """Run one worker under py-spy until the backlog is in; return (seconds, messages)."""
     env = {
         **dep.env,
@@ -113,6 +115,9 @@ def record(dep: Deployment, out: Path, rate: int, gil: bool = False) -> tuple[fl
     # --gil: only the thread holding the GIL, so threads blocked in C
     # (librdkafka's flush, a consumer's poll) do not pass for CPU.
     cmd += ["--gil"] if gil else []
+    # --idle: also the samples of threads waiting (in select, a lock, a
+    # flush): where the main thread waits instead of working.
+    cmd += ["--idle"] if idle else []
     cmd += ["--", TASKSTREAM, "worker", "--loglevel", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     dep.workers.append(proc)
@@ -151,6 +156,9 @@ def main(argv: list[str]) -> int:
         "--peer", action="store_true", help="the peer benchmark's log and template (bench peer)"
     )
     parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL")
+    parser.add_argument(
+        "--idle", action="store_true", help="also sample waiting threads (where the worker waits)"
+    )
     args, _ = parser.parse_known_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with bench_broker("bench-profile-") as (bootstrap, root):
@@ -160,7 +168,7 @@ def main(argv: list[str]) -> int:
             dep = Deployment(bootstrap, root)
             dep.produce(generate(LogShape(events=args.events, users=args.users, seed=20261123)))
         try:
-            seconds, messages = record(dep, args.out, args.rate, args.gil)
+            seconds, messages = record(dep, args.out, args.rate, args.gil, args.idle)
         finally:
             dep.stop()
     say(f"{messages:,} messages in {seconds:.1f} s (worker start included)")

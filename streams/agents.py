@@ -37,10 +37,11 @@ producer = BatchProducer(
     producer_config(_client, MAX_MESSAGE_BYTES, settings.compression),
     tracked_topics=frozenset({state.changelog_topic.get_topic_name()}),
 )
+store = PartitionStateStore(state, producer)
 worker = Worker(
     app,
     settings,
-    PartitionStateStore(state, producer),
+    store,
     producer,
     catalog=lambda: catalog_feed.catalog,
     role_of_topic=ROLE_OF_TOPIC,
@@ -78,6 +79,15 @@ app.batch_sink = _CatalogFirst(worker)
 @app.task  # type: ignore[untyped-decorator]
 async def start_catalog_feed() -> None:
     catalog_feed.start()
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def warm_producer() -> None:
+    """Connect the producer while the group forms: the first batch's
+    settle then waits for its own records, not for the connections
+    (measured: ~0.95 s of a cold producer's first delivery, with the event
+    loop blocked on it)."""
+    await asyncio.to_thread(producer.warm, [store.changelog, *worker.output_topics.values()])
 
 
 IDLE_LOOK_SECONDS = 0.01

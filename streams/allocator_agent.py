@@ -8,6 +8,7 @@ allocator's records (nor take their delivery reports), nor the reverse.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -26,13 +27,20 @@ producer = BatchProducer(
     producer_config(_client, MAX_MESSAGE_BYTES, settings.compression),
     tracked_topics=frozenset({allocator_table.changelog_topic.get_topic_name()}),
 )
+store = PartitionStateStore(allocator_table, producer)
 allocator = Allocator(
     app,
     settings,
-    PartitionStateStore(allocator_table, producer),
+    store,
     producer,
     catalog=lambda: catalog_feed.catalog,
 )
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def warm_producer() -> None:
+    """As the worker's (streams.agents.warm_producer): connected before the first grant."""
+    await asyncio.to_thread(producer.warm, [store.changelog, *allocator.output_topics.values()])
 
 
 @app.agent(budget_requests, concurrency=1)

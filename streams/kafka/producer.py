@@ -19,8 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
 
@@ -31,9 +30,10 @@ Record = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value
 WAIT_WARNING_SECONDS = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """Where one record landed, for the topics the caller asked to track."""
+class Delivered(NamedTuple):
+    """Where one record landed, for the topics the caller asked to track.
+    A named tuple: one is made per changelog record, in librdkafka's
+    delivery callback, and a tuple is the cheapest value to make there."""
 
     topic: str
     partition: int
@@ -57,7 +57,7 @@ def producer_config(
         # Keyed outputs land where Kafka's Java clients and aiokafka put them
         # (librdkafka's default is CRC32): readers find a user's events by it.
         "partitioner": "murmur2_random",
-        "linger.ms": 2,
+        "linger.ms": int(__import__("os").environ.get("XLINGER", "2")),
         "compression.type": compression,
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,
@@ -106,6 +106,24 @@ class BatchProducer:
             self._quiet = Producer(self._quiet_config)
         return self._quiet
 
+    def warm(self, topics: Iterable[str], timeout: float = 10.0) -> list[str]:
+        """Make both clients now and read the metadata of the topics they
+        will write, so the first batch's delivery does not wait for the
+        connections, the idempotent producer ids and the metadata (0.5-1 s
+        on a local broker, with the event loop blocked on that batch's
+        settle). Blocking: run it in a thread. The topics whose metadata
+        could not be read (librdkafka keeps trying by itself; a send then
+        waits as it would have anyway)."""
+        missing: list[str] = []
+        for topic in topics:
+            client = self._producer if topic in self._tracked else self._quiet_producer
+            try:
+                client.list_topics(topic, timeout=timeout)
+            except Exception as exc:  # KafkaException: unreachable, or not authorised
+                log.debug("warm-up: no metadata for %s yet: %s", topic, exc)
+                missing.append(topic)
+        return missing
+
     def _clients(self) -> list[Producer]:
         return [client for client in (self._client, self._quiet) if client is not None]
 
@@ -125,10 +143,12 @@ class BatchProducer:
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         # librdkafka's thread of the moment: only append (atomic under the GIL).
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
-        elif msg.topic() in self._tracked:
+        # Success is reported by the tracked topics' client only (the other
+        # reports failures only), so a success is always a tracked record.
+        if err is None:
             self._reports.append(Delivered(msg.topic(), msg.partition(), msg.offset()))
+        else:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
     def _on_error(self, err: KafkaError) -> None:
         self.last_client_error = err.str()

@@ -116,3 +116,14 @@ async def test_outputs_report_failures_only_and_a_failure_fails_the_batch() -> N
         await asyncio.wait_for(client.wait(), timeout=5)
     client.close(timeout=0.1)
     client._client = client._quiet = None
+
+
+def test_a_warm_up_without_brokers_names_what_it_could_not_read_and_goes_on() -> None:
+    """The start-up warm-up (streams.agents.warm_producer) never fails a
+    worker: with no broker it says which topics have no metadata yet, and
+    both clients exist (librdkafka keeps connecting in the background)."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    client = BatchProducer(producer_config({"bootstrap.servers": nowhere}, 1024), frozenset({"c"}))
+    assert client.warm(["c", "outputs"], timeout=0.3) == ["c", "outputs"]
+    assert len(client._clients()) == 2
+    client.close(timeout=0.1)

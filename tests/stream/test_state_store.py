@@ -88,6 +88,25 @@ def test_acknowledgements_advance_the_recovery_point_once_per_batch(table: Any) 
     assert fenced.gaps == 1
 
 
+def test_contiguous_acknowledgements_take_the_short_way_with_the_same_result(table: Any) -> None:
+    """A batch of acknowledgements that follow on from the last (the usual
+    case) advances in one step; anything else still goes offset by offset."""
+    store = PartitionStateStore(table, RecordingProducer())  # type: ignore[arg-type]
+    store.write(3, [(b"u:a", b"A")])
+    changelog, fenced = store.changelog, table.data
+    tp = TP(changelog, 3)
+    store.acknowledge([Delivered(changelog, 3, 40)])  # the first: compared with the database
+    store.acknowledge([Delivered(changelog, 3, o) for o in range(41, 1041)])
+    assert fenced.persisted_offset(tp) == 1040
+    store.acknowledge([Delivered(changelog, 3, o) for o in (1039, 1040)])  # read back: covered
+    assert fenced.persisted_offset(tp) == 1040
+    assert fenced.gaps == 0
+    # Starts where expected and has the right length, but skips one: a gap.
+    store.acknowledge([Delivered(changelog, 3, o) for o in (1041, 1042, 1044)])
+    assert fenced.persisted_offset(tp) == 1042
+    assert fenced.gaps == 1
+
+
 def test_outputs_are_partitioned_as_kafkas_own_clients_do() -> None:
     """librdkafka's default partitioner (CRC32) would put a user's outputs
     where readers using Kafka's murmur2 (Java clients, aiokafka, ours) do not look."""

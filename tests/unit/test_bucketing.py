@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import orjson
 import pytest
@@ -20,12 +20,15 @@ from app.bucketing import (
     OPEN,
     Allocation,
     AwaitingBudget,
+    Bucket,
     PartitionBudget,
     PoolBalanceSheet,
     Waiting,
+    _paid,
     allocate,
     apply_to_bucket,
     balance_sheet,
+    credit,
     debit,
     grant_size,
     master_partition,
@@ -483,3 +486,30 @@ def test_a_clock_behind_the_grants_reads_as_no_clock() -> None:
     bucket = replace(new_bucket(POOL, 0), received=100, last_grant=100, in_seq=1)
     bucket, _ = apply_to_bucket(bucket, BucketGranted("g", POOL, 0, 2, 100, 0, "open"), 9_000_000)
     assert debit(bucket, 160, at=10, now=8_000_000)[2][0].wall_span_us == 0
+
+
+def _any_bucket() -> st.SearchStrategy[Bucket]:
+    """Every field of Bucket drawn, so a field added later is drawn too."""
+
+    def draw(name: str, kind: object) -> st.SearchStrategy[object]:
+        if name == "mode":
+            return st.sampled_from([OPEN, CLOSED, CENTRAL])
+        return st.text(max_size=3) if kind in ("str", str) else st.integers(-5, 10**12)
+
+    return st.builds(Bucket, **{f.name: draw(f.name, f.type) for f in fields(Bucket)})
+
+
+@given(_any_bucket(), st.integers(0, 10**9), st.integers(0, 10**12))
+def test_paying_and_crediting_change_the_fields_that_replace_would(
+    bucket: Bucket, units: int, at: int
+) -> None:
+    """`debit` and `credit` build the new bucket with one positional
+    constructor call (it runs for every reward paid from a pool); it must
+    equal what `dataclasses.replace` gives, whatever fields Bucket has."""
+    assert _paid(bucket, units, at) == replace(
+        bucket,
+        issued=bucket.issued + units,
+        used=bucket.used + units,
+        last_at=max(bucket.last_at, at),
+    )
+    assert credit(bucket, units) == replace(bucket, issued=bucket.issued - units)

@@ -10,7 +10,9 @@ same local broker, with `taskstream worker` processes as users run them:
   are the processor's own positions (streams/kafka/positions.py), so
   "committed to the end" means every input is in the table.
 - **latency**: one worker runs; orders, claims and refunds are produced at a
-  steady rate (half the one-worker throughput unless --rate is given). For
+  steady rate: half of one worker's throughput on a backlog of the latency
+  run's own log (heavier per event than the throughput log: half its orders
+  count for a task), unless --rate is given. For
   every output caused by an order (task_advanced, task_completed,
   reward_granted) latency = the output message's timestamp - the order
   message's timestamp (both CreateTime, same machine clock).
@@ -319,6 +321,21 @@ def throughput(bootstrap: str, root: Path, workers: int, shape: LogShape) -> flo
         dep.stop()
 
 
+def latency_shape(events: int) -> LogShape:
+    """The latency run's log: more of the orders count for a task than in the
+    throughput log (half, not a fifth), more claims, and no ticks (each
+    would go to every partition; the ticks topic stays silent)."""
+    return LogShape(
+        events=events,
+        users=100_000,
+        task_user_every=10,
+        task_order_share=0.5,
+        claim_share=0.05,
+        tick_every=10**9,
+        seed=5,
+    )
+
+
 def latency(bootstrap: str, root: Path, rate: float, seconds: float) -> dict[str, float]:
     dep = Deployment(bootstrap, root)
     try:
@@ -330,15 +347,7 @@ def latency(bootstrap: str, root: Path, rate: float, seconds: float) -> dict[str
             for n in range(2000)
         )
         dep.wait_consumed(120)
-        shape = LogShape(
-            events=int(rate * seconds),
-            users=100_000,
-            task_user_every=10,
-            task_order_share=0.5,
-            claim_share=0.05,
-            tick_every=10**9,  # no ticks: each would go to every partition
-            seed=5,
-        )
+        shape = latency_shape(int(rate * seconds))
         parties = cpu_parties(dep, root)
         cpu_before = {name: cpu_seconds(pid) for name, pid in parties.items()}
         began = time.monotonic()
@@ -415,17 +424,24 @@ def main(argv: list[str]) -> int:
     rows: list[str] = []
     with bench_broker("bench-stream-") as (bootstrap, root):
         shape = LogShape(events=args.events, users=args.users, seed=20261123)
-        one = 0.0
         if "throughput" not in skip:
             for workers in (1, 2):
                 rate = throughput(bootstrap, root, workers, shape)
-                one = one or rate
                 rows.append(
                     f"| throughput, {workers} worker(s), {args.events:,} events "
                     f"| {rate:,.0f} msg/s |"
                 )
         if "latency" not in skip:
-            rate = args.rate or (one / 2 if one else 5000.0)
+            rate = args.rate
+            if rate is None:
+                # Half of one worker's capacity on the latency run's own log
+                # (heavier per event than the throughput log above).
+                capacity = throughput(bootstrap, root, 1, latency_shape(args.events))
+                rows.append(
+                    f"| throughput, 1 worker, {args.events:,} events of the latency run's log "
+                    f"| {capacity:,.0f} msg/s |"
+                )
+                rate = capacity / 2
             lat = latency(bootstrap, root, rate, args.latency_seconds)
             rows.append(
                 f"| latency at {rate:,.0f} ev/s, {lat['outputs']:,} order-caused outputs | "

@@ -12,7 +12,8 @@ raw (collapsed) stacks are summed into:
 for the top functions of each, and the share by area (faust, aiokafka,
 confluent-kafka, rocksdict, our core in app/ and schemas/, our shell in
 streams/, asyncio, other). Idle samples (threads blocked in a select or a
-lock) are left out (`--idle` is not passed), so the shares are of CPU.
+lock) are left out unless `--idle` is given, so by default the shares are
+of CPU; `--gil` keeps only the thread holding the GIL.
 
 Results go to stdout as Markdown; the flame graph (SVG) and the raw stacks
 stay in --out for a closer look.

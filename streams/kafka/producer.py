@@ -57,7 +57,7 @@ def producer_config(
         # Keyed outputs land where Kafka's Java clients and aiokafka put them
         # (librdkafka's default is CRC32): readers find a user's events by it.
         "partitioner": "murmur2_random",
-        "linger.ms": int(__import__("os").environ.get("XLINGER", "2")),
+        "linger.ms": 2,
         "compression.type": compression,
         "batch.num.messages": 10_000,
         "queue.buffering.max.messages": 1_000_000,

@@ -20,8 +20,9 @@ BENCHMARKS = (
     "peer",
     "restore",
 )
-# Run only when named (`make soak`): they take the machine for many minutes.
-ON_REQUEST = ("soak", "profile")
+# Run only when named (`make soak`): they take the machine for many minutes,
+# or need an argument (`ab --against REF`).
+ON_REQUEST = ("soak", "profile", "ab")
 
 
 def main(argv: list[str]) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -89,21 +90,28 @@ class BatchProducer:
         self._tracked = tracked_topics
         self._reports: list[Delivered] = []
         self._errors: list[str] = []
+        self._making = threading.Lock()  # held while a client is made
         self._client: Producer | None = None  # the tracked topics
         self._quiet: Producer | None = None  # every other topic
         self.last_client_error = ""  # librdkafka's latest (it retries by itself)
 
     @property
     def _producer(self) -> Producer:
-        """Made at the first send, so importing the worker connects nowhere."""
+        """Made at the warm-up or the first send, so importing the worker
+        connects nowhere. Under a lock: the warm-up makes it in a thread,
+        and two clients would split the records between them."""
         if self._client is None:
-            self._client = Producer(self._config)
+            with self._making:
+                if self._client is None:
+                    self._client = Producer(self._config)
         return self._client
 
     @property
     def _quiet_producer(self) -> Producer:
         if self._quiet is None:
-            self._quiet = Producer(self._quiet_config)
+            with self._making:
+                if self._quiet is None:
+                    self._quiet = Producer(self._quiet_config)
         return self._quiet
 
     def warm(self, topics: Iterable[str], timeout: float = 10.0) -> list[str]:
@@ -111,9 +119,9 @@ class BatchProducer:
         will write, so the first batch's delivery does not wait for the
         connections, the idempotent producer ids and the metadata (0.5-1 s
         on a local broker, with the event loop blocked on that batch's
-        settle). Blocking: run it in a thread. The topics whose metadata
-        could not be read (librdkafka keeps trying by itself; a send then
-        waits as it would have anyway)."""
+        settle). Blocking: run it in a thread. Returns the topics whose
+        metadata could not be read (librdkafka keeps trying by itself; a
+        send then waits as it would have anyway)."""
         missing: list[str] = []
         for topic in topics:
             client = self._producer if topic in self._tracked else self._quiet_producer

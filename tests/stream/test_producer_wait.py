@@ -127,3 +127,29 @@ def test_a_warm_up_without_brokers_names_what_it_could_not_read_and_goes_on() ->
     assert client.warm(["c", "outputs"], timeout=0.3) == ["c", "outputs"]
     assert len(client._clients()) == 2
     client.close(timeout=0.1)
+
+
+def test_clients_made_from_two_threads_at_once_are_one_client_each() -> None:
+    """The warm-up makes the clients in a thread while the first batch may
+    send from the event loop: both must get the same client, or the
+    delivery wait would not cover the other one's records."""
+    import threading
+
+    nowhere = f"127.0.0.1:{free_port()}"
+    client = BatchProducer(producer_config({"bootstrap.servers": nowhere}, 1024), frozenset({"c"}))
+    seen: list[object] = []
+    start = threading.Barrier(8)
+
+    def take() -> None:
+        start.wait()
+        seen.append(client._producer)
+        seen.append(client._quiet_producer)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(made) for made in seen}) == 2
+    assert len(client._clients()) == 2
+    client.close(timeout=0.1)

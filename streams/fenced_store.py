@@ -141,11 +141,7 @@ class FencedStore(BoundedStore):
             return
         tracker = self._acks.setdefault(partition, AckTracker())
         offsets = list(offsets)
-        first = tracker.next_offset
-        if first is not None and offsets and offsets == list(range(first, first + len(offsets))):
-            # The usual case, without a Python step per record: every write
-            # landed where the one before it said the next would.
-            tracker.next_offset = offsets[-1] + 1
+        if tracker.acknowledged_run(offsets):  # the usual case, without a step per record
             super().set_persisted_offset(tp, offsets[-1])
             return
         recorded = self.persisted_offset(tp) if tracker.next_offset is None else None

@@ -118,6 +118,17 @@ class AckTracker:
         self.next_offset = offset + 1
         return True
 
+    def acknowledged_run(self, offsets: list[int]) -> bool:
+        """Own writes landed at `offsets`, each right after the one before,
+        starting where the next was expected: advance past them all in one
+        step (the usual case). False, with nothing changed, for anything
+        else: then each goes through `acknowledged`."""
+        first = self.next_offset
+        if first is None or not offsets or offsets != list(range(first, first + len(offsets))):
+            return False
+        self.next_offset = offsets[-1] + 1
+        return True
+
     def caught_up_to(self, offset: int) -> None:
         """Recovery applied the changelog up to `offset`."""
         self.next_offset = offset + 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 
@@ -133,8 +134,6 @@ def test_clients_made_from_two_threads_at_once_are_one_client_each() -> None:
     """The warm-up makes the clients in a thread while the first batch may
     send from the event loop: both must get the same client, or the
     delivery wait would not cover the other one's records."""
-    import threading
-
     nowhere = f"127.0.0.1:{free_port()}"
     client = BatchProducer(producer_config({"bootstrap.servers": nowhere}, 1024), frozenset({"c"}))
     seen: list[object] = []

@@ -123,3 +123,17 @@ def test_what_recovery_read_back_is_not_a_gap() -> None:
     assert tracker.acknowledged(18, recorded=None)  # a late acknowledgement: covered
     assert tracker.next_offset == 21
     assert tracker.acknowledged(21, recorded=None)
+
+
+def test_a_run_that_follows_on_advances_in_one_step_and_nothing_else_does() -> None:
+    tracker = AckTracker()
+    assert not tracker.acknowledged_run([5, 6])  # nothing known yet: offset by offset
+    assert tracker.acknowledged(5, recorded=4)
+    assert tracker.acknowledged_run([6, 7, 8])
+    assert tracker.next_offset == 9
+    assert not tracker.acknowledged_run([9, 10, 12])  # skips one
+    assert not tracker.acknowledged_run([10, 11])  # starts past the next
+    assert not tracker.acknowledged_run([7, 8])  # read back
+    assert not tracker.acknowledged_run([])
+    assert tracker.next_offset == 9
+    assert tracker.gaps == []

@@ -31,6 +31,8 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
 5. `Consumer._commit`: the processor's positions for the input topics.
 6. `Consumer._send_commit`: one commit in the consumer thread at a time, so
    a commit waiting for an unavailable coordinator cannot starve the fetches.
+7. `streams.kafka.fair_fetch`: a fetch's records are handed out in turns
+   over the partitions, not one partition's buffer after another.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streams.kafka import fair_fetch
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
 from streams.kafka.recovery import Recovery
@@ -142,7 +145,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             if not active:
                 return {}  # an empty set would mean "every partition" to aiokafka
         with fetcher._subscriptions.fetch_context():
-            return await fetcher.fetched_records(active, timeout=timeout, max_records=max_records)
+            # Repair 7: the batch shared out in turns over the partitions.
+            return await fair_fetch.fetched_records(fetcher, active, timeout, max_records)
 
 
 def _mirror_pause_state(consumer: Any, active: set[TP]) -> None:

@@ -83,6 +83,14 @@ REPLACED = {
         "c2701bfc3e6f",
     ),
     "aiokafka AIOKafkaConsumer.start": (aiokafka.AIOKafkaConsumer.start, "2f1ba7044332"),
+    # Repair 7 (streams.kafka.fair_fetch) mirrors fetched_records, draining
+    # in turns through FetchResult.getall and has_more.
+    "aiokafka Fetcher.fetched_records": (
+        aiokafka_fetcher.Fetcher.fetched_records,
+        "be4348896b9b",
+    ),
+    "aiokafka FetchResult.getall": (aiokafka_fetcher.FetchResult.getall, "3e717e30de50"),
+    "aiokafka FetchResult.has_more": (aiokafka_fetcher.FetchResult.has_more, "a25ee8ab9340"),
 }
 
 

@@ -80,6 +80,7 @@ from streams.processor import (
 )
 from streams.worker.lost_fetches import LostFetchWatch
 from streams.worker.state_store import PartitionStateStore, deliver, step_each
+from streams.worker.wakeup import Wakeup
 
 log = logging.getLogger("taskstream.worker")
 
@@ -97,6 +98,11 @@ LOST_FETCH_SECONDS = 10.0
 # processed (`Worker.settle`). Its inputs are committed only after, so this
 # delays commits, never outputs (librdkafka sends them within linger.ms).
 SETTLE_SECONDS = 0.05
+# The timer loop's shortest sleep (a due time already past, but held: a
+# freeze, a rebalance) and its longest (nothing due: it notices the app
+# stopping at least this often).
+LOOK_AT_LEAST_SECONDS = 0.01
+LOOK_AT_MOST_SECONDS = 1.0
 
 # aiokafka's ConsumerRecord.timestamp_type of a topic that stamps append times.
 LOG_APPEND_TIME = 1
@@ -150,6 +156,9 @@ class Worker:
         self.unsettled_since = 0.0
         self.last_unsettled_at = 0.0
         self.unsettled_slots: dict[int, int] = {}
+        # Set when a batch leaves something due later (an idle wait, batches
+        # to settle): wakes the timer loop (`next_look`).
+        self.due_changed = Wakeup()
         # A frozen worker (SIGSTOP, a suspended host) must not process its
         # stale buffer before its consumer knows whether it still owns its
         # partitions (streams/freeze.py): two heartbeats, then a fresh fetch.
@@ -220,6 +229,26 @@ class Worker:
             runs: dict[int, list[InMessage]] = {p: [] for p in due if p in self.caches}
             if runs:
                 await self._run(runs)
+
+    def seconds_to_next_look(self) -> float | None:
+        """How long until the earliest idle wait ends or the unsettled
+        batches are due to settle (`settle_if_due`); None: neither."""
+        delays = []
+        if self.idle_due:
+            delays.append(min(self.idle_due.values()) - time.time())
+        if self.unsettled:
+            delays.append(self.last_unsettled_at + SETTLE_SECONDS - time.monotonic())
+        return min(delays) if delays else None
+
+    async def next_look(self) -> None:
+        """Sleep until the timer loop has something to look at: an idle wait
+        or a settle due (at the earliest in LOOK_AT_LEAST_SECONDS, so a due
+        time held back by a freeze or a rebalance is not looked at in a busy
+        loop), a batch that set a new one, or LOOK_AT_MOST_SECONDS."""
+        delay = self.seconds_to_next_look()
+        if delay is None:
+            delay = LOOK_AT_MOST_SECONDS
+        await self.due_changed.wait(min(max(delay, LOOK_AT_LEAST_SECONDS), LOOK_AT_MOST_SECONDS))
 
     # ------------------------------------------------- lost fetches
 
@@ -347,6 +376,8 @@ class Worker:
             self.unsettled_since = now
         self.last_unsettled_at = now
         self.unsettled.extend(done)
+        if done:
+            self.due_changed.set()  # the timer loop's next look may be sooner now
 
     def _settle_due(self, partitions: Iterable[int]) -> bool:
         """Before a step: SETTLE_SECONDS passed since the oldest batch not

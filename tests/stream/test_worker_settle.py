@@ -279,3 +279,47 @@ def test_a_batch_cut_short_is_applied_again_from_its_slot(clock: list[float]) ->
     record = decode_partition(db[partition_key(0)])
     assert record.seq == 3
     assert record.next_offset["claims"] == 3
+
+
+# ------------------------------------------------- the timer loop's sleep
+
+
+def test_the_timer_loop_sleeps_until_the_settle_is_due(clock: list[float]) -> None:
+    worker = _worker(FakeStore(), FakeProducer())
+    assert worker.seconds_to_next_look() is None  # nothing to look at: the longest sleep
+    _claims(worker, 0, 1)
+    assert worker.seconds_to_next_look() == pytest.approx(SETTLE_SECONDS)
+    clock[0] += 0.4 * SETTLE_SECONDS
+    assert worker.seconds_to_next_look() == pytest.approx(0.6 * SETTLE_SECONDS)
+    asyncio.run(worker.drain())
+    assert worker.seconds_to_next_look() is None
+
+
+def test_an_idle_wait_ending_sooner_comes_first(clock: list[float], monkeypatch: Any) -> None:
+    worker = _worker(FakeStore(), FakeProducer())
+    monkeypatch.setattr(worker_module.time, "time", lambda: 5_000.0)
+    _claims(worker, 0, 1)
+    worker.idle_due[0] = 5_000.01
+    assert worker.seconds_to_next_look() == pytest.approx(0.01)
+    worker.idle_due[0] = 4_999.0  # already over (held by a rebalance, say)
+    assert worker.seconds_to_next_look() == pytest.approx(-1.0)
+
+
+def test_a_batch_wakes_the_timer_loop() -> None:
+    worker = _worker(FakeStore(), FakeProducer())
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        look = asyncio.ensure_future(worker.next_look())  # nothing due: up to a second
+        await asyncio.sleep(0.01)
+        await worker.on_records({}, 1)  # an empty fetch steps nothing...
+        await asyncio.sleep(0.05)
+        assert not look.done()
+        records = [Fetched(0, b"u0", encode(claim(at=t(2, 10), user="u0", event_id="c0")))]
+        worker.consumer.ends[TP(CLAIMS, 0)] = 1  # type: ignore[attr-defined]
+        await worker.on_records({TP(CLAIMS, 0): records}, 1)  # ...a batch does
+        await look
+        return loop.time() - began
+
+    assert asyncio.run(scenario()) < 0.5

@@ -180,14 +180,35 @@ def _bucket_fields(bucket: Bucket) -> list[object]:
 def _runs(offsets: tuple[int, ...]) -> list[list[int]]:
     """Sorted offsets as [first, last] runs: the held offsets of a partition
     are mostly one contiguous stretch, so the record stays a few bytes long
-    however many events wait (it is written to the changelog every batch)."""
+    however many events wait (it is written to the changelog every batch).
+    A slice of sorted distinct offsets is one stretch when its ends are as
+    far apart as its length, so the stretches are found by halving from the
+    ends, in steps that grow with the number of stretches, not of offsets
+    (a backlog holds ~1,000 per input at every batch: 100 µs one by one)."""
     runs: list[list[int]] = []
-    for offset in offsets:
-        if runs and runs[-1][1] == offset - 1:
-            runs[-1][1] = offset
-        else:
-            runs.append([offset, offset])
+    if offsets:
+        _stretches(offsets, 0, len(offsets), runs)
     return runs
+
+
+def _stretches(offsets: tuple[int, ...], lo: int, hi: int, runs: list[list[int]]) -> None:
+    first, last = offsets[lo], offsets[hi - 1]
+    if last - first == hi - 1 - lo:  # offsets[lo:hi] is one stretch
+        if runs and runs[-1][1] == first - 1:
+            runs[-1][1] = last  # it goes on from the one before
+        else:
+            runs.append([first, last])
+        return
+    if hi - lo <= 16:  # scattered: one by one is cheaper than halving further
+        for offset in offsets[lo:hi]:
+            if runs and runs[-1][1] == offset - 1:
+                runs[-1][1] = offset
+            else:
+                runs.append([offset, offset])
+        return
+    middle = (lo + hi) // 2
+    _stretches(offsets, lo, middle, runs)
+    _stretches(offsets, middle, hi, runs)
 
 
 def _expand(runs: list[list[int]]) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from streams.partition_state import (
     PartitionRecord,
     Redo,
     _redo_body,
+    _runs,
     decode_partition,
     decode_redo,
     encode_partition,
@@ -24,8 +25,38 @@ BUCKET = Bucket("cash", 3, 900, 100, 650, 4, 5, 5, 0, 120, 10**15, 2 * 10**15, 3
 offsets = st.sets(st.integers(0, 5_000), max_size=300).map(lambda s: tuple(sorted(s)))
 
 
+stretches = st.builds(
+    lambda first, length: tuple(range(first, first + length)),
+    st.integers(0, 10**12),
+    st.integers(0, 2_000),
+)
+
+few_stretches = st.lists(stretches, max_size=6).map(
+    lambda parts: tuple(sorted({o for part in parts for o in part}))
+)
+
+
+def _runs_one_by_one(offsets: tuple[int, ...]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for offset in offsets:
+        if runs and runs[-1][1] == offset - 1:
+            runs[-1][1] = offset
+        else:
+            runs.append([offset, offset])
+    return runs
+
+
+@given(offsets | stretches | few_stretches)
+def test_held_offsets_become_runs_one_stretch_in_one_step(held: tuple[int, ...]) -> None:
+    assert _runs(held) == _runs_one_by_one(held)
+    if held and held[-1] - held[0] + 1 == len(held):
+        assert len(_runs(held)) == 1
+
+
 @given(
-    held=st.dictionaries(st.sampled_from(["claims", "orders", "refunds", "ticks"]), offsets),
+    held=st.dictionaries(
+        st.sampled_from(["claims", "orders", "refunds", "ticks"]), offsets | stretches
+    ),
     seq=st.integers(0, 10**9),
 )
 def test_a_record_survives_its_bytes(held: dict[str, tuple[int, ...]], seq: int) -> None:

@@ -73,11 +73,20 @@ class BatchSink(Protocol):
         """Return once no batch is in flight (called before a revoke)."""
 
 
-# How long the broker may hold a fetch that finds no new data. faust fixes
-# it at 1,500 ms; the processor releases an event past a quiet input only
-# with that input's high watermark read after the event's idle wait (the
-# answer to a fetch), so on a quiet topic set this bounds the extra wait.
-FETCH_MAX_WAIT_MS = 100
+# A fetch is answered once it finds FETCH_MIN_BYTES of new records, or
+# after FETCH_MAX_WAIT_MS with whatever it found (Kafka's fetch.min.bytes
+# and fetch.max.wait.ms). faust fixes the wait at 1,500 ms and aiokafka the
+# minimum at 1 byte: every record then made a fetch of its own, and each
+# response lists every assigned partition (49 here), decoded by aiokafka in
+# Python. At 200 events/s that was half a core of the worker (aiokafka's
+# thread 0.25 of it) and 0.6 of the broker's; waiting for 16 KiB or 20 ms
+# made it 0.19 and 0.5, for +12-15 ms of latency at that rate (p99 7-18 ->
+# 25-28 ms) and none seen at 14,415 events/s, where 16 KiB arrives within
+# a few ms (BENCHMARKS.md "stream"). The wait also bounds how stale a quiet
+# input's high watermark can be: the processor releases an event past a
+# quiet input only with its high watermark read after the event's idle wait.
+FETCH_MIN_BYTES = 16 * 1024
+FETCH_MAX_WAIT_MS = 20
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -86,7 +95,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start when it builds its fetcher; faust
-        # passes a constant and offers no setting for it.
+        # passes constants and offers no setting for them.
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
 

@@ -326,3 +326,23 @@ async def test_before_a_revoke_the_last_commit_waits_its_turn_instead() -> None:
     assert await first is True
     assert await asyncio.wait_for(last, timeout=1) is True
     assert calls == [{ORDERS: 640}, {ORDERS: 700}]
+
+
+# ------------------------------------------------------------ fetch sizes
+
+
+async def test_the_worker_consumer_waits_for_a_fetch_worth_answering() -> None:
+    """faust passes aiokafka a 1-byte minimum (every record its own fetch,
+    each response listing every partition) and a 1,500 ms wait; ours are
+    set where AIOKafkaConsumer.start reads them to build its fetcher."""
+    app = transport.BatchApp("fetch-size-test", broker=f"{transport.register()}://127.0.0.1:1")
+    consumer_thread = transport.ConsumerThread(app.consumer, loop=asyncio.get_running_loop())
+    client = consumer_thread._create_worker_consumer(app.transport)
+    try:
+        assert client._fetch_min_bytes == transport.FETCH_MIN_BYTES == 16 * 1024
+        assert client._fetch_max_wait_ms == transport.FETCH_MAX_WAIT_MS == 20
+        start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+        assert "fetch_min_bytes=self._fetch_min_bytes" in start
+        assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+    finally:
+        await client._client.close()

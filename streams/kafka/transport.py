@@ -33,6 +33,9 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
    a commit waiting for an unavailable coordinator cannot starve the fetches.
 7. `streams.kafka.fair_fetch`: a fetch's records are handed out in turns
    over the partitions, not one partition's buffer after another.
+8. `streams.kafka.fetch_sizes`: a fetch waits at the broker for 16 KiB or
+   20 ms while records flow (aiokafka answers at the first byte), and as
+   before once they stop.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.kafka import fair_fetch
+from streams.kafka import fair_fetch, fetch_sizes
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
 from streams.kafka.recovery import Recovery
@@ -73,31 +76,14 @@ class BatchSink(Protocol):
         """Return once no batch is in flight (called before a revoke)."""
 
 
-# A fetch is answered once it finds FETCH_MIN_BYTES of new records, or
-# after FETCH_MAX_WAIT_MS with whatever it found (Kafka's fetch.min.bytes
-# and fetch.max.wait.ms). faust fixes the wait at 1,500 ms and aiokafka the
-# minimum at 1 byte: every record then made a fetch of its own, and each
-# response lists every assigned partition (49 here), decoded by aiokafka in
-# Python. At 200 events/s that was half a core of the worker (aiokafka's
-# thread 0.25 of it) and 0.6 of the broker's; waiting for 16 KiB or 20 ms
-# made it 0.19 and 0.5, for +12-15 ms of latency at that rate (p99 7-18 ->
-# 25-28 ms) and none seen at 14,415 events/s, where 16 KiB arrives within
-# a few ms (BENCHMARKS.md "stream"). The wait also bounds how stale a quiet
-# input's high watermark can be: the processor releases an event past a
-# quiet input only with its high watermark read after the event's idle wait.
-FETCH_MIN_BYTES = 16 * 1024
-FETCH_MAX_WAIT_MS = 20
-
-
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """The thread that runs aiokafka's consumer, with repairs 1 and 3."""
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start when it builds its fetcher; faust
-        # passes constants and offers no setting for them.
-        consumer._fetch_min_bytes = FETCH_MIN_BYTES
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        # passes constants (1 byte, 1,500 ms) and offers no setting for them.
+        fetch_sizes.apply(consumer, fetch_sizes.QUIET)
         return consumer
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
@@ -156,7 +142,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 return {}  # an empty set would mean "every partition" to aiokafka
         with fetcher._subscriptions.fetch_context():
             # Repair 7: the batch shared out in turns over the partitions.
-            return await fair_fetch.fetched_records(fetcher, active, timeout, max_records)
+            drained = await fair_fetch.fetched_records(fetcher, active, timeout, max_records)
+        # The next fetch request waits at the broker by whether records flow.
+        fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(bool(drained)))
+        return drained
 
 
 def _mirror_pause_state(consumer: Any, active: set[TP]) -> None:

@@ -33,6 +33,9 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
    a commit waiting for an unavailable coordinator cannot starve the fetches.
 7. `streams.kafka.fair_fetch`: a fetch's records are handed out in turns
    over the partitions, not one partition's buffer after another.
+8. `streams.kafka.watermark_stamps`: a partition's high watermark is
+   stamped with when its fetch was sent, not when the response was handled
+   (`ConsumerThread.on_start`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.kafka import fair_fetch
+from streams.kafka import fair_fetch, watermark_stamps
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
 from streams.kafka.recovery import Recovery
@@ -81,7 +84,14 @@ FETCH_MAX_WAIT_MS = 100
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """The thread that runs aiokafka's consumer, with repairs 1 and 3."""
+    """The thread that runs aiokafka's consumer, with repairs 1, 3 and 8."""
+
+    async def on_start(self) -> None:
+        """Repair 8: once faust has made and started aiokafka's consumer (its
+        fetcher is made in `start`, and fetches nothing before the group
+        assigns it partitions), its marks are stamped at send time."""
+        await super().on_start()
+        watermark_stamps.stamp_at_send(self._ensure_consumer()._fetcher)
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)

@@ -72,9 +72,20 @@ REPLACED = {
         aiokafka.AIOKafkaConsumer.last_poll_timestamp,
         "da0864319962",
     ),
+    # Repair 8 (streams.kafka.watermark_stamps) wraps it on one fetcher, and
+    # sets back the stamps it moves; the fetch loop must call it through
+    # the instance, and faust's on_start must make and start the consumer.
     "aiokafka Fetcher._proc_fetch_request": (
         aiokafka_fetcher.Fetcher._proc_fetch_request,
         "59bf948fff47",
+    ),
+    "aiokafka Fetcher._fetch_requests_routine": (
+        aiokafka_fetcher.Fetcher._fetch_requests_routine,
+        "2a8ec5932644",
+    ),
+    "faust AIOKafkaConsumerThread.on_start": (
+        faust_aiokafka.AIOKafkaConsumerThread.on_start,
+        "38b4e8bd1e10",
     ),
     # ConsumerThread._create_worker_consumer sets the fetch wait that
     # AIOKafkaConsumer.start hands its fetcher (faust passes a constant).

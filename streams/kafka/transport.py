@@ -191,9 +191,10 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def highwater_seen(self, tp: TP) -> float | None:
-        """When (time.time(), seconds) a fetch response last gave `tp`'s high
-        watermark (aiokafka's `last_poll_timestamp`); None: none yet. Raises
-        if `tp` is not assigned."""
+        """When (time.time(), seconds) the fetch that last gave `tp`'s high
+        watermark was sent: the broker read the mark after that (aiokafka's
+        `last_poll_timestamp`, stamped at send time by repair 8); None: none
+        yet. Raises if `tp` is not assigned."""
         millis = self._thread._ensure_consumer().last_poll_timestamp(tp)
         return None if millis is None else millis / 1000.0
 

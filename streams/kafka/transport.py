@@ -36,6 +36,9 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
 8. `streams.kafka.watermark_stamps`: a partition's high watermark is
    stamped with when its fetch was sent, not when the response was handled
    (`ConsumerThread.on_start`).
+9. `streams.kafka.fetch_sizes`: a fetch waits at the broker for 16 KiB or
+   20 ms while records flow (aiokafka answers at the first byte), and as
+   before once they stop.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.kafka import fair_fetch, watermark_stamps
+from streams.kafka import fair_fetch, fetch_sizes, watermark_stamps
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
 from streams.kafka.recovery import Recovery
@@ -76,15 +79,8 @@ class BatchSink(Protocol):
         """Return once no batch is in flight (called before a revoke)."""
 
 
-# How long the broker may hold a fetch that finds no new data. faust fixes
-# it at 1,500 ms; the processor releases an event past a quiet input only
-# with that input's high watermark read after the event's idle wait (the
-# answer to a fetch), so on a quiet topic set this bounds the extra wait.
-FETCH_MAX_WAIT_MS = 100
-
-
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """The thread that runs aiokafka's consumer, with repairs 1, 3 and 8."""
+    """The thread that runs aiokafka's consumer, with repairs 1, 3, 8 and 9."""
 
     async def on_start(self) -> None:
         """Repair 8: once faust has made and started aiokafka's consumer (its
@@ -96,8 +92,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start when it builds its fetcher; faust
-        # passes a constant and offers no setting for it.
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        # passes constants (1 byte, 1,500 ms) and offers no setting for them.
+        fetch_sizes.apply(consumer, fetch_sizes.QUIET)
         return consumer
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
@@ -156,7 +152,10 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 return {}  # an empty set would mean "every partition" to aiokafka
         with fetcher._subscriptions.fetch_context():
             # Repair 7: the batch shared out in turns over the partitions.
-            return await fair_fetch.fetched_records(fetcher, active, timeout, max_records)
+            drained = await fair_fetch.fetched_records(fetcher, active, timeout, max_records)
+        # The next fetch request waits at the broker by whether records flow.
+        fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(bool(drained)))
+        return drained
 
 
 def _mirror_pause_state(consumer: Any, active: set[TP]) -> None:

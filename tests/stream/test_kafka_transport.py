@@ -20,7 +20,7 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.kafka import recovery, transport
+from streams.kafka import fetch_sizes, recovery, transport
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
 
@@ -102,6 +102,12 @@ REPLACED = {
     ),
     "aiokafka FetchResult.getall": (aiokafka_fetcher.FetchResult.getall, "3e717e30de50"),
     "aiokafka FetchResult.has_more": (aiokafka_fetcher.FetchResult.has_more, "a25ee8ab9340"),
+    # Repair 9 (streams.kafka.fetch_sizes) sets the sizes this reads for
+    # every fetch request it builds.
+    "aiokafka Fetcher._get_actions_per_node": (
+        aiokafka_fetcher.Fetcher._get_actions_per_node,
+        "1dab2cf937d1",
+    ),
 }
 
 
@@ -337,3 +343,108 @@ async def test_before_a_revoke_the_last_commit_waits_its_turn_instead() -> None:
     assert await first is True
     assert await asyncio.wait_for(last, timeout=1) is True
     assert calls == [{ORDERS: 640}, {ORDERS: 700}]
+
+
+# ------------------------------------------------------------ fetch sizes
+
+
+async def test_the_worker_consumer_starts_quiet_where_aiokafka_reads_it() -> None:
+    """faust passes aiokafka a 1,500 ms wait; ours is set where
+    AIOKafkaConsumer.start reads it to build its fetcher (repair 9 then
+    moves the fetcher's own values after each fetch)."""
+    app = transport.BatchApp("fetch-size-test", broker=f"{transport.register()}://127.0.0.1:1")
+    consumer_thread = transport.ConsumerThread(app.consumer, loop=asyncio.get_running_loop())
+    client = consumer_thread._create_worker_consumer(app.transport)
+    try:
+        assert (client._fetch_min_bytes, client._fetch_max_wait_ms) == fetch_sizes.QUIET
+        start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+        assert "fetch_min_bytes=self._fetch_min_bytes" in start
+        assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+    finally:
+        await client._client.close()
+
+
+def test_fetches_wait_for_more_while_records_flow_and_answer_at_once_after() -> None:
+    class Fetcher:
+        _fetch_min_bytes = 1
+        _fetch_max_wait_ms = 500
+
+    fetcher = Fetcher()
+    fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(True))
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (16 * 1024, 20)
+    fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(False))
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, 100)
+    # The fetcher reads them under these names for each request it builds.
+    source = inspect.getsource(aiokafka_fetcher.Fetcher._get_actions_per_node)
+    assert "self._fetch_max_wait_ms," in source
+    assert "self._fetch_min_bytes," in source
+
+
+async def test_the_consumer_thread_sets_the_next_fetch_by_what_this_one_brought() -> None:
+    app = transport.BatchApp("fetch-size-test-2", broker=f"{transport.register()}://127.0.0.1:1")
+    consumer_thread = transport.ConsumerThread(app.consumer, loop=asyncio.get_running_loop())
+    app.consumer.flow_active = True
+
+    class Subscriptions:
+        reassignment_in_progress = False
+
+        def fetch_context(self) -> Any:
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    class Fetcher:
+        _closed = False
+        _subscriptions = Subscriptions()
+        _records: dict[TP, Any] = {}
+        _fetch_min_bytes = 1
+        _fetch_max_wait_ms = 100
+        _wait_consume_future = None
+
+        def _notify(self, future: Any) -> None: ...
+
+    class Client:
+        _closed = False
+        _fetcher = Fetcher()
+
+    client = Client()
+    got = await consumer_thread._fetch_records(client, None, timeout=0, max_records=10)
+    assert got == {}
+    assert (client._fetcher._fetch_min_bytes, client._fetcher._fetch_max_wait_ms) == (1, 100)
+    aiokafka_fetch_result = _one_buffered_record(ORDERS)
+    client._fetcher._records = {ORDERS: aiokafka_fetch_result}
+    got = await consumer_thread._fetch_records(client, None, timeout=0, max_records=10)
+    assert list(got) == [ORDERS]
+    assert (client._fetcher._fetch_min_bytes, client._fetcher._fetch_max_wait_ms) == (16 * 1024, 20)
+
+
+def _one_buffered_record(tp: TP) -> Any:
+    class State:
+        position = 0
+        paused = False
+
+        def consumed_to(self, offset: int) -> None:
+            self.position = offset
+
+    class Assignment:
+        active = True
+        state = State()
+
+        def state_value(self, tp: TP) -> State:
+            return self.state
+
+    class Records:
+        next_fetch_offset = 0
+
+        def __iter__(self) -> Any:
+            return self
+
+        def __next__(self) -> int:
+            if self.next_fetch_offset:
+                raise StopIteration
+            self.next_fetch_offset = 1
+            return 0
+
+    return aiokafka_fetcher.FetchResult(
+        tp, assignment=Assignment(), partition_records=Records(), backoff=0
+    )

@@ -111,11 +111,7 @@ async def release_idle_waits() -> None:
     app starts to stop, as faust's timers do: faust cancels tasks only after
     it has closed the tables and left the group."""
     while not app.should_stop:
-        await worker.next_look()
-        if app.should_stop:
-            break
-        await worker.release_idle_waits()
-        await worker.settle_if_due()
+        await worker.timer_round()
 
 
 @app.timer(LOST_FETCH_LOOK_SECONDS)  # type: ignore[untyped-decorator]

@@ -35,6 +35,9 @@ class Wakeup:
         the last wait returned)."""
         if self._woken:
             self._woken = False
+            # Still let the loop run its other tasks once: a waiter woken
+            # before every wait would otherwise never give way to them.
+            await asyncio.sleep(0)
             return True
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()

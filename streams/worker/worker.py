@@ -199,7 +199,14 @@ class Worker:
                     InMessage(role, topic, partition, r.offset, r.key, r.value, appended_at(r))
                     for r in tp_records
                 )
-            await self._run(by_partition)
+            if await self._run(by_partition):
+                # The timer loop's next look may be sooner now. Only a fetch
+                # wakes it: its own runs are followed by a look at the due
+                # times anyway, and a partition asking to be looked at again
+                # "after the next fetch" (`idle_until` = now) woke it at once,
+                # again and again, without the event loop ever running the
+                # fetch it waited for (seen in the fault suite under load).
+                self.due_changed.set()
 
     async def drain(self) -> None:
         async with self.lock:
@@ -239,6 +246,15 @@ class Worker:
         if self.unsettled:
             delays.append(self.last_unsettled_at + SETTLE_SECONDS - time.monotonic())
         return min(delays) if delays else None
+
+    async def timer_round(self) -> None:
+        """One round of the timer loop (streams/agents.py): sleep until
+        something is due, release the idle waits that ended, settle."""
+        await self.next_look()
+        if self.app.should_stop:  # faust closes the tables next: touch nothing
+            return
+        await self.release_idle_waits()
+        await self.settle_if_due()
 
     async def next_look(self) -> None:
         """Sleep until the timer loop has something to look at: an idle wait
@@ -356,8 +372,9 @@ class Worker:
 
     # -------------------------------------------------------- the batches
 
-    async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> None:
-        """Settle earlier batches if due, then each partition's step.
+    async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> bool:
+        """Settle earlier batches if due, then each partition's step; True
+        if a partition stepped.
 
         The wait comes before the steps, not after: it then covers the
         records of earlier fetches, which librdkafka delivered while this
@@ -376,8 +393,7 @@ class Worker:
             self.unsettled_since = now
         self.last_unsettled_at = now
         self.unsettled.extend(done)
-        if done:
-            self.due_changed.set()  # the timer loop's next look may be sooner now
+        return bool(done)
 
     def _settle_due(self, partitions: Iterable[int]) -> bool:
         """Before a step: SETTLE_SECONDS passed since the oldest batch not

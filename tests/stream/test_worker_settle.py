@@ -61,6 +61,7 @@ class Fetched:
 class FakeApp:
     rebalancing = False
     in_recovery = False
+    should_stop = False
     consumer_generation_id = 1
 
     def __init__(self, consumer: FakeConsumer) -> None:
@@ -73,12 +74,13 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.ends: dict[TP, int] = {TP(topic, 0): 0 for topic in TOPICS}
         self.commit_positions = CommitPositions()
+        self.seen = 1e12  # marks read after anything the test sends
 
     def highwater(self, tp: TP) -> int:
         return self.ends[tp]
 
     def highwater_seen(self, tp: TP) -> float:
-        return 1e12  # read after anything the test sends
+        return self.seen
 
     async def rewind(self, tp: TP, offset: int) -> None:
         raise AssertionError("no rewind expected")
@@ -323,3 +325,33 @@ def test_a_batch_wakes_the_timer_loop() -> None:
         return loop.time() - began
 
     assert asyncio.run(scenario()) < 0.5
+
+
+def test_a_partition_waiting_for_the_next_fetch_does_not_spin_the_timer_loop() -> None:
+    """A head waiting for a quiet input's mark from a fetch sent after it
+    (`idle_until` = now: look again after the next fetch) once made every
+    timer round wake the next at once: the event loop never ran anything
+    else, so the fetch it waited for never came (the fault suite under a
+    CPU hog: both workers at full CPU, no log line for minutes)."""
+    worker = _worker(FakeStore(), FakeProducer())
+    worker.consumer.seen = 0.0  # type: ignore[attr-defined]  # every mark from before
+    _claims(worker, 0, 1)
+    assert 0 in worker.idle_due  # held: the other inputs' marks are older than it
+
+    async def scenario() -> int:
+        others = 0
+
+        async def fetch_path() -> None:  # what else runs in the loop
+            nonlocal others
+            while True:
+                others += 1
+                await asyncio.sleep(0)
+
+        side = asyncio.ensure_future(fetch_path())
+        for _ in range(5):
+            await worker.timer_round()
+        side.cancel()
+        return others
+
+    assert asyncio.run(scenario()) >= 5
+    assert 0 in worker.idle_due  # still waiting: no fetch came

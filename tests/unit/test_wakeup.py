@@ -41,3 +41,20 @@ def test_set_before_a_wait_is_not_lost_and_counts_once() -> None:
         return [await wakeup.wait(5.0), await wakeup.wait(0.01)]
 
     assert asyncio.run(scenario()) == [True, False]
+
+
+def test_a_wait_woken_beforehand_still_lets_other_tasks_run() -> None:
+    async def scenario() -> list[str]:
+        wakeup, ran = Wakeup(), []
+
+        async def other() -> None:
+            ran.append("other")
+
+        task = asyncio.ensure_future(other())
+        wakeup.set()
+        await wakeup.wait(5.0)
+        ran.append("waiter")
+        await task
+        return ran
+
+    assert asyncio.run(scenario()) == ["other", "waiter"]

@@ -60,13 +60,13 @@ def drain_in_turns(
     drained: dict[TP, list[Any]] = {}
     left = max_records
     while ready and (left is None or left > 0):
-        turn = None if left is None else shares(left, len(ready))
+        turn = 0 if left is None else shares(left, len(ready))  # 0: unused, no limit
         again: list[TP] = []
         for tp in ready:
             if left is not None and left <= 0:
                 break
             result = buffered[tp]
-            records = result.getall(turn if left is None or turn is None else min(turn, left))
+            records = result.getall(None if left is None else min(turn, left))
             if not result.has_more():
                 del buffered[tp]  # all taken: fetch the partition again
                 fetcher._notify(fetcher._wait_consume_future)

@@ -243,8 +243,9 @@ class Worker:
         delays = []
         if self.idle_due:
             delays.append(min(self.idle_due.values()) - time.time())
-        if self.unsettled:
-            delays.append(self.last_unsettled_at + SETTLE_SECONDS - time.monotonic())
+        settle_at = self._settle_due_at()
+        if settle_at is not None:
+            delays.append(settle_at - time.monotonic())
         return min(delays) if delays else None
 
     async def timer_round(self) -> None:
@@ -409,10 +410,17 @@ class Worker:
             or bool(self.app.rebalancing)
         )
 
+    def _settle_due_at(self) -> float | None:
+        """When (monotonic) the timer settles the unsettled batches: once no
+        fetch has come for SETTLE_SECONDS after the last of them; None:
+        nothing to settle."""
+        return self.last_unsettled_at + SETTLE_SECONDS if self.unsettled else None
+
     async def settle_if_due(self) -> None:
         """The timer's part: settle batches once no fetch has come for
         SETTLE_SECONDS (a fetch would settle them before its steps)."""
-        if not self.unsettled or time.monotonic() - self.last_unsettled_at < SETTLE_SECONDS:
+        settle_at = self._settle_due_at()
+        if settle_at is None or time.monotonic() < settle_at:
             return
         async with self.lock:
             if not self.unsettled:

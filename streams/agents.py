@@ -111,7 +111,10 @@ async def release_idle_waits() -> None:
     app starts to stop, as faust's timers do: faust cancels tasks only after
     it has closed the tables and left the group."""
     while not app.should_stop:
-        await worker.timer_round()
+        try:
+            await worker.timer_round()
+        except Exception:  # a failed step or settle: its partitions reload on next use
+            log.exception("the timer loop's round failed; it goes on")
 
 
 @app.timer(LOST_FETCH_LOOK_SECONDS)  # type: ignore[untyped-decorator]

@@ -25,7 +25,9 @@ up to one fetch wait (20 or 100 ms) after the fetch in flight.
 
 aiokafka reads both from its fetcher each time it builds a fetch request
 (`Fetcher._get_actions_per_node`, pinned in tests/stream/test_kafka_transport.py);
-the consumer thread, which runs the fetcher, sets them after every fetch.
+the consumer thread, which runs the fetcher, sets them each time it hands
+fetched records on (`ConsumerThread._fetch_records`), by whether there were
+any.
 """
 
 from __future__ import annotations

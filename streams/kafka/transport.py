@@ -189,13 +189,16 @@ class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    def highwater_seen(self, tp: TP) -> float | None:
-        """When (time.time(), seconds) the fetch that last gave `tp`'s high
-        watermark was sent: the broker read the mark after that (aiokafka's
-        `last_poll_timestamp`, stamped at send time by repair 8); None: none
-        yet. Raises if `tp` is not assigned."""
-        millis = self._thread._ensure_consumer().last_poll_timestamp(tp)
-        return None if millis is None else millis / 1000.0
+    def read_mark(self, tp: TP) -> tuple[int | None, float | None]:
+        """`tp`'s high watermark and when (time.time(), seconds) the fetch
+        that brought it was sent, read as one pair (repair 8): the broker
+        read the mark after that. (None, None) before the first fetch.
+        Raises if `tp` is not assigned (as aiokafka's `highwater` does)."""
+        subscription = self._thread._ensure_consumer()._subscription
+        if not subscription.is_assigned(tp):
+            raise KeyError(f"{tp.topic}[{tp.partition}] is not assigned")
+        state = subscription.subscription.assignment.state_value(tp)
+        return watermark_stamps.read_mark(state)
 
     # ------------------------------------------------------ batch delivery
 

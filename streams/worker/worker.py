@@ -199,14 +199,19 @@ class Worker:
                     InMessage(role, topic, partition, r.offset, r.key, r.value, appended_at(r))
                     for r in tp_records
                 )
-            if await self._run(by_partition):
-                # The timer loop's next look may be sooner now. Only a fetch
-                # wakes it: its own runs are followed by a look at the due
-                # times anyway, and a partition asking to be looked at again
-                # "after the next fetch" (`idle_until` = now) woke it at once,
-                # again and again, without the event loop ever running the
-                # fetch it waited for (seen in the fault suite under load).
-                self.due_changed.set()
+            try:
+                await self._run(by_partition)
+            finally:
+                if by_partition:
+                    # The timer loop's next look may be sooner now (also if
+                    # a later partition's step failed). Only a fetch wakes
+                    # it: its own runs are followed by a look at the due
+                    # times anyway, and a partition asking to be looked at
+                    # again "after the next fetch" (`idle_until` = now) woke
+                    # it at once, again and again, without the event loop
+                    # ever running the fetch it waited for (seen in the
+                    # fault suite under load).
+                    self.due_changed.set()
 
     async def drain(self) -> None:
         async with self.lock:
@@ -373,9 +378,8 @@ class Worker:
 
     # -------------------------------------------------------- the batches
 
-    async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> bool:
-        """Settle earlier batches if due, then each partition's step; True
-        if a partition stepped.
+    async def _run(self, by_partition: Mapping[int, list[InMessage]]) -> None:
+        """Settle earlier batches if due, then each partition's step.
 
         The wait comes before the steps, not after: it then covers the
         records of earlier fetches, which librdkafka delivered while this
@@ -388,13 +392,21 @@ class Worker:
         async def step(partition: int) -> BatchResult:
             return await self._step(partition, by_partition[partition])
 
-        done = await step_each(by_partition, step, self.forget)
+        # A step that changed nothing (a partition looked at again while its
+        # head waits, redeliveries) leaves nothing to settle, and must not
+        # put the timer's settle off.
+        done = [
+            (partition, result)
+            for partition, result in await step_each(by_partition, step, self.forget)
+            if self._changed(result)
+        ]
+        if not done:
+            return
         now = time.monotonic()
         if not self.unsettled:
             self.unsettled_since = now
         self.last_unsettled_at = now
         self.unsettled.extend(done)
-        return bool(done)
 
     def _settle_due(self, partitions: Iterable[int]) -> bool:
         """Before a step: SETTLE_SECONDS passed since the oldest batch not
@@ -489,6 +501,7 @@ class Worker:
             for role, offset in cache.load(record).items():
                 await self.consumer.rewind(TP(self.settings.topic(role), partition), offset)
             self.caches[partition] = cache
+        highwater, highwater_seen = self._marks(partition)
         now = time.time()  # the scale of the brokers' append times
         result = process_batch(
             record,
@@ -497,8 +510,8 @@ class Worker:
             partitions=self.settings.partitions,
             load_user=lambda user_id: self._load_user(partition, user_id),
             cache=cache,
-            highwater=self._highwaters(partition),
-            highwater_seen=self._highwaters_seen(partition),
+            highwater=highwater,
+            highwater_seen=highwater_seen,
             max_pending=self.settings.max_pending,
             now=now,
             max_idle=self.max_idle,
@@ -575,32 +588,26 @@ class Worker:
     def _load_user(self, partition: int, user_id: str) -> UserState | None:
         return decode_user(self.store.get(partition, user_key(user_id)))
 
-    def _highwaters_seen(self, partition: int) -> dict[str, float | None]:
-        """When the consumer last read each input's high watermark (a fetch
-        response, this clock's scale; None: not yet)."""
-        consumer = self.consumer
-        seen: dict[str, float | None] = {}
-        for role in INPUT_TOPICS:
-            try:
-                seen[role] = consumer.highwater_seen(TP(self.settings.topic(role), partition))
-            except Exception:  # not assigned (any more)
-                seen[role] = None
-        return seen
-
-    def _highwaters(self, partition: int) -> dict[str, int | None]:
-        """Each input's high watermark as of the consumer's last fetch (None
-        until a fetch has reported one: the processor then holds events back).
+    def _marks(self, partition: int) -> tuple[dict[str, int | None], dict[str, float | None]]:
+        """Each input's high watermark and when the fetch that brought it
+        was sent (this clock's scale), read as pairs (`Consumer.read_mark`:
+        a mark read apart from its time could be paired with a later one).
+        None until a fetch has reported one: the processor then holds
+        events back.
 
         Never asks the broker from here: that goes through the consumer
         thread, which a rebalance can block while it waits for this batch."""
         consumer = self.consumer
         marks: dict[str, int | None] = {}
+        seen: dict[str, float | None] = {}
         for role in INPUT_TOPICS:
             try:
-                marks[role] = consumer.highwater(TP(self.settings.topic(role), partition))
+                marks[role], seen[role] = consumer.read_mark(
+                    TP(self.settings.topic(role), partition)
+                )
             except Exception:  # not assigned (any more)
-                marks[role] = None
-        return marks
+                marks[role] = seen[role] = None
+        return marks, seen
 
     # ---------------------------------------------------------- rebalance
 

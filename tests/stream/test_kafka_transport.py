@@ -66,12 +66,9 @@ REPLACED = {
         aiokafka.AIOKafkaConsumer.seek_to_committed,
         "f6cd85c8b70a",
     ),
-    # Relied on, not replaced: Consumer.highwater_seen reads the time the
-    # fetcher stamps (time.time(), per response) on each partition's state.
-    "aiokafka AIOKafkaConsumer.last_poll_timestamp": (
-        aiokafka.AIOKafkaConsumer.last_poll_timestamp,
-        "da0864319962",
-    ),
+    # Relied on, not replaced: Consumer.read_mark reads a partition's state
+    # where aiokafka's highwater does.
+    "aiokafka AIOKafkaConsumer.highwater": (aiokafka.AIOKafkaConsumer.highwater, "044275efc968"),
     # Repair 8 (streams.kafka.watermark_stamps) wraps it on one fetcher, and
     # sets back the stamps it moves; the fetch loop must call it through
     # the instance, and faust's on_start must make and start the consumer.
@@ -397,8 +394,8 @@ async def test_the_consumer_thread_sets_the_next_fetch_by_what_this_one_brought(
         _closed = False
         _subscriptions = Subscriptions()
         _records: dict[TP, Any] = {}
-        _fetch_min_bytes = 1
-        _fetch_max_wait_ms = 100
+        _fetch_min_bytes = 16 * 1024  # as after a fetch that brought records
+        _fetch_max_wait_ms = 20
         _wait_consume_future = None
 
         def _notify(self, future: Any) -> None: ...

@@ -48,6 +48,9 @@ class FakeConsumer:
     def highwater(self, tp: TP) -> int:
         return self.highwaters[tp]
 
+    def read_mark(self, tp: TP) -> tuple[int, None]:
+        return self.highwaters[tp], None  # when: not known (as before a fetch's)
+
     async def rewind(self, tp: TP, offset: int) -> None:
         self.rewinds.append((tp, offset))
 

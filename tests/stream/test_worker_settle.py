@@ -32,7 +32,7 @@ from streams.partition_state import (
     redo_key,
 )
 from streams.worker import worker as worker_module
-from streams.worker.worker import SETTLE_SECONDS, Worker
+from streams.worker.worker import LOOK_AT_LEAST_SECONDS, SETTLE_SECONDS, Worker
 
 SETTINGS = Settings.from_env({})
 CATALOG = parse_catalog([template()], None)
@@ -79,8 +79,8 @@ class FakeConsumer:
     def highwater(self, tp: TP) -> int:
         return self.ends[tp]
 
-    def highwater_seen(self, tp: TP) -> float:
-        return self.seen
+    def read_mark(self, tp: TP) -> tuple[int, float]:
+        return self.ends[tp], self.seen
 
     async def rewind(self, tp: TP, offset: int) -> None:
         raise AssertionError("no rewind expected")
@@ -338,8 +338,9 @@ def test_a_partition_waiting_for_the_next_fetch_does_not_spin_the_timer_loop() -
     _claims(worker, 0, 1)
     assert 0 in worker.idle_due  # held: the other inputs' marks are older than it
 
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, float]:
         others = 0
+        loop = asyncio.get_running_loop()
 
         async def fetch_path() -> None:  # what else runs in the loop
             nonlocal others
@@ -348,10 +349,15 @@ def test_a_partition_waiting_for_the_next_fetch_does_not_spin_the_timer_loop() -
                 await asyncio.sleep(0)
 
         side = asyncio.ensure_future(fetch_path())
+        began = loop.time()
         for _ in range(5):
             await worker.timer_round()
+        took = loop.time() - began
         side.cancel()
-        return others
+        return others, took
 
-    assert asyncio.run(scenario()) >= 5
+    others, took = asyncio.run(scenario())
+    assert others >= 5  # the loop gave way to the rest
+    assert took >= 4 * LOOK_AT_LEAST_SECONDS  # and slept between looks, not spun
+    assert len(worker.unsettled) <= 1  # the claim's batch at most: looks add nothing
     assert 0 in worker.idle_due  # still waiting: no fetch came

@@ -392,20 +392,20 @@ class Worker:
         async def step(partition: int) -> BatchResult:
             return await self._step(partition, by_partition[partition])
 
-        # A step that changed nothing (a partition looked at again while its
-        # head waits, redeliveries) leaves nothing to settle, and must not
-        # put the timer's settle off.
-        done = [
-            (partition, result)
-            for partition, result in await step_each(by_partition, step, self.forget)
-            if self._changed(result)
-        ]
+        done = await step_each(by_partition, step, self.forget)
         if not done:
             return
         now = time.monotonic()
         if not self.unsettled:
             self.unsettled_since = now
-        self.last_unsettled_at = now
+        if any(self._changed(result) for _, result in done):
+            # Only a step that changed something puts the timer's settle
+            # off: a partition looked at again every 10 ms while its head
+            # waits for the next fetch kept putting it off. A step that
+            # changed nothing is still settled: its input positions (all
+            # redeliveries after a new owner took over, say) are what the
+            # group's commits need.
+            self.last_unsettled_at = now
         self.unsettled.extend(done)
 
     def _settle_due(self, partitions: Iterable[int]) -> bool:

@@ -349,15 +349,32 @@ def test_a_partition_waiting_for_the_next_fetch_does_not_spin_the_timer_loop() -
                 await asyncio.sleep(0)
 
         side = asyncio.ensure_future(fetch_path())
+        last_batch_at = worker.last_unsettled_at
         began = loop.time()
         for _ in range(5):
             await worker.timer_round()
         took = loop.time() - began
         side.cancel()
+        assert worker.last_unsettled_at == last_batch_at  # looks did not put the settle off
         return others, took
 
     others, took = asyncio.run(scenario())
     assert others >= 5  # the loop gave way to the rest
     assert took >= 4 * LOOK_AT_LEAST_SECONDS  # and slept between looks, not spun
-    assert len(worker.unsettled) <= 1  # the claim's batch at most: looks add nothing
     assert 0 in worker.idle_due  # still waiting: no fetch came
+
+
+def test_a_step_that_changed_nothing_still_records_its_positions(clock: list[float]) -> None:
+    """A new owner whose first fetches are all redeliveries (the previous
+    owner processed them; the group had not committed yet) changes nothing,
+    yet the group's commits must reach the end of the input."""
+    store, producer = FakeStore(), FakeProducer()
+    first = _worker(store, producer)
+    _claims(first, 0, 3)
+    asyncio.run(first.drain())
+    second = _worker(store, producer)  # took over: the commits are still to come
+    _claims(second, 0, 3)  # the same three again: redeliveries
+    assert _position(second) is None
+    clock[0] += SETTLE_SECONDS
+    asyncio.run(second.settle_if_due())
+    assert _position(second) == 3

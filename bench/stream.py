@@ -14,8 +14,11 @@ same local broker, with `taskstream worker` processes as users run them:
   run's own log (heavier per event than the throughput log: half its orders
   count for a task), unless --rate is given. For
   every output caused by an order (task_advanced, task_completed,
-  reward_granted) latency = the output message's timestamp - the order
-  message's timestamp (both CreateTime, same machine clock).
+  reward_granted) latency = the output message's timestamp (CreateTime:
+  when the worker handed it to librdkafka) - the order message's timestamp
+  (the broker's append time: the input topics are LogAppendTime), one
+  machine's clock. `--latency-dump FILE` writes every one of them, to see
+  when in the run the slow ones came.
 - **memory**: one worker takes one claim from each of N users (so N users
   have state in RocksDB); the worker's resident set size (VmRSS, VmHWM) and
   the RocksDB folder size after it has processed them all.
@@ -336,7 +339,13 @@ def latency_shape(events: int) -> LogShape:
     )
 
 
-def latency(bootstrap: str, root: Path, rate: float, seconds: float) -> dict[str, float]:
+def latency(
+    bootstrap: str, root: Path, rate: float, seconds: float, dump: Path | None = None
+) -> dict[str, float]:
+    """Order -> output latencies at `rate` events/s for `seconds`; with
+    `dump`, every measured output also goes to that file as a CSV line
+    (order's timestamp ms, output's timestamp ms, output type), to see
+    when in the run the slow ones came."""
     dep = Deployment(bootstrap, root)
     try:
         dep.start_worker("a")
@@ -363,10 +372,15 @@ def latency(bootstrap: str, root: Path, rate: float, seconds: float) -> dict[str
             + f"; together {sum(cores.values()):.2f} of {os.cpu_count()}"
         )
         gaps: dict[str, list[int]] = {}
+        rows: list[str] = []
         for _, doc, ts in dep.outputs():
             sent = stamps.get(str(doc.get("caused_by")))
             if sent is not None:
                 gaps.setdefault(str(doc["type"]), []).append(ts - sent)
+                rows.append(f"{sent},{ts},{doc['type']}")
+        if dump is not None:
+            dump.write_text("order_ms,output_ms,type\n" + "\n".join(sorted(rows)) + "\n")
+            say(f"{len(rows):,} latencies written to {dump}")
         every = sorted(g for values in gaps.values() for g in values)
         if not every:
             raise RuntimeError("no output was caused by a measured order: run longer")
@@ -417,6 +431,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--rate", type=float, help="latency run's events/s (default: half)")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--latency-dump",
+        type=Path,
+        help="write every measured latency to this CSV file (order ms, output ms, type)",
+    )
     parser.add_argument("--memory-users", default="100000,1000000")
     parser.add_argument("--skip", default="", help="comma list of: throughput,latency,memory")
     args, _ = parser.parse_known_args(argv)
@@ -442,7 +461,7 @@ def main(argv: list[str]) -> int:
                     f"| {capacity:,.0f} msg/s |"
                 )
                 rate = capacity / 2
-            lat = latency(bootstrap, root, rate, args.latency_seconds)
+            lat = latency(bootstrap, root, rate, args.latency_seconds, args.latency_dump)
             rows.append(
                 f"| latency at {rate:,.0f} ev/s, {lat['outputs']:,} order-caused outputs | "
                 f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms |"

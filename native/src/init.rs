@@ -165,6 +165,9 @@ impl Constructor {
         if ffi::PyType_IS_GC(tp) != 0 {
             ffi::PyObject_GC_UnTrack(object.cast());
         }
+        for value in &values {
+            untrack_field(*value);
+        }
         Ok(object)
     }
 
@@ -302,4 +305,111 @@ pub fn slot_offsets(py: Python<'_>, class: *mut ffi::PyObject, names: &[&str]) -
 pub unsafe fn read_slot<'py>(object: &Bound<'py, PyAny>, offset: ffi::Py_ssize_t) -> Option<Bound<'py, PyAny>> {
     let place = (object.as_ptr() as *const u8).offset(offset) as *const *mut ffi::PyObject;
     Bound::from_borrowed_ptr_or_opt(object.py(), *place)
+}
+
+// ------------------------------------------------------------ untracking
+
+/// How deep `untrack_tuple` looks into tuples of tuples (a task's `counted`
+/// is a tuple of (str, int) pairs: two levels).
+const TUPLE_DEPTH: u32 = 2;
+
+/// Untrack a record's field from the cycle collector when it can never be
+/// part of a reference cycle, the record's own rule carried one level down:
+/// an exact tuple whose items are all such values, or the exact dict under a
+/// `MappingProxyType`, of str keys and such values (a record's mapping
+/// field: frozen by contract, reachable only through the proxy).
+///
+/// Why: CPython untracks a tuple or a dict only when every item is atomic or
+/// a tracked-less *tuple*; any other collectable type, even one untracked
+/// like our records, keeps it tracked for good. So every user state's
+/// tuples of tasks and slots, and its orders' dict, stayed in the
+/// collector's sight: on the peer log 53,000 tuples, 20,000 dicts and their
+/// 20,000 proxies survived each young pass, the passes took 8-50 ms (100 ms
+/// for the middle generation), all finding nothing (docs/native.md).
+///
+/// Safety: `value` is a live object (a field value just stored).
+unsafe fn untrack_field(value: *mut ffi::PyObject) {
+    if ffi::PyTuple_CheckExact(value) != 0 {
+        untrack_tuple(value, TUPLE_DEPTH);
+    } else if ffi::Py_TYPE(value) == std::ptr::addr_of_mut!(ffi::PyDictProxy_Type) {
+        untrack_proxy(value);
+    }
+}
+
+/// Whether `item`, held by an untracked container, could hide a cycle from
+/// the collector: never for a value the collector does not handle, an
+/// untracked exact tuple (immutable) or an untracked record of ours (frozen,
+/// and it refers only to values made before it, so not to the container).
+unsafe fn settled(item: *mut ffi::PyObject) -> bool {
+    if ffi::PyObject_IS_GC(item) == 0 {
+        return true;
+    }
+    if ffi::PyObject_GC_IsTracked(item) != 0 {
+        return false;
+    }
+    ffi::PyTuple_CheckExact(item) != 0 || is_record(ffi::Py_TYPE(item))
+}
+
+/// A `fast_init` record's class: its class call is our constructor.
+unsafe fn is_record(tp: *mut ffi::PyTypeObject) -> bool {
+    (*tp).tp_vectorcall.map(|call| call as usize) == Some(construct as ffi::vectorcallfunc as usize)
+}
+
+/// Untrack an exact tuple whose items are all `settled` (tracked tuples
+/// among them first, `depth` levels down); whether it is untracked now.
+unsafe fn untrack_tuple(tuple: *mut ffi::PyObject, depth: u32) -> bool {
+    if ffi::PyObject_GC_IsTracked(tuple) == 0 {
+        return true;
+    }
+    let size = ffi::PyTuple_GET_SIZE(tuple);
+    for index in 0..size {
+        let item = ffi::PyTuple_GET_ITEM(tuple, index);
+        if ffi::PyTuple_CheckExact(item) != 0 && ffi::PyObject_GC_IsTracked(item) != 0 {
+            if depth == 0 || !untrack_tuple(item, depth - 1) {
+                return false;
+            }
+        } else if !settled(item) {
+            return false;
+        }
+    }
+    ffi::PyObject_GC_UnTrack(tuple.cast());
+    true
+}
+
+/// CPython's `mappingproxyobject`: the header and the mapping it shows.
+#[repr(C)]
+struct MappingProxy {
+    ob_base: ffi::PyObject,
+    mapping: *mut ffi::PyObject,
+}
+
+/// Untrack the dict under a proxy when its keys are exact str and its
+/// values `settled` (tuples among them untracked first). Not the proxy
+/// itself: CPython's `mappingproxy_dealloc` unlinks it from the collector's
+/// list unchecked (`_PyObject_GC_UNTRACK`), and crashes on one untracked
+/// (a dict's and a tuple's dealloc check first).
+unsafe fn untrack_proxy(proxy: *mut ffi::PyObject) {
+    let mapping = (*(proxy as *mut MappingProxy)).mapping;
+    if mapping.is_null() || ffi::PyDict_CheckExact(mapping) == 0 {
+        return;
+    }
+    let mut position: ffi::Py_ssize_t = 0;
+    let mut key: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut item: *mut ffi::PyObject = std::ptr::null_mut();
+    while ffi::PyDict_Next(mapping, &mut position, &mut key, &mut item) != 0 {
+        if ffi::PyUnicode_CheckExact(key) == 0 {
+            return;
+        }
+        let ok = if ffi::PyTuple_CheckExact(item) != 0 {
+            untrack_tuple(item, TUPLE_DEPTH)
+        } else {
+            settled(item)
+        };
+        if !ok {
+            return;
+        }
+    }
+    if ffi::PyObject_GC_IsTracked(mapping) != 0 {
+        ffi::PyObject_GC_UnTrack(mapping.cast());
+    }
 }

@@ -197,3 +197,46 @@ def test_compiled_records_are_left_to_reference_counting() -> None:
     gone = weakref.ref(value)
     del value
     assert gone() is None
+
+
+@pytest.mark.skipif(kernel is None, reason="the native kernel is not installed")
+def test_a_records_tuples_and_mapping_dict_are_left_to_reference_counting() -> None:
+    """CPython keeps a tuple or dict tracked when it holds any collectable
+    object, even an untracked record, so a cached user's tasks, slots and
+    orders stayed in every collector pass; the constructor untracks those
+    fields when nothing in them can lead back (docs/native.md)."""
+    import gc
+
+    from app.state import UserState
+
+    order = OrderRecord(1200, 0, ("r1",), 5, "app")
+    orders = {"o1": order}
+    nested = ((("t1", len("ab")), ("t2", 3)), order)  # made at run time, tracked
+    assert gc.is_tracked(nested)
+    assert gc.is_tracked(nested[0])
+    state = UserState("u1", nested, MappingProxyType(orders), MappingProxyType({}), None, (5, "t"))
+    assert not gc.is_tracked(state.instances)
+    assert not gc.is_tracked(nested[0])
+    assert not gc.is_tracked(orders)
+    # The proxy stays tracked: CPython's mappingproxy_dealloc unlinks it from
+    # the collector unchecked and would crash on one untracked.
+    assert gc.is_tracked(state.orders)
+
+    # Anything that could lead back keeps its container tracked.
+    class Plain:
+        pass
+
+    deep = ("four", "".join(["de", "ep"]))  # made at run time: a literal is a constant
+    for _ in range(3):
+        deep = (deep,)  # deeper than the constructor looks
+    keeps = [(["a list"],), (Plain(),), deep, ({"a": []},)]
+    for value in keeps:
+        kept = UserState("u2", value, MappingProxyType({}), MappingProxyType({}), None, None)
+        assert gc.is_tracked(kept.instances), value
+    for mapping in ({"o1": []}, {1: order}, {"o1": (order, [])}):
+        UserState("u3", (), MappingProxyType(mapping), MappingProxyType({}), None, None)
+        assert gc.is_tracked(mapping), mapping
+
+    # Freed by reference counting, with the collector run over what is left.
+    del state, nested, orders, order, keeps, kept
+    gc.collect()

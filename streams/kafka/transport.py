@@ -65,6 +65,16 @@ log = logging.getLogger(__name__)
 SCHEME = "taskstream"
 
 
+# How long a fetch waits for records at most while inputs are held back
+# (`Consumer.hold_back`). faust's drain loop asks for up to 1 s, and a fetch
+# asks only for the partitions active when it began: a `let_go` during it
+# took effect only at the next one. Seen on the peer log: every orders
+# partition held back at the first rewards, let go 70 ms later, then 1 s
+# with nothing fetched (the fetch waited for the other inputs, read to their
+# end), 1 of the run's ~7 s.
+LET_GO_WITHIN_SECONDS = 0.05
+
+
 class BatchSink(Protocol):
     """Takes the fetched records of some topics, a whole fetch at a time."""
 
@@ -179,6 +189,7 @@ class Consumer(faust_aiokafka.Consumer):
         self.commit_positions = CommitPositions()  # repair 5
         self._skipped: dict[TP, int] = {}  # tp -> first offset skipped in a rebalance
         self._commit_lock = asyncio.Lock()  # held while a commit is in the thread (repair 6)
+        self._held_back: set[TP] = set()  # paused by `hold_back`, not yet let go
 
     @property
     def batch_sink(self) -> BatchSink | None:
@@ -205,6 +216,8 @@ class Consumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """faust's `Consumer.getmany`, handing the sink's topics over whole."""
         sink = self.batch_sink
+        if self._held_back:
+            timeout = min(timeout, LET_GO_WITHIN_SECONDS)
         records, active = await self._wait_next_records(timeout)
         generation = self.app.consumer_generation_id
         if records is None or self.should_stop:
@@ -252,6 +265,7 @@ class Consumer(faust_aiokafka.Consumer):
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._held_back -= revoked
         if self.batch_sink is not None:
             await self.batch_sink.drain()  # no batch writes a partition being revoked
         await super().on_partitions_revoked(revoked)
@@ -303,11 +317,13 @@ class Consumer(faust_aiokafka.Consumer):
         """Stop fetching these partitions (their records wait in the worker's
         buffer for another input); `let_go` fetches them again."""
         self.pause_partitions(tps)
+        self._held_back |= tps
 
     def let_go(self, tps: set[TP]) -> None:
         assigned = self.assignment()
         self.resume_partitions({tp for tp in tps if tp in assigned})
         self._paused_partitions.difference_update(tps)  # revoked meanwhile: forgotten
+        self._held_back -= tps
 
     # ------------------------------------------------------------ repair 4
 

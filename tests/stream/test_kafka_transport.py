@@ -238,6 +238,39 @@ async def test_a_fetch_reaches_the_sink_whole_and_other_topics_go_the_usual_way(
     assert handed_on == [(other, 9)]
 
 
+async def test_while_inputs_are_held_back_a_fetch_waits_briefly_so_a_let_go_counts_soon() -> None:
+    """A fetch asks only for the partitions active when it began: with faust's
+    1 s drain wait, a `let_go` during it counted a second later (the peer
+    log lost 1 s of ~7 so). Held back, a fetch waits LET_GO_WITHIN_SECONDS."""
+    app = transport.BatchApp("batch-test", broker=f"{transport.register()}://127.0.0.1:1")
+    app.batch_sink = _Sink()
+    consumer = app.consumer
+    assert isinstance(consumer, transport.Consumer)
+    waits: list[float] = []
+
+    async def wait_next_records(timeout: float) -> tuple[Any, Any]:
+        waits.append(timeout)
+        return {}, set()
+
+    consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
+    consumer.resume_flow()
+    consumer.assignment = lambda: {ORDERS}  # type: ignore[method-assign]
+
+    async def fetch() -> None:
+        async for _ in consumer.getmany(timeout=1.0):
+            pass
+
+    await fetch()
+    consumer.hold_back({ORDERS})
+    await fetch()
+    consumer.let_go({ORDERS})
+    await fetch()
+    consumer.hold_back({ORDERS})
+    await consumer.on_partitions_revoked({ORDERS})
+    await fetch()
+    assert waits == [1.0, transport.LET_GO_WITHIN_SECONDS, 1.0, 1.0]
+
+
 async def test_a_changelog_fetch_being_recovered_goes_to_the_recovery_whole() -> None:
     app = transport.BatchApp(
         "restore-test",

@@ -149,15 +149,21 @@ class Run:
         return " ".join(f"{name}={doc[name]}" for name in fields if name in doc)
 
     def worker_logs(self) -> str:
-        """Each worker's log tail, then where each running one waits (its
-        threads' and tasks' stacks): called when a wait timed out."""
+        """Each worker's log tail, what each running one holds (its held
+        events and input lags), then where it waits (its threads' and tasks'
+        stacks): called when a wait timed out."""
         tails = [f"--- worker {w.label} ---\n{w.log_tail()}" for w in self.workers.values()]
+        held = [
+            f"--- worker {w.label}: held events and lags ---\n{w.held_and_lagging()}"
+            for w in self.workers.values()
+            if w.running()
+        ]
         stacks = [
             f"--- worker {w.label}: stacks ---\n{w.stacks()}"
             for w in self.workers.values()
             if w.running()
         ]
-        return "\n\n".join(tails + stacks)
+        return "\n\n".join(tails + held + stacks)
 
     def assert_same_answer_as_replay(self) -> None:
         contents: dict[str, bytes] = {}

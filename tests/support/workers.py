@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -246,6 +247,27 @@ class WorkerProcess:
         progress = [line for line in all_lines if "progress:" in line]
         events = [line for line in all_lines if "progress:" not in line]
         return "\n".join(events[-lines:] + progress[-1:])
+
+    def held_and_lagging(self) -> str:
+        """The worker's non-zero `taskstream_held_events` (events accepted but
+        not applied: behind event-time order or a stall on a pool's master)
+        and input lags, from its /metrics: what a test whose outputs stopped
+        short with every input read needs to tell a stall from a loss."""
+        if not self.running():
+            return "(not running)"
+        url = f"http://127.0.0.1:{self.web_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError as exc:
+            return f"(metrics not readable: {exc})"
+        wanted = ("taskstream_held_events{", "taskstream_input_lag_messages{")
+        lines = [
+            line
+            for line in text.splitlines()
+            if line.startswith(wanted) and float(line.rsplit(" ", 1)[1]) != 0
+        ]
+        return "\n".join(lines) or "(nothing held, no input lag)"
 
     def stacks(self, settle_seconds: float = 3.0) -> str:
         """Every thread's and asyncio task's stack in the running worker (mode's

@@ -189,7 +189,9 @@ class Consumer(faust_aiokafka.Consumer):
         self.commit_positions = CommitPositions()  # repair 5
         self._skipped: dict[TP, int] = {}  # tp -> first offset skipped in a rebalance
         self._commit_lock = asyncio.Lock()  # held while a commit is in the thread (repair 6)
-        self._held_back: set[TP] = set()  # paused by `hold_back`, not yet let go
+        # Paused by `hold_back`, not yet let go: the one record of it (the
+        # worker reads it too), so a fetch knows to wait briefly.
+        self.held_back: set[TP] = set()
 
     @property
     def batch_sink(self) -> BatchSink | None:
@@ -216,7 +218,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """faust's `Consumer.getmany`, handing the sink's topics over whole."""
         sink = self.batch_sink
-        if self._held_back:
+        if self.held_back:
             timeout = min(timeout, LET_GO_WITHIN_SECONDS)
         records, active = await self._wait_next_records(timeout)
         generation = self.app.consumer_generation_id
@@ -265,7 +267,7 @@ class Consumer(faust_aiokafka.Consumer):
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        self._held_back -= revoked
+        self.held_back -= revoked
         if self.batch_sink is not None:
             await self.batch_sink.drain()  # no batch writes a partition being revoked
         await super().on_partitions_revoked(revoked)
@@ -317,13 +319,13 @@ class Consumer(faust_aiokafka.Consumer):
         """Stop fetching these partitions (their records wait in the worker's
         buffer for another input); `let_go` fetches them again."""
         self.pause_partitions(tps)
-        self._held_back |= tps
+        self.held_back |= tps
 
     def let_go(self, tps: set[TP]) -> None:
         assigned = self.assignment()
         self.resume_partitions({tp for tp in tps if tp in assigned})
         self._paused_partitions.difference_update(tps)  # revoked meanwhile: forgotten
-        self._held_back -= tps
+        self.held_back -= tps
 
     # ------------------------------------------------------------ repair 4
 

@@ -143,8 +143,6 @@ class Worker:
         # buffer head waits out TASKSTREAM_MAX_IDLE_MS. A restart fetches the
         # held events again and re-waits.
         self.idle_due: dict[int, float] = {}
-        # Input partitions not fetched for now (BUFFER_PER_INPUT).
-        self.held_back: set[TP] = set()
         # Input partitions whose waiting messages never reach the processor.
         self.lost_fetches: LostFetchWatch[TP] = LostFetchWatch(quiet_for=LOST_FETCH_SECONDS)
         # Fetches and idle releases take turns: both run partition steps.
@@ -172,6 +170,12 @@ class Worker:
     def consumer(self) -> Consumer:
         consumer: Consumer = self.app.consumer
         return consumer
+
+    @property
+    def held_back(self) -> set[TP]:
+        """Input partitions not fetched for now (BUFFER_PER_INPUT): the
+        consumer's record of its `hold_back`s, which it also needs."""
+        return self.consumer.held_back
 
     # ----------------------------------------------------------- the sink
 
@@ -486,10 +490,8 @@ class Worker:
                 hold.add(tp)
         if hold:
             self.consumer.hold_back(hold)
-            self.held_back |= hold
         if let_go:
             self.consumer.let_go(let_go)
-            self.held_back -= let_go
 
     async def _step(self, partition: int, messages: list[InMessage]) -> BatchResult:
         cache = self.caches.get(partition)
@@ -617,7 +619,6 @@ class Worker:
         held_back = {tp for tp in self.held_back if tp.partition == partition}
         if held_back:
             self.consumer.let_go(held_back)
-            self.held_back -= held_back
 
     def on_revoked(self, revoked: Iterable[TP]) -> None:
         revoked = list(revoked)

@@ -41,6 +41,7 @@ class FakeConsumer:
     def __init__(self, highwaters: dict[TP, int]) -> None:
         self.highwaters = highwaters
         self.rewinds: list[tuple[TP, int]] = []
+        self.held_back: set[TP] = set()
 
     def assignment(self) -> set[TP]:
         return set(self.highwaters)

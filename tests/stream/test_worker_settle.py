@@ -75,6 +75,7 @@ class FakeConsumer:
         self.ends: dict[TP, int] = {TP(topic, 0): 0 for topic in TOPICS}
         self.commit_positions = CommitPositions()
         self.seen = 1e12  # marks read after anything the test sends
+        self.held_back: set[TP] = set()  # never held back here
 
     def highwater(self, tp: TP) -> int:
         return self.ends[tp]

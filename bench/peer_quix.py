@@ -177,6 +177,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--template", required=True, type=Path)
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        help="Application(commit_interval=...): how often state is checkpointed (its "
+        "changelog and RocksDB written) and offsets committed; Quix's default 5 s if not given",
+    )
     args = parser.parse_args(argv)
     (template,) = json.loads(args.template.read_bytes())
     rules = Rules(template)
@@ -188,6 +194,7 @@ def main(argv: list[str]) -> int:
         auto_offset_reset="earliest",
         state_dir=args.state_dir,
         loglevel="INFO",
+        **({} if args.commit_interval is None else {"commit_interval": args.commit_interval}),
     )
     claims, orders, refunds = (
         app.dataframe(app.topic(f"{args.prefix}{name}", value_deserializer="json"))

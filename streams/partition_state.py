@@ -36,6 +36,7 @@ from app.bucketing import Bucket
 from app.frozen import fast_init
 from app.state import UserState
 from app.state_codec import decode_user_state, encode_user_state
+from schemas.native import kernel
 
 # 5: the latest input applied (event-time order) and the inputs applied late
 # behind it; 4: a bucket's 16th field (lease_wall); 3: progressive buckets; 2: held
@@ -261,7 +262,18 @@ def encode_redo(redo: Redo) -> bytes:
 
 
 def _redo_body(redo: Redo) -> bytes:
-    """Format 4's bytes after its magic."""
+    """Format 4's bytes after its magic: the kernel's (`native/src/redo.rs`,
+    byte for byte the reference's, ~10x faster: a struct.pack per item is
+    ~0.4 µs, two items per event), or the reference's when it declines."""
+    if kernel is not None:
+        body: bytes | None = kernel.redo_body(redo.seq, redo.writes, redo.outputs)
+        if body is not None:
+            return body
+    return _redo_body_python(redo)
+
+
+def _redo_body_python(redo: Redo) -> bytes:
+    """The reference body (tests/unit/test_native.py compares the kernel's)."""
     parts = [_REDO_HEAD.pack(redo.seq, len(redo.writes), len(redo.outputs))]
     append = parts.append
     write_head, output_head = _WRITE_HEAD.pack, _OUTPUT_HEAD.pack

@@ -12,6 +12,7 @@ mod init;
 mod json_text;
 mod orders;
 mod read;
+mod redo;
 mod state;
 mod timestamps;
 mod write;
@@ -48,6 +49,7 @@ fn taskstream_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(format_utc, module)?)?;
     module.add_function(wrap_pyfunction!(parse_utc, module)?)?;
     module.add_function(wrap_pyfunction!(state::encode_user_state, module)?)?;
+    module.add_function(wrap_pyfunction!(redo::redo_body, module)?)?;
     module.add_function(wrap_pyfunction!(init::install_constructor, module)?)?;
     module.add_function(wrap_pyfunction!(init::has_constructor, module)?)?;
     module.add_class::<orders::OrderPath>()?;

@@ -27,7 +27,7 @@ from faust.types import TP
 
 from streams.fenced_store import FencedStore
 from streams.fencing import EPOCH_HEADER
-from streams.kafka.producer import BatchProducer, Delivered, Headers
+from streams.kafka.producer import BatchProducer, Delivery, Headers
 
 Write = tuple[bytes, bytes | None]  # (key, value); None deletes the key
 
@@ -83,12 +83,13 @@ class PartitionStateStore:
                 batch.put(key, value)
         store._db_for_partition(partition).write(batch)
 
-    def acknowledge(self, delivered: Iterable[Delivered]) -> None:
+    def acknowledge(self, delivered: Iterable[Delivery]) -> None:
         """The changelog offsets our writes landed at (in delivery order)."""
         by_partition: defaultdict[int, list[int]] = defaultdict(list)
+        changelog = self.changelog
         for report in delivered:
-            if report.topic == self.changelog:
-                by_partition[report.partition].append(report.offset)
+            if report.topic() == changelog:
+                by_partition[report.partition()].append(report.offset())
         store = self._store
         for partition, offsets in by_partition.items():
             store.acknowledge(TP(self.changelog, partition), offsets)

@@ -39,6 +39,7 @@ from schemas.fields import Kind
 from schemas.limits import MAX_AMOUNT_CENTS, MAX_EVENT_TIME, MAX_ID_CHARS, MIN_EVENT_TIME
 from schemas.native import describe, kernel
 from schemas.records import INPUT_RECORDS, RECORDS_BY_TYPE, OrderPaid, Record, TaskClaim, Tick
+from streams.partition_state import Output, Redo, _redo_body_python, decode_redo, encode_redo
 
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -538,3 +539,56 @@ def test_readers_build_only_classes_with_a_compiled_constructor() -> None:
         [("two", 1, Two, [("user_id", "id"), ("event_id", "id")])], 10, 10, 0, 10, 1
     )
     assert reader.read(b'{"type":"two","v":1,"event_id":"e","user_id":"u"}') == Two("e", "u")
+
+
+# ---------------------------------------------------------------- redo body
+
+_KEYS = st.binary(max_size=40)
+_OUTPUTS = st.builds(
+    Output,
+    st.sampled_from(["task_events", "rewards", "dead_letters", "budget_requests", "é-role"]),
+    st.none() | _KEYS,
+    st.binary(max_size=300),
+    st.none() | st.integers(min_value=0, max_value=2**31 - 1),
+)
+_REDOS = st.builds(
+    Redo,
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.lists(st.tuples(_KEYS, st.none() | st.binary(max_size=600)), max_size=20).map(tuple),
+    st.lists(_OUTPUTS, max_size=20).map(tuple),
+)
+
+
+@PROPS
+@given(_REDOS)
+def test_redo_body_is_the_reference(redo: Redo) -> None:
+    assert kernel is not None
+    native = kernel.redo_body(redo.seq, redo.writes, redo.outputs)
+    assert native is not None  # plain values: never declined
+    assert native == _redo_body_python(redo)
+    assert decode_redo(encode_redo(redo)) == redo
+
+
+def test_redo_body_leaves_what_struct_refuses_to_python() -> None:
+    """Declined (None), so the reference runs and raises as it always has."""
+    assert kernel is not None
+    fine = Output("rewards", b"k", b"v", None)
+    declined = [
+        (2**63, (), ()),  # seq beyond `q`
+        (True, (), ()),  # a bool where an integer belongs
+        (1, ((b"k", "text"),), ()),  # a str value
+        (1, ((b"k",),), ()),  # not a pair
+        (1, [(b"k", b"v")], ()),  # a list of writes
+        (1, ((bytearray(b"k"), b"v"),), ()),  # not exact bytes
+        (1, (), (Output("rewards", b"k", b"v", 2**31),)),  # partition beyond `i`
+        (1, (), (Output("x" * 70_000, b"k", b"v", None),)),  # role beyond `H`
+        (1, (), (Output("\ud800", b"k", b"v", None),)),  # a role UTF-8 cannot write
+        (1, (), (Output("rewards", b"k", None, None),)),  # type: ignore[arg-type]
+        (1, (), (fine, "not an output")),
+    ]
+    for seq, writes, outputs in declined:
+        assert kernel.redo_body(seq, writes, outputs) is None, (seq, writes, outputs)
+    # What struct packs, the kernel writes too, even values the worker never
+    # makes (a negative partition reads back as "by key": the format's -1).
+    odd = Redo(-5, ((b"", b""),), (Output("", None, b"", -7), fine))
+    assert kernel.redo_body(odd.seq, odd.writes, odd.outputs) == _redo_body_python(odd)

@@ -20,8 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
 
@@ -32,38 +31,21 @@ Record = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value
 WAIT_WARNING_SECONDS = 10.0
 
 
-class Delivery(Protocol):
-    """Where one record landed, for the topics the caller asked to track:
-    what librdkafka's delivery report (`confluent_kafka.Message`) answers.
-    The reports are kept as librdkafka hands them over: one comes per
-    changelog record, in the delivery callback under the GIL, and making a
-    value of our own there cost 1.3 % of the worker's CPU on the peer log
-    (`python -m bench profile --peer --gil`, 2026-12-05)."""
+class Delivered(NamedTuple):
+    """Where one record landed, for the topics the caller asked to track.
+    The delivery callback makes a plain tuple of the same three fields
+    (`Delivery`): one comes per changelog record, under the GIL, and the
+    named tuple's constructor is a Python-level call (1.3 % of the worker's
+    CPU on the peer log, `bench profile --peer --gil`, 2026-12-05). Keeping
+    librdkafka's message objects instead would hold a copy of every value,
+    in the collector's sight, until the batch settles."""
 
-    def topic(self) -> str: ...
-
-    def partition(self) -> int: ...
-
-    def offset(self) -> int: ...
+    topic: str
+    partition: int
+    offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """A delivery made by hand (a report read back, a test's), with the
-    methods of librdkafka's."""
-
-    topic_name: str
-    partition_id: int
-    offset_at: int
-
-    def topic(self) -> str:
-        return self.topic_name
-
-    def partition(self) -> int:
-        return self.partition_id
-
-    def offset(self) -> int:
-        return self.offset_at
+Delivery = tuple[str, int, int]  # (topic, partition, offset): a Delivered, or made as one
 
 
 class DeliveryFailed(Exception):
@@ -179,7 +161,7 @@ class BatchProducer:
         # Success is reported by the tracked topics' client only (the other
         # reports failures only), so a success is always a tracked record.
         if err is None:
-            self._reports.append(msg)
+            self._reports.append((msg.topic(), msg.partition(), msg.offset()))
         else:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 

@@ -87,9 +87,9 @@ class PartitionStateStore:
         """The changelog offsets our writes landed at (in delivery order)."""
         by_partition: defaultdict[int, list[int]] = defaultdict(list)
         changelog = self.changelog
-        for report in delivered:
-            if report.topic() == changelog:
-                by_partition[report.partition()].append(report.offset())
+        for topic, partition, offset in delivered:
+            if topic == changelog:
+                by_partition[partition].append(offset)
         store = self._store
         for partition, offsets in by_partition.items():
             store.acknowledge(TP(self.changelog, partition), offsets)

@@ -25,7 +25,7 @@ from streams.allocation import (
     master_key,
 )
 from streams.config import Settings
-from streams.kafka.producer import Delivered, Delivery, DeliveryFailed
+from streams.kafka.producer import Delivered, DeliveryFailed
 from streams.monitor import metrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo
 from streams.worker.allocator import Allocator
@@ -73,7 +73,7 @@ class FakeStore:
             else:
                 db[key] = value
 
-    def acknowledge(self, delivered: Iterable[Delivery]) -> None:
+    def acknowledge(self, delivered: Iterable[Delivered]) -> None:
         self.log.append(("acknowledge", list(delivered)))
 
 
@@ -93,7 +93,7 @@ class FakeProducer:
         for topic, key, value, partition in records:
             self.send(topic, key, value, partition)
 
-    async def wait(self) -> list[Delivery]:
+    async def wait(self) -> list[Delivered]:
         self.log.append(("wait", None))
         if self.fail:
             raise DeliveryFailed("1 record(s) not delivered: leader not available")

@@ -263,8 +263,9 @@ def encode_redo(redo: Redo) -> bytes:
 
 def _redo_body(redo: Redo) -> bytes:
     """Format 4's bytes after its magic: the kernel's (`native/src/redo.rs`,
-    byte for byte the reference's, ~10x faster: a struct.pack per item is
-    ~0.4 µs, two items per event), or the reference's when it declines."""
+    byte for byte the reference's: 40 against 95 µs for a batch of 250
+    writes and 250 outputs, a `struct.pack` and a list item per field in
+    Python), or the reference's when it declines."""
     if kernel is not None:
         body: bytes | None = kernel.redo_body(redo.seq, redo.writes, redo.outputs)
         if body is not None:

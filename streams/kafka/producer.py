@@ -36,7 +36,7 @@ class Delivered(NamedTuple):
     The delivery callback makes a plain tuple of the same three fields
     (`Delivery`): one comes per changelog record, under the GIL, and the
     named tuple's constructor is a Python-level call (1.3 % of the worker's
-    CPU on the peer log, `bench profile --peer --gil`, 2026-12-05). Keeping
+    GIL samples on the peer log, `bench profile --peer --gil`, 2026-12-05). Keeping
     librdkafka's message objects instead would hold a copy of every value,
     in the collector's sight, until the batch settles."""
 

@@ -45,6 +45,11 @@ fn i32_len(n: usize) -> Result<i32, Decline> {
     i32::try_from(n).map_err(|_| Decline)
 }
 
+/// An output record's role, key, value and partition, as read.
+type OutputFields<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+/// The same, checked: role text, key bytes (None: no key), value bytes, partition (-1: by key).
+type OutputParts<'a> = (&'a str, Option<&'a [u8]>, &'a [u8], i32);
+
 fn body(
     py: Python<'_>,
     seq: &Bound<'_, PyAny>,
@@ -73,8 +78,7 @@ fn body(
         size += 8 + key.len() + value.map_or(0, <[u8]>::len);
         parts.push((key, value));
     }
-    let mut fields: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>)> =
-        Vec::with_capacity(outputs.len());
+    let mut fields: Vec<OutputFields<'_>> = Vec::with_capacity(outputs.len());
     for output in outputs.iter() {
         fields.push((
             output.getattr(intern!(py, "role"))?,
@@ -83,7 +87,7 @@ fn body(
             output.getattr(intern!(py, "partition"))?,
         ));
     }
-    let mut outs: Vec<(&str, Option<&[u8]>, &[u8], i32)> = Vec::with_capacity(fields.len());
+    let mut outs: Vec<OutputParts<'_>> = Vec::with_capacity(fields.len());
     for (role, key, value, partition) in &fields {
         let role = role.downcast_exact::<PyString>().map_err(|_| Decline)?.to_str()?;
         let key = optional_bytes(key)?;

@@ -75,7 +75,7 @@ fn layout(object: &Bound<'_, PyAny>, names: &'static [&'static str]) -> Offsets 
 /// The record's values of `names`, in that order: straight from its slots
 /// when its type's layout is known, else by attribute (which raises what
 /// Python's encoder would raise for a missing one).
-fn fields_of<'py>(object: &Bound<'py, PyAny>, names: &'static [&'static str]) -> PyResult<Vec<Bound<'py, PyAny>>> {
+pub(crate) fn fields_of<'py>(object: &Bound<'py, PyAny>, names: &'static [&'static str]) -> PyResult<Vec<Bound<'py, PyAny>>> {
     let offsets = layout(object, names);
     let mut values = Vec::with_capacity(names.len());
     for (index, name) in names.iter().enumerate() {

@@ -10,8 +10,12 @@ code trees side by side in one run instead:
   both trees' bytecode is compiled, as `make setup` does for this one;
 - the peer benchmark's log is produced for each run, as in `bench peer`,
   and one `taskstream worker` works through it, with PYTHONPATH set to the
-  tree under test (so its packages shadow the installed ones; the
-  compiled kernel is the one installed, so REF must not need another);
+  tree under test (so its packages shadow the installed ones);
+- the compiled kernel: where REF's `native/` sources differ from this
+  tree's, REF's own kernel is built (`pip wheel`, cargo on PATH as `make
+  setup` has it) into the scratch folder and put on REF's PYTHONPATH ahead
+  of the installed one, so a kernel change is compared too; otherwise both
+  trees use the installed kernel;
 - the trees take turns (this, REF, REF, this, ...), `--repeat` runs each,
   after one untimed run that warms the broker up;
 - per run: events/s over the span of reward times (`bench peer`'s
@@ -27,6 +31,7 @@ Not in `make bench` (it needs a revision to compare with).
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import math
 import os
@@ -35,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +50,8 @@ from bench.stream import bench_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "schemas", "streams", "taskstream", "bench")
+# What the kernel is built from (the Makefile's NATIVE_SRC).
+NATIVE_FILES = ("Cargo.toml", "Cargo.lock", "pyproject.toml", "taskstream_native.pyi")
 
 
 def say(message: str) -> None:
@@ -54,6 +62,11 @@ def say(message: str) -> None:
 class Tree:
     label: str
     path: Path
+    kernel: Path | None = None  # its own compiled kernel (None: the installed one)
+
+    @property
+    def pythonpath(self) -> str:
+        return os.pathsep.join(str(p) for p in (self.path, self.kernel) if p is not None)
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,39 @@ def checkout(ref: str, into: Path) -> Tree:
         text=True,
     ).stdout.strip()
     return Tree(f"{ref} ({described})", into)
+
+
+def native_sources(tree: Path) -> dict[str, Path]:
+    native = tree / "native"
+    found = {name: native / name for name in NATIVE_FILES if (native / name).is_file()}
+    found.update({f"src/{p.name}": p for p in sorted((native / "src").glob("*.rs"))})
+    return found
+
+
+def same_kernel(a: Path, b: Path) -> bool:
+    """Whether two trees' kernels are built from the same sources."""
+    ours, theirs = native_sources(a), native_sources(b)
+    return ours.keys() == theirs.keys() and all(
+        filecmp.cmp(ours[name], theirs[name], shallow=False) for name in ours
+    )
+
+
+def build_kernel(tree: Tree, into: Path) -> Tree:
+    """`tree` with its own kernel, built from its native/ into `into` (the
+    same tree if its kernel is the installed one's, or it has none)."""
+    if not (tree.path / "native").is_dir() or same_kernel(ROOT, tree.path):
+        return tree
+    say(f"{tree.label}: its native/ differs from this tree's; building its kernel (~1 min)")
+    wheels = into / "wheel"
+    cargo = str(Path.home() / ".cargo" / "bin")
+    env = {**os.environ, "PATH": os.pathsep.join([cargo, os.environ.get("PATH", "")])}
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels)]
+    subprocess.run([*build, str(tree.path / "native")], check=True, env=env)
+    (wheel,) = wheels.glob("taskstream_native-*.whl")
+    kernel = into / "kernel"
+    with zipfile.ZipFile(wheel) as unpacked:
+        unpacked.extractall(kernel)
+    return Tree(f"{tree.label}, own kernel", tree.path, kernel)
 
 
 def remove(tree: Tree) -> None:
@@ -109,7 +155,7 @@ def batch_step(tree: Tree, events: int, users: int) -> tuple[float, str]:
     )
     # The child's working directory is the tree: `python -c` puts it first
     # on sys.path, ahead of PYTHONPATH.
-    env = {**os.environ, "PYTHONPATH": str(tree.path)}
+    env = {**os.environ, "PYTHONPATH": tree.pythonpath}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tree.path
     )
@@ -124,7 +170,7 @@ def worker_run(
     tree: Tree, bootstrap: str, root: Path, lines: list[bytes], want: int
 ) -> peer.Result:
     system = peer.Taskstream(bootstrap, root)
-    system.env = {**system.env, "PYTHONPATH": str(tree.path)}
+    system.env = {**system.env, "PYTHONPATH": tree.pythonpath}
     peer.produce(system.settings, lines)
     result = peer.run(system, len(lines), want, 600)
     problems = peer.log_problems(system)
@@ -190,6 +236,12 @@ def main(argv: list[str]) -> int:
             other = checkout(args.against, Path(scratch) / "other")
         except subprocess.CalledProcessError:
             say(f"cannot check out {args.against!r}")
+            return 2
+        try:
+            other = build_kernel(other, Path(scratch))
+        except subprocess.CalledProcessError:
+            remove(other)
+            say(f"cannot build the kernel of {args.against!r}")
             return 2
         trees = [Tree("this tree", ROOT), other]
         samples: dict[str, list[Sample]] = {t.label: [] for t in trees}

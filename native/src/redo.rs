@@ -13,7 +13,8 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
-use pyo3::intern;
+
+use crate::state::fields_of;
 
 struct Decline;
 
@@ -45,13 +46,13 @@ fn i32_len(n: usize) -> Result<i32, Decline> {
     i32::try_from(n).map_err(|_| Decline)
 }
 
-/// An output record's role, key, value and partition, as read.
-type OutputFields<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
-/// The same, checked: role text, key bytes (None: no key), value bytes, partition (-1: by key).
+/// An output record's fields, read from its slots (`state::fields_of`: an
+/// `Output` is a `fast_init` record; anything else is read by attribute).
+const OUTPUT_FIELDS: &[&str] = &["role", "key", "value", "partition"];
+/// An output's fields, checked: role text, key bytes (None: no key), value bytes, partition (-1: by key).
 type OutputParts<'a> = (&'a str, Option<&'a [u8]>, &'a [u8], i32);
 
 fn body(
-    py: Python<'_>,
     seq: &Bound<'_, PyAny>,
     writes: &Bound<'_, PyTuple>,
     outputs: &Bound<'_, PyTuple>,
@@ -62,10 +63,9 @@ fn body(
     let seq: i64 = seq.extract()?;
     let mut parts: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(writes.len());
     let mut size = 16usize;
-    // Borrowed slices must outlive the loop: keep the items alive.
-    let write_items: Vec<Bound<'_, PyAny>> = writes.iter().collect();
-    let mut pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = Vec::with_capacity(write_items.len());
-    for item in &write_items {
+    // The borrowed slices below need their objects held: the pairs' items.
+    let mut pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = Vec::with_capacity(writes.len());
+    for item in writes.iter() {
         let pair = item.downcast_exact::<PyTuple>().map_err(|_| Decline)?;
         if pair.len() != 2 {
             return Err(Decline);
@@ -78,17 +78,12 @@ fn body(
         size += 8 + key.len() + value.map_or(0, <[u8]>::len);
         parts.push((key, value));
     }
-    let mut fields: Vec<OutputFields<'_>> = Vec::with_capacity(outputs.len());
+    let mut fields: Vec<[Bound<'_, PyAny>; 4]> = Vec::with_capacity(outputs.len());
     for output in outputs.iter() {
-        fields.push((
-            output.getattr(intern!(py, "role"))?,
-            output.getattr(intern!(py, "key"))?,
-            output.getattr(intern!(py, "value"))?,
-            output.getattr(intern!(py, "partition"))?,
-        ));
+        fields.push(fields_of(&output, OUTPUT_FIELDS)?.try_into().map_err(|_| Decline)?);
     }
     let mut outs: Vec<OutputParts<'_>> = Vec::with_capacity(fields.len());
-    for (role, key, value, partition) in &fields {
+    for [role, key, value, partition] in &fields {
         let role = role.downcast_exact::<PyString>().map_err(|_| Decline)?.to_str()?;
         let key = optional_bytes(key)?;
         let value = exact_bytes(value)?;
@@ -150,7 +145,7 @@ pub fn redo_body<'py>(
 ) -> Option<Bound<'py, PyBytes>> {
     let writes = writes.downcast_exact::<PyTuple>().ok()?;
     let outputs = outputs.downcast_exact::<PyTuple>().ok()?;
-    match body(py, seq, writes, outputs) {
+    match body(seq, writes, outputs) {
         Ok(bytes) => Some(PyBytes::new(py, &bytes)),
         Err(Decline) => None,
     }

@@ -92,7 +92,7 @@ class PartitionStateStore:
                 by_partition[partition].append(offset)
         store = self._store
         for partition, offsets in by_partition.items():
-            store.acknowledge(TP(self.changelog, partition), offsets)
+            store.acknowledge(TP(changelog, partition), offsets)
 
 
 R = TypeVar("R")

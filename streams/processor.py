@@ -102,9 +102,8 @@ from streams.partition_state import (
     Output,
     PartitionRecord,
     encode_partition,
-    encode_user,
     partition_key,
-    user_key,
+    user_writes,
 )
 
 log = logging.getLogger(__name__)
@@ -120,6 +119,8 @@ _TO_BUCKET_TYPES = frozenset(cls.TYPE for cls in TO_BUCKET_RECORDS)
 _REWARD_TYPES = frozenset(cls.TYPE for cls in REWARD_RECORDS)
 
 DEFAULT_MAX_PENDING = 20_000
+# Not a user's state (None is one: no state yet), for one-lookup `get`s.
+_ABSENT = object()
 
 
 @fast_init
@@ -365,6 +366,16 @@ class _Batch:
     def accept(self, message: InMessage) -> None:
         role = message.role
         expected = self.next_offset.get(role)
+        if expected == message.offset and not self.cache.rewinding:
+            # The usual case, what `offset_verdict` calls TAKE, without its
+            # checks: the offset stored next, and no rewind awaited.
+            self.next_offset[role] = expected + 1
+            self.stats.accepted += 1
+            if role == BUDGET:
+                self._apply_budget(message)
+            else:
+                self._hold(message)
+            return
         if expected is None and role == BUDGET:
             # Our own topic, kept forever: its first message is at offset 0,
             # so a first message fetched before a rebalance and skipped is
@@ -419,29 +430,36 @@ class _Batch:
         self._send_budget()
 
     def _hold(self, message: InMessage) -> None:
+        role = message.role
         try:
-            event = self._decode(message)
+            event = decode_message(role, message.key, message.value)
         except SchemaError as exc:
             self._dead(message.value or b"", message.source, str(exc), message.key)
             return
-        role = message.role
-        if event.at > self.max_at.get(role, event.at - 1):
-            self.max_at[role] = event.at
+        at = event.at
+        max_at = self.max_at
+        if role not in max_at or at > max_at[role]:
+            max_at[role] = at
+        offset = message.offset
+        now = self.now
+        appended_at = message.appended_at
+        rank = RANK[role]
         pending = Pending(
-            event.at,
-            RANK[role],
+            at,
+            rank,
             role,
-            message.offset,
+            offset,
             message.key,
             message.value or b"",
             event,
-            self.now if message.appended_at is None else min(self.now, message.appended_at),
+            now if appended_at is None or not appended_at < now else appended_at,
         )
-        heapq.heappush(self.pending, (event.at, pending.rank, message.offset, pending))
-        self.cache.held.setdefault(role, set()).add(message.offset)
-
-    def _decode(self, message: InMessage) -> InputEvent:
-        return decode_message(message.role, message.key, message.value)
+        heapq.heappush(self.pending, (at, rank, offset, pending))
+        held = self.cache.held
+        if role in held:
+            held[role].add(offset)
+        else:
+            held[role] = {offset}
 
     # ---------------------------------------------------------- release
 
@@ -454,33 +472,40 @@ class _Batch:
         pending = self.pending
         held = self.cache.held
         cache = self.cache
-        bounds = self._release_bounds(highwater, highwater_seen)
+        # `ReleaseBounds.lets_pass`, inlined: this loop runs once per event.
+        read_all, read_busy, waited_by = self._release_bounds(highwater, highwater_seen)
+        max_idle = self.max_idle
+        stats = self.stats
+        by_role = stats.applied_by_role
+        applied_at = stats.applied_at
+        heappop = heapq.heappop
         while pending:
             if cache.stalled_on is not None:
                 if self.budget.waiting_on(cache.stalled_on):
                     break  # nothing passes a stalled event, however full the buffer
                 cache.stalled_on = None
             head = pending[0][3]
-            if not bounds.lets_pass(head, self.max_idle) and not self._may_release(
-                head, highwater, highwater_seen
-            ):
+            at = head.at
+            if not (
+                at <= read_all or (at <= read_busy and head.ready_from + max_idle <= waited_by)
+            ) and not self._may_release(head, highwater, highwater_seen):
                 if len(pending) <= max_pending:
                     break
-                self.stats.forced += 1
+                stats.forced += 1
             stalled_on = self._apply(head)
             if stalled_on is not None:
                 cache.stalled_on = stalled_on
-                self.stats.stalls += 1
+                stats.stalls += 1
                 continue  # loops back to the check above: applied again once answered
-            heapq.heappop(pending)
+            heappop(pending)
             self._note_order(head)
-            held[head.role].discard(head.offset)
-            by_role = self.stats.applied_by_role
-            by_role[head.role] = by_role.get(head.role, 0) + 1
-            self.stats.applied_at.append(head.at)
-        if self.stats.forced:
+            role = head.role
+            held[role].discard(head.offset)
+            by_role[role] = by_role[role] + 1 if role in by_role else 1
+            applied_at.append(at)
+        if stats.forced:
             self.notes.append(
-                f"pending buffer over {max_pending} events: released {self.stats.forced} "
+                f"pending buffer over {max_pending} events: released {stats.forced} "
                 "ahead of a lagging input (event-time order not guaranteed for them)"
             )
 
@@ -685,12 +710,15 @@ class _Batch:
         by_type[kind, pool_id] = by_type.get((kind, pool_id), 0) + 1
 
     def _user(self, user_id: str) -> UserState | None:
-        if user_id in self.users:
-            return self.users[user_id]
-        kept = self.cache.users
-        state = kept[user_id] if user_id in kept else self.load_user(user_id)
-        self.users[user_id] = state
-        return state
+        users = self.users
+        state = users.get(user_id, _ABSENT)
+        if state is not _ABSENT:
+            return state  # type: ignore[return-value]
+        state = self.cache.users.get(user_id, _ABSENT)
+        if state is _ABSENT:
+            state = self.load_user(user_id)
+        users[user_id] = state  # type: ignore[assignment]
+        return state  # type: ignore[return-value]
 
     def _dead(self, payload: bytes, source: str, reason: str, key: bytes | None) -> None:
         self.stats.dead += 1
@@ -789,9 +817,6 @@ def rebuild_deadlines(records: Iterable[tuple[str, int | None]]) -> DeadlineInde
 
 def writes_for(result: BatchResult) -> list[tuple[bytes, bytes | None]]:
     """The table writes of a batch, the partition record last (None deletes a key)."""
-    writes: list[tuple[bytes, bytes | None]] = [
-        (user_key(user_id), None if state is None else encode_user(state))
-        for user_id, state in result.user_writes.items()
-    ]
+    writes = user_writes(result.user_writes)
     writes.append((partition_key(result.record.partition), encode_partition(result.record)))
     return writes

@@ -48,6 +48,11 @@ class Delivered(NamedTuple):
 Delivery = tuple[str, int, int]  # (topic, partition, offset): a Delivered, or made as one
 
 
+# librdkafka's RD_KAFKA_PARTITION_UA (confluent-kafka's default partition,
+# not exported): its partitioner picks the partition by key.
+_BY_KEY = -1
+
+
 class DeliveryFailed(Exception):
     """A record could not be delivered within librdkafka's delivery timeout."""
 
@@ -180,9 +185,11 @@ class BatchProducer:
 
     def send_all(self, records: Iterable[Record], headers: Headers | None = None) -> None:
         """Hand each (topic, key, value, partition) to librdkafka, with the
-        same headers (if any). One call per batch, not per record, and the
-        headers keyword only when there are headers: confluent-kafka parses
-        keywords slowly (2.5 against 1.3 µs a record without headers)."""
+        same headers (if any). One call per batch, not per record, and every
+        argument by position: confluent-kafka parses keywords slowly (1.31
+        against 0.97 µs a record with headers, 0.69 without; positions after
+        the partition: on_delivery and callback (None: the client's
+        `on_delivery`), timestamp (0: now), headers)."""
         tracked = self._tracked
         loud, quiet = self._producer, self._quiet_producer
         for topic, key, value, partition in records:
@@ -192,9 +199,9 @@ class BatchProducer:
                 try:
                     if headers is not None:
                         if partition is None:
-                            produce(topic, value, key, headers=headers)
+                            produce(topic, value, key, _BY_KEY, None, None, 0, headers)
                         else:
-                            produce(topic, value, key, partition, headers=headers)
+                            produce(topic, value, key, partition, None, None, 0, headers)
                     elif partition is None:
                         produce(topic, value, key)
                     else:

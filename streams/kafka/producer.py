@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
@@ -51,6 +51,19 @@ Delivery = tuple[str, int, int]  # (topic, partition, offset): a Delivered, or m
 # librdkafka's RD_KAFKA_PARTITION_UA (confluent-kafka's default partition,
 # not exported): its partitioner picks the partition by key.
 _BY_KEY = -1
+
+
+class Addressed(Protocol):
+    """A record to produce that names its topic by role (`send_outputs`)."""
+
+    @property
+    def role(self) -> str: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def partition(self) -> int | None: ...
 
 
 class DeliveryFailed(Exception):
@@ -206,6 +219,26 @@ class BatchProducer:
                         produce(topic, value, key)
                     else:
                         produce(topic, value, key, partition)
+                    break
+                except BufferError:  # the local queue is full: let librdkafka send
+                    producer.poll(0.05)
+
+    def send_outputs(self, outputs: Iterable[Addressed], topic_of: Mapping[str, str]) -> None:
+        """`send_all` for records that name their topic by role (the
+        processor's outputs: `role`, `key`, `value`, `partition`), without a
+        tuple per record on the way; none of them is tracked."""
+        tracked = self._tracked
+        loud, quiet = self._producer, self._quiet_producer
+        for output in outputs:
+            topic = topic_of[output.role]
+            producer = loud if topic in tracked else quiet
+            key, value, partition = output.key, output.value, output.partition
+            while True:
+                try:
+                    if partition is None:
+                        producer.produce(topic, value, key)
+                    else:
+                        producer.produce(topic, value, key, partition)
                     break
                 except BufferError:  # the local queue is full: let librdkafka send
                     producer.poll(0.05)

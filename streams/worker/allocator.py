@@ -173,10 +173,7 @@ class Allocator:
         self._send(redo.outputs)
 
     def _send(self, outputs: Iterable[Output]) -> None:
-        topics = self.output_topics
-        self.producer.send_all(
-            (topics[output.role], output.key, output.value, output.partition) for output in outputs
-        )
+        self.producer.send_outputs(outputs, self.output_topics)
 
     def _read_record(self, partition: int) -> AllocatorRecord:
         raw = self.store.get(partition, allocator_key(partition))

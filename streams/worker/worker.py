@@ -554,10 +554,7 @@ class Worker:
         self._send(result.outputs)
 
     def _send(self, outputs: Iterable[Output]) -> None:
-        topics = self.output_topics
-        self.producer.send_all(
-            (topics[output.role], output.key, output.value, output.partition) for output in outputs
-        )
+        self.producer.send_outputs(outputs, self.output_topics)
 
     # ------------------------------------------------------------ loading
 

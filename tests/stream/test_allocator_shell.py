@@ -4,7 +4,7 @@ the producer and the consumer, and in which order, with fakes for each."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -92,6 +92,10 @@ class FakeProducer:
     def send_all(self, records: Iterable[tuple[str, Any, Any, Any]], headers: Any = None) -> None:
         for topic, key, value, partition in records:
             self.send(topic, key, value, partition)
+
+    def send_outputs(self, outputs: Iterable[Any], topic_of: Mapping[str, str]) -> None:
+        for output in outputs:
+            self.send(topic_of[output.role], output.key, output.value, output.partition)
 
     async def wait(self) -> list[Delivered]:
         self.log.append(("wait", None))

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 
 from streams.kafka import producer as producer_module
 from streams.kafka.producer import BatchProducer, producer_config
+from streams.partition_state import Output
 from taskstream.broker import free_port
 
 
@@ -79,6 +80,26 @@ def test_send_all_hands_over_every_record_in_order_and_retries_a_full_queue() ->
         (("out", b"v1", b"k1"), {}),
         (("out", b"v2", b"k2", 3), {}),  # retried after the full queue, not lost
         (("out", None, None, 0), {}),
+    ]
+    assert recording.polls == 1
+
+
+def test_send_outputs_hands_over_every_output_by_its_role_topic() -> None:
+    client = BatchProducer({"bootstrap.servers": "x:1"}, frozenset())
+    recording = _Recording()  # a full queue on the second record
+    client._client = client._quiet = recording  # type: ignore[assignment]
+    client.send_outputs(
+        [
+            Output("rewards", b"k1", b"v1"),
+            Output("budget", b"p", b"v2", 3),
+            Output("late", None, b"v3"),
+        ],
+        {"rewards": "ts.rewards", "budget": "ts.budget", "late": "ts.late"},
+    )
+    assert recording.calls == [
+        (("ts.rewards", b"v1", b"k1"), {}),
+        (("ts.budget", b"v2", b"p", 3), {}),  # retried after the full queue, not lost
+        (("ts.late", b"v3", None), {}),
     ]
     assert recording.polls == 1
 

@@ -7,7 +7,7 @@ processor and catalog."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,9 @@ class FakeProducer:
 
     def send_all(self, items: Iterable[tuple[str, Any, bytes, Any]], headers: Any = None) -> None:
         self.sent.extend((topic, value) for topic, _key, value, _partition in items)
+
+    def send_outputs(self, outputs: Iterable[Any], topic_of: Mapping[str, str]) -> None:
+        self.sent.extend((topic_of[output.role], output.value) for output in outputs)
 
     async def wait(self) -> list[Any]:
         self.waits += 1

@@ -8,13 +8,14 @@ Exit codes: 0 success, 1 the job failed (message on stderr), 2 bad usage.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -50,7 +51,38 @@ def _fail(message: str) -> NoReturn:
     sys.exit(EXIT_FAILED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose heavier subcommands are imported when first named
+    (click's "lazily loading subcommands" pattern): the worker does not pay
+    for the auditors' imports (tqdm, the log reader, the simulator) at
+    every start. `lazy` maps a command's name to "module:attribute"."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        name: f"taskstream.{name}:{name}"
+        for name in ("replay", "audit", "explain", "notify", "simulate")
+    },
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="taskstream")
 def main() -> None:
     """taskstream: marketing tasks and hot budget pools on Kafka.
@@ -655,27 +687,6 @@ def token(user_id: str, ttl: int) -> None:
     if not 0 < len(user_id) <= MAX_USER_ID_LENGTH:
         raise click.BadParameter(f"1 to {MAX_USER_ID_LENGTH} characters", param_hint="USER_ID")
     click.echo(sign_token(user_id, int(time.time()) + ttl, settings.api_secret.encode()))
-
-
-from taskstream.replay import replay  # noqa: E402
-
-main.add_command(replay)
-
-from taskstream.audit import audit  # noqa: E402
-
-main.add_command(audit)
-
-from taskstream.explain import explain  # noqa: E402
-
-main.add_command(explain)
-
-from taskstream.notify import notify  # noqa: E402
-
-main.add_command(notify)
-
-from taskstream.simulate import simulate  # noqa: E402
-
-main.add_command(simulate)
 
 
 # -------------------------------------------------------------------- pools

@@ -43,8 +43,10 @@ and changelog records, acknowledged within SETTLE_SECONDS = 50 ms). S = 0.05
 compares the two at one durability cadence.
 
 Both systems must emit the same (user_id, reward type) counts, and the
-reference's: otherwise exit 1. --repeat N alternates N runs of each and
-reports medians. The Markdown table goes to stdout, progress to stderr.
+reference's: otherwise exit 1. --repeat N runs N rounds, each system once
+per round in turns (the order alternating), and reports medians, and each
+round's ratios with their medians (steadier when the machine drifts
+between rounds). The Markdown table goes to stdout, progress to stderr.
 """
 
 from __future__ import annotations
@@ -546,6 +548,21 @@ def median_row(results: list[Result]) -> dict[str, float]:
     }
 
 
+def round_ratios(ours: list[Result], theirs: list[Result]) -> str:
+    """Each round's ratios (its runs came in turns, a minute or two apart)
+    and their medians: a drift of the machine between rounds, which moves
+    every system's figures together, cancels out of each round's ratio but
+    not out of the ratio of medians taken across rounds."""
+    rounds = list(zip(ours, theirs, strict=True))
+    cpu = [a.cpu_s / b.cpu_s for a, b in rounds]
+    span = [a.span_rate / b.span_rate for a, b in rounds]
+    return (
+        f"CPU {' / '.join(f'{x:.2f}' for x in cpu)} (median **{statistics.median(cpu):.2f}**), "
+        f"events/s (span) {' / '.join(f'{x:.2f}' for x in span)} "
+        f"(median **{statistics.median(span):.2f}**)"
+    )
+
+
 def command_line() -> str:
     exe = sys.executable
     with contextlib.suppress(ValueError):
@@ -711,6 +728,10 @@ def main(argv: list[str]) -> int:
         ratios = " | ".join(f"{a[k] / b[k]:.2f}" for k in ("span", "wall", "cpu", "cpu_ev", "rss"))
         peer = label.replace(f"Quix Streams {QUIX_VERSION}", "Quix")
         print(f"| taskstream / {peer} | {ratios} |")
+    print()
+    for label in labels[1:]:
+        peer = label.replace(f"Quix Streams {QUIX_VERSION}", "Quix")
+        print(f"- per round, taskstream / {peer}: {round_ratios(ts, results[label])}")
     print(
         "\n| run | backlog produced | first reward | last reward | stopped in |"
         "\n|---|---|---|---|---|"

@@ -219,6 +219,10 @@ class PartitionCache:
     # merges the two sorted runs in C, cheaper than a heap push and pop per
     # event in Python (the keys are unique: the rank names the input).
     pending: list[tuple[int, int, int, Pending]] = field(default_factory=list)
+    # False from a batch's start until its release has sorted `pending`: a
+    # batch that raised in between left it unsorted (the shell drops the
+    # cache then; a cache used again anyway is sorted by the next batch).
+    pending_sorted: bool = True
     held: dict[str, set[int]] = field(default_factory=dict)  # role -> offsets in `pending`
     rewinding: dict[str, int] = field(default_factory=dict)  # role -> offset awaited
     # Held offsets (from the partition record) not yet fetched again.
@@ -353,7 +357,9 @@ class _Batch:
         self.late_behind = record.late_behind
         self.partitions = partitions
         self.pending = cache.pending
-        self.pending_before = len(cache.pending)  # sorted, as the last batch left it
+        # Its length as the last batch left it sorted (-1: left unsorted).
+        self.pending_before = len(cache.pending) if cache.pending_sorted else -1
+        cache.pending_sorted = False  # until `release` has sorted it
         # The clock reaches the buckets only to size grants (in the refill
         # requests, which record it); it decides nothing else.
         self.budget = PartitionBudget(self.partition, record.buckets, int(now * 1_000_000))
@@ -477,6 +483,7 @@ class _Batch:
         cache = self.cache
         if len(pending) != self.pending_before:
             pending.sort(reverse=True)  # with what `_hold` appended
+        cache.pending_sorted = True  # the pops below keep it so
         # `ReleaseBounds.lets_pass`, inlined: this loop runs once per event.
         read_all, read_busy, waited_by = self._release_bounds(highwater, highwater_seen)
         max_idle = self.max_idle

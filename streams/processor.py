@@ -484,8 +484,7 @@ class _Batch:
         if len(pending) != self.pending_before:
             pending.sort(reverse=True)  # with what `_hold` appended
         cache.pending_sorted = True  # the pops below keep it so
-        # `ReleaseBounds.lets_pass`, inlined: this loop runs once per event.
-        read_all, read_busy, waited_by = self._release_bounds(highwater, highwater_seen)
+        lets_pass = self._release_bounds(highwater, highwater_seen).lets_pass
         max_idle = self.max_idle
         stats = self.stats
         by_role = stats.applied_by_role
@@ -496,10 +495,9 @@ class _Batch:
                     break  # nothing passes a stalled event, however full the buffer
                 cache.stalled_on = None
             head = pending[-1][3]
-            at = head.at
-            if not (
-                at <= read_all or (at <= read_busy and head.ready_from + max_idle <= waited_by)
-            ) and not self._may_release(head, highwater, highwater_seen):
+            if not lets_pass(head, max_idle) and not self._may_release(
+                head, highwater, highwater_seen
+            ):
                 if len(pending) <= max_pending:
                     break
                 stats.forced += 1
@@ -513,7 +511,7 @@ class _Batch:
             role = head.role
             held[role].discard(head.offset)
             by_role[role] = by_role[role] + 1 if role in by_role else 1
-            applied_at.append(at)
+            applied_at.append(head.at)
         if stats.forced:
             self.notes.append(
                 f"pending buffer over {max_pending} events: released {stats.forced} "

@@ -226,22 +226,21 @@ class BatchProducer:
     def send_outputs(self, outputs: Iterable[Addressed], topic_of: Mapping[str, str]) -> None:
         """`send_all` for records that name their topic by role (the
         processor's outputs: `role`, `key`, `value`, `partition`), without a
-        tuple per record on the way; none of them is tracked."""
+        tuple per record on the way."""
         tracked = self._tracked
         loud, quiet = self._producer, self._quiet_producer
         for output in outputs:
             topic = topic_of[output.role]
             producer = loud if topic in tracked else quiet
             key, value, partition = output.key, output.value, output.partition
-            while True:
-                try:
-                    if partition is None:
-                        producer.produce(topic, value, key)
-                    else:
-                        producer.produce(topic, value, key, partition)
-                    break
-                except BufferError:  # the local queue is full: let librdkafka send
-                    producer.poll(0.05)
+            try:
+                if partition is None:
+                    producer.produce(topic, value, key)
+                else:
+                    producer.produce(topic, value, key, partition)
+            except BufferError:  # the local queue is full: let librdkafka send,
+                producer.poll(0.05)  # then `send_all` tries until it has room
+                self.send_all(((topic, key, value, partition),))
 
     async def wait(self) -> list[Delivery]:
         """Until every record sent so far is delivered; the tracked topics'

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.bucketing import CENTRAL, Bucket
+from app.state import UserState
 from streams.partition_state import (
     Output,
     PartitionRecord,
@@ -18,6 +21,9 @@ from streams.partition_state import (
     decode_redo,
     encode_partition,
     encode_redo,
+    encode_user,
+    user_key,
+    user_writes,
 )
 
 BUCKET = Bucket("cash", 3, 900, 100, 650, 4, 5, 5, 0, 120, 10**15, 2 * 10**15, 300, CENTRAL)
@@ -180,3 +186,18 @@ def test_redo_records_of_format_4_are_still_read() -> None:
 def test_inputs_are_fetched_from_the_oldest_held_offset_else_the_next_one() -> None:
     record = PartitionRecord(0, 4, {"orders": 90, "claims": 12}, {}, {"orders": (40, 41, 57)})
     assert record.fetch_positions() == {"orders": 40, "claims": 12}
+
+
+def test_a_batchs_user_writes_are_each_users_key_and_record() -> None:
+    """`user_writes` writes in one loop what `user_key` and `encode_user`
+    make for one user (None: the key deleted)."""
+    empty = MappingProxyType({})
+    states: dict[str, UserState | None] = {
+        "u1": UserState("u1", (), empty, empty, 1_700_000_000_000_000, (5, "c1")),
+        "u2": None,
+        "ü3": UserState("ü3", (), empty, empty, None, None),
+    }
+    assert user_writes(states) == [
+        (user_key(user_id), None if state is None else encode_user(state))
+        for user_id, state in states.items()
+    ]

@@ -118,7 +118,6 @@ def worker(loglevel: str) -> None:
 
     _settings()  # bad settings (e.g. an unreadable secret file): exit 2 with why
     import streams.agents  # registers the agents on the app
-    import streams.allocator_agent  # the pools' master allocator
     import streams.monitor.metrics  # /metrics, /health and /ready on the web port
     import streams.monitor.progress  # noqa: F401  (the periodic progress line)
     from streams.api import link as api_worker  # the routing file of the render API process

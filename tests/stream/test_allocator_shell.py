@@ -3,6 +3,7 @@ the producer and the consumer, and in which order, with fakes for each."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from streams.config import Settings
 from streams.kafka.producer import Delivered, DeliveryFailed
 from streams.monitor import metrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo
+from streams.worker import allocator as allocator_shell
 from streams.worker.allocator import Allocator
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
@@ -82,6 +84,7 @@ class FakeProducer:
         self.log = log
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self.fail = False
+        self.gate: asyncio.Event | None = None  # set: `wait` returns only once it is set
 
     def send(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
@@ -99,6 +102,8 @@ class FakeProducer:
 
     async def wait(self) -> list[Delivered]:
         self.log.append(("wait", None))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             raise DeliveryFailed("1 record(s) not delivered: leader not available")
         return [Delivered(CHANGELOG, OWNER, 7)]
@@ -147,16 +152,12 @@ def _allocator() -> tuple[Allocator, FakeStore, FakeProducer, FakeConsumer]:
     return allocator, store, producer, consumer
 
 
-def _event(offset: int, record: object, generation: int = 3) -> Any:
-    message = SimpleNamespace(
-        tp=TP(TOPIC, OWNER),
-        partition=OWNER,
-        offset=offset,
-        key=b"cash",
-        value=encode(record),  # type: ignore[arg-type]
-        generation_id=generation,
-    )
-    return SimpleNamespace(message=message)
+async def _fetch(allocator: Allocator, offset: int, record: object, generation: int = 3) -> None:
+    """One fetch of the owner's budget-requests partition with one record
+    (batch delivery, as aiokafka's ConsumerRecord has it), then its settle."""
+    fetched = SimpleNamespace(offset=offset, key=b"cash", value=encode(record))  # type: ignore[arg-type]
+    await allocator.on_records({TP(TOPIC, OWNER): [fetched]}, generation)
+    await allocator.drain()
 
 
 def _request(seq: int, bucket_partition: int = 2) -> RefillRequested:
@@ -176,7 +177,7 @@ BATCH_KEYS = [allocator_redo_key(OWNER), master_key("cash"), allocator_key(OWNER
 
 async def test_a_request_is_written_sent_and_acknowledged_before_its_position() -> None:
     allocator, store, producer, consumer = _allocator()
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     kinds = [kind for kind, _ in store.log]
     # The redo record and the writes, the grant, ONE wait, then the position.
     assert kinds == ["write", "send", "wait", "acknowledge", "position"]
@@ -193,8 +194,7 @@ async def test_a_request_is_written_sent_and_acknowledged_before_its_position() 
 async def test_an_undelivered_batch_records_no_position_and_is_written_again() -> None:
     allocator, _store, producer, consumer = _allocator()
     producer.fail = True
-    with pytest.raises(DeliveryFailed):
-        await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))  # logged; the fetch loop goes on
     assert consumer.positions == {}
     assert OWNER not in allocator.caches  # rebuilt from the table next time
     # The local copy holds batch 1 (its record counts it) but the changelog
@@ -202,7 +202,7 @@ async def test_an_undelivered_batch_records_no_position_and_is_written_again() -
     # its grant again, then its own.
     producer.fail = False
     producer.sent.clear()
-    await allocator.on_events([_event(1, _request(2))])
+    await _fetch(allocator, 1, _request(2))
     assert _changelog(producer) == BATCH_KEYS + BATCH_KEYS
     assert [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)] == [1, 2]
     assert consumer.positions == {TP(TOPIC, OWNER): 2}
@@ -219,7 +219,7 @@ async def test_a_batch_cut_short_by_a_crash_is_applied_again_first() -> None:
             Redo(5, ((allocator_key(OWNER), encode_allocator(newer)),), (cut,))
         ),
     }
-    await allocator.on_events([_event(10, _request(3))])
+    await _fetch(allocator, 10, _request(3))
     # The cut batch again: its redo record and its write, then its grant.
     assert store.log[0] == ("write", [allocator_redo_key(OWNER), allocator_key(OWNER)])
     assert _grants(producer)[0] == (b"cash", b'{"cut": true}', 2)
@@ -229,26 +229,26 @@ async def test_a_batch_cut_short_by_a_crash_is_applied_again_first() -> None:
 
 async def test_events_of_an_earlier_generation_are_skipped_for_a_refetch() -> None:
     allocator, store, producer, consumer = _allocator()
-    await allocator.on_events([_event(0, _request(1), generation=2)])
+    await _fetch(allocator, 0, _request(1), generation=2)
     assert consumer.skipped == [(TP(TOPIC, OWNER), 0)]
     assert producer.sent == []
     assert consumer.positions == {}
-    assert [kind for kind, _ in store.log] == ["wait", "acknowledge"]
+    assert store.log == []  # no step, no wait
 
 
 async def test_while_rebalancing_nothing_is_processed() -> None:
     allocator, _store, producer, consumer = _allocator()
     allocator.app.rebalancing = True
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     assert consumer.skipped == [(TP(TOPIC, OWNER), 0)]
     assert producer.sent == []
 
 
 async def test_a_gap_rewinds_after_the_wait() -> None:
     allocator, store, _, consumer = _allocator()
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     store.log.clear()
-    await allocator.on_events([_event(3, _request(2))])  # offsets 1 and 2 missing
+    await _fetch(allocator, 3, _request(2))  # offsets 1 and 2 missing
     assert consumer.rewinds == [(TP(TOPIC, OWNER), 1)]
     assert consumer.positions == {TP(TOPIC, OWNER): 1}
     assert [kind for kind, _ in store.log][-4:] == ["wait", "acknowledge", "position", "rewind"]
@@ -256,9 +256,68 @@ async def test_a_gap_rewinds_after_the_wait() -> None:
 
 async def test_a_revoked_partition_is_loaded_again() -> None:
     allocator, _store, producer, _ = _allocator()
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     allocator.on_revoked([TP(TOPIC, OWNER), TP("other", OWNER)])
     assert OWNER not in allocator.caches
     producer.sent.clear()
-    await allocator.on_events([_event(1, _request(2))])
+    await _fetch(allocator, 1, _request(2))
     assert _changelog(producer) == BATCH_KEYS + BATCH_KEYS  # the last batch, again first
+
+
+async def test_the_fetch_loop_goes_on_while_the_brokers_acknowledge() -> None:
+    """The delivery wait runs beside the fetch loop (the worker's inputs share
+    it); the next fetch of requests and a revoke wait for it."""
+    allocator, store, producer, consumer = _allocator()
+    producer.gate = asyncio.Event()
+    first = SimpleNamespace(offset=0, key=b"cash", value=encode(_request(1)))
+    await allocator.on_records({TP(TOPIC, OWNER): [first]}, 3)  # returns before the wait
+    await asyncio.sleep(0)  # the settle task starts
+    assert [kind for kind, _ in store.log] == ["write", "send", "wait"]
+    assert consumer.positions == {}
+    second = SimpleNamespace(offset=1, key=b"cash", value=encode(_request(2)))
+    next_fetch = asyncio.create_task(allocator.on_records({TP(TOPIC, OWNER): [second]}, 3))
+    drained = asyncio.create_task(allocator.drain())
+    await asyncio.sleep(0.01)
+    assert not next_fetch.done()  # one redo slot: batch 1 first
+    assert not drained.done()
+    assert [kind for kind, _ in store.log] == ["write", "send", "wait"]
+    producer.gate.set()
+    await next_fetch
+    await drained
+    await allocator.drain()
+    assert consumer.positions == {TP(TOPIC, OWNER): 2}
+    assert [kind for kind, _ in store.log] == [
+        *("write", "send", "wait", "acknowledge", "position"),
+        *("write", "send", "wait", "acknowledge", "position"),
+    ]
+
+
+async def test_a_pool_missing_from_the_catalog_is_fetched_again_later_not_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(allocator_shell, "CATALOG_WAIT_SECONDS", 0.05)
+    allocator, _store, producer, consumer = _allocator()
+    unknown = RefillRequested("r1", "gems", 2, 1, 500, 0, 0, 0, 0, 0)
+    gems = master_partition("gems", PARTITIONS)
+    fetched = SimpleNamespace(offset=0, key=b"gems", value=encode(unknown))
+    await allocator.on_records({TP(TOPIC, gems): [fetched]}, 3)
+    await allocator.drain()
+    assert consumer.rewinds == []  # not waited for in the fetch loop
+    assert producer.sent == []  # nothing granted for a pool it does not know
+    await asyncio.sleep(0.1)
+    assert consumer.rewinds == [(TP(TOPIC, gems), 0)]
+
+
+async def test_a_later_fetch_is_not_rewound_for_a_partition_revoked_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(allocator_shell, "CATALOG_WAIT_SECONDS", 0.05)
+    allocator, _store, _producer, consumer = _allocator()
+    unknown = RefillRequested("r1", "gems", 2, 1, 500, 0, 0, 0, 0, 0)
+    gems = master_partition("gems", PARTITIONS)
+    fetched = SimpleNamespace(offset=0, key=b"gems", value=encode(unknown))
+    await allocator.on_records({TP(TOPIC, gems): [fetched]}, 3)
+    await allocator.drain()
+    allocator.on_revoked([TP(TOPIC, gems)])
+    await asyncio.sleep(0.1)
+    assert consumer.rewinds == []

@@ -18,6 +18,7 @@ BENCHMARKS = (
     "audit",
     "api_spike",
     "peer",
+    "idle",
     "restore",
 )
 # Run only when named (`make soak`): they take the machine for many minutes,

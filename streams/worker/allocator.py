@@ -66,7 +66,7 @@ from streams.kafka.transport import Consumer
 from streams.monitor import metrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo, last_batch_again
 from streams.processor import InMessage
-from streams.worker.state_store import PartitionStateStore, deliver, step_each
+from streams.worker.state_store import PartitionStateStore, deliver
 
 log = logging.getLogger("taskstream.allocator")
 
@@ -132,17 +132,30 @@ class Allocator:
                 for tp, tp_records in records.items()
                 if tp_records
             }
-
-            async def step(partition: int) -> AllocationResult:
-                return self._step(partition, by_partition[partition])
-
-            done = await step_each(by_partition, step, self.forget)
+            done = self._steps(by_partition)
         except BaseException:
             self.lock.release()
             raise
         task = asyncio.get_running_loop().create_task(self._settle(done))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _steps(
+        self, by_partition: Mapping[int, Sequence[InMessage]]
+    ) -> list[tuple[int, AllocationResult]]:
+        """Each partition's step, in partition order. One that fails is
+        forgotten (its last batch is written and sent again at its next use,
+        and its messages fetched again: the next fetch finds a gap) and the
+        others go on: the fetch loop is the worker's too, so an error here
+        must not end it (the faust agent this replaced was restarted alone)."""
+        done = []
+        for partition in sorted(by_partition):
+            try:
+                done.append((partition, self._step(partition, by_partition[partition])))
+            except Exception:
+                self.forget(partition)
+                log.exception("allocator partition %d: the batch failed", partition)
+        return done
 
     async def _settle(self, done: Sequence[tuple[int, AllocationResult]]) -> None:
         """Steps 3-5 for the partitions of one fetch; releases the lock that

@@ -60,11 +60,14 @@ class FakeStore:
         self.dbs: dict[int, dict[bytes, bytes]] = {}
         self.log: list[tuple[str, Any]] = []
         self.producer: FakeProducer | None = None  # gets each write's changelog record
+        self.broken = False  # set: every write raises
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.dbs.get(partition, {}).get(key)
 
     def write(self, partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        if self.broken:
+            raise OSError("IO error: No space left on device")
         self.log.append(("write", [key for key, _ in writes]))
         db = self.dbs.setdefault(partition, {})
         for key, value in writes:
@@ -321,3 +324,20 @@ async def test_a_later_fetch_is_not_rewound_for_a_partition_revoked_meanwhile(
     allocator.on_revoked([TP(TOPIC, gems)])
     await asyncio.sleep(0.1)
     assert consumer.rewinds == []
+
+
+async def test_a_failed_step_is_logged_and_the_fetch_loop_goes_on() -> None:
+    """The fetch loop is the worker's too: an allocator step that raises must
+    not end it. The partition is loaded again, and its messages fetched
+    again (the next fetch finds a gap)."""
+    allocator, store, producer, consumer = _allocator()
+    store.broken = True
+    await _fetch(allocator, 0, _request(1))  # no exception reaches the fetch loop
+    assert consumer.positions == {}
+    assert OWNER not in allocator.caches
+    store.broken = False
+    await _fetch(allocator, 1, _request(2))
+    assert consumer.rewinds == [(TP(TOPIC, OWNER), 0)]  # offset 0 was never applied
+    await _fetch(allocator, 0, _request(1))
+    assert consumer.positions == {TP(TOPIC, OWNER): 1}
+    assert [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)] == [1]

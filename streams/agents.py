@@ -98,9 +98,6 @@ class _CatalogFirst:
     async def drain(self) -> None:
         await self.sink.drain()
 
-    def holding(self) -> bool:
-        return self.sink.holding()
-
 
 # The allocator first: its step is short and its delivery wait runs beside
 # the fetch loop, so a fetch's grants go out before the worker's batch runs.

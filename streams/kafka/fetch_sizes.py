@@ -12,26 +12,16 @@ worker (aiokafka's thread 0.25 of it) and 0.6 of the broker's.
   +12-15 ms of latency (reward p99 7-18 -> 25-28 ms); at 14,415 events/s
   16 KiB arrives within a few ms and no cost was seen (BENCHMARKS.md
   "peer", fourth session).
-- **Quiet** (the last fetch found nothing) while the worker holds events:
-  answer at the first byte, and wait up to 100 ms otherwise, as before.
-  The first record after a quiet spell is answered at once, and an idle
-  worker asks 10 times a second, not 50 (the 20 ms wait alone took an
-  idle worker's aiokafka thread from 0.23 to 1.04 CPU s per 20 s).
-- **Idle** (the last fetch found nothing and the worker holds nothing):
-  the same at the first byte, and up to 500 ms otherwise (librdkafka's
-  `fetch.wait.max.ms`, what Quix Streams and Kafka's Java clients wait).
-  Nothing waits on such a fetch: any record appended answers it at once,
-  and with nothing held no event needs a fresher high watermark. Each
-  answer costs aiokafka's thread a request and a response over every
-  assigned partition (65 for a worker with 8 partitions), in Python:
-  an idle worker spent ~14 ms of CPU a second on them at 10 a second.
+- **Quiet** (the last fetch found nothing): answer at the first byte, and
+  wait up to 100 ms otherwise, as before. The first record after a quiet
+  spell is answered at once, and an idle worker asks 10 times a second,
+  not 50 (the 20 ms wait alone took an idle worker's aiokafka thread from
+  0.23 to 1.04 CPU s per 20 s).
 
 The waits also bound how long an event waits for a quiet input: the
 processor lets it pass only with that input's high watermark from a fetch
 *sent* after the event's idle wait (`streams.kafka.watermark_stamps`), so
-up to one fetch wait (20 or 100 ms) after the fetch in flight. That is
-why the 500 ms wait is only for a worker that holds nothing: one holding
-events (`BatchSink.holding`) keeps the 100 ms one.
+up to one fetch wait (20 or 100 ms) after the fetch in flight.
 
 aiokafka reads both from its fetcher each time it builds a fetch request
 (`Fetcher._get_actions_per_node`, pinned in tests/stream/test_kafka_transport.py);
@@ -52,15 +42,11 @@ class FetchSizes(NamedTuple):
 
 FLOWING = FetchSizes(min_bytes=16 * 1024, max_wait_ms=20)
 QUIET = FetchSizes(min_bytes=1, max_wait_ms=100)
-IDLE = FetchSizes(min_bytes=1, max_wait_ms=500)
 
 
-def sizes_after(got_records: bool, holding: bool = True) -> FetchSizes:
-    """The next fetch's sizes, given whether the last one brought records
-    and whether the worker holds events back (waiting for an input)."""
-    if got_records:
-        return FLOWING
-    return QUIET if holding else IDLE
+def sizes_after(got_records: bool) -> FetchSizes:
+    """The next fetch's sizes, given whether the last one brought records."""
+    return FLOWING if got_records else QUIET
 
 
 def apply(target: Any, sizes: FetchSizes) -> None:

@@ -38,7 +38,7 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
    (`ConsumerThread.on_start`).
 9. `streams.kafka.fetch_sizes`: a fetch waits at the broker for 16 KiB or
    20 ms while records flow (aiokafka answers at the first byte), and as
-   before once they stop; up to 500 ms once nothing is held either.
+   before once they stop.
 """
 
 from __future__ import annotations
@@ -88,12 +88,6 @@ class BatchSink(Protocol):
     async def drain(self) -> None:
         """Return once no batch is in flight (called before a revoke)."""
 
-    def holding(self) -> bool:
-        """Whether it holds records back until a later fetch (read from the
-        consumer thread: it must only read, never iterate what the event
-        loop changes). A fetch waits at most 100 ms at the broker while any
-        sink holds something, else up to 500 ms (`streams.kafka.fetch_sizes`)."""
-
 
 class SinkGroup:
     """Several batch sinks as one: each takes its own topics' share of a
@@ -115,9 +109,6 @@ class SinkGroup:
     async def drain(self) -> None:
         for sink in self.sinks:
             await sink.drain()
-
-    def holding(self) -> bool:
-        return any(sink.holding() for sink in self.sinks)
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -194,11 +185,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         with fetcher._subscriptions.fetch_context():
             # Repair 7: the batch shared out in turns over the partitions.
             drained = await fair_fetch.fetched_records(fetcher, active, timeout, max_records)
-        # The next fetch request waits at the broker by whether records flow,
-        # and whether anything here waits for a later fetch.
-        sink: BatchSink | None = getattr(self.app, "batch_sink", None)
-        holding = sink is None or sink.holding()
-        fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(bool(drained), holding))
+        # The next fetch request waits at the broker by whether records flow.
+        fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(bool(drained)))
         return drained
 
 

@@ -176,10 +176,6 @@ class Allocator:
         async with self.lock:
             pass
 
-    def holding(self) -> bool:
-        """Nothing waits here for a later fetch (a rewind fetches by itself)."""
-        return False
-
     def _from_an_earlier_assignment(self, generation: int | None) -> bool:
         if self.app.rebalancing or self.app.in_recovery:
             return True

@@ -135,8 +135,6 @@ class Worker:
         # buffer head waits out TASKSTREAM_MAX_IDLE_MS. A restart fetches the
         # held events again and re-waits.
         self.idle_due: dict[int, float] = {}
-        # Partitions whose buffer holds events (`holding`).
-        self.holding_partitions: set[int] = set()
         # Input partitions whose waiting messages never reach the processor.
         self.lost_fetches: LostFetchWatch[TP] = LostFetchWatch(quiet_for=LOST_FETCH_SECONDS)
         # Fetches and idle releases take turns: both run partition steps.
@@ -229,13 +227,6 @@ class Worker:
     async def drain(self) -> None:
         async with self.lock:
             await self.settle()  # before a revoke: nothing of ours left unacknowledged
-
-    def holding(self) -> bool:
-        """Events held back for event-time order, an idle wait running, or an
-        input held back for a full buffer: the next fetch must not wait long
-        (streams.kafka.fetch_sizes). Read from the consumer thread: truth
-        tests of a set and a dict, no iteration."""
-        return bool(self.holding_partitions or self.idle_due or self.held_back)
 
     def _moved_since(self, generation: int) -> bool:
         app = self.app
@@ -538,10 +529,6 @@ class Worker:
             self.idle_due.pop(partition, None)
         else:
             self.idle_due[partition] = result.idle_until
-        if cache.pending:
-            self.holding_partitions.add(partition)
-        else:
-            self.holding_partitions.discard(partition)
         if self._changed(result):
             self._write(partition, result)
             cache.record = result.record
@@ -633,7 +620,6 @@ class Worker:
     def forget(self, partition: int) -> None:
         self.caches.pop(partition, None)
         self.idle_due.pop(partition, None)
-        self.holding_partitions.discard(partition)
         held_back = {tp for tp in self.held_back if tp.partition == partition}
         if held_back:
             self.consumer.let_go(held_back)

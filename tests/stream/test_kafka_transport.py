@@ -202,7 +202,6 @@ class _Sink:
         self.topics = frozenset(topics or {"ts.orders"})
         self.fetches: list[tuple[dict[TP, list[int]], int]] = []
         self.calls = [] if calls is None else calls  # shared between sinks: the order
-        self.held = False
 
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
         self.calls.append(f"records {min(self.topics)}")
@@ -212,9 +211,6 @@ class _Sink:
 
     async def drain(self) -> None:
         self.calls.append(f"drain {min(self.topics)}")
-
-    def holding(self) -> bool:
-        return self.held
 
 
 async def test_a_fetch_reaches_the_sink_whole_and_other_topics_go_the_usual_way() -> None:
@@ -409,11 +405,6 @@ def test_fetches_wait_for_more_while_records_flow_and_answer_at_once_after() -> 
     assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (16 * 1024, 20)
     fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(False))
     assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, 100)
-    # Nothing held either: a long poll, still answered at the first byte.
-    fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(False, holding=False))
-    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, 500)
-    fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(True, holding=False))
-    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (16 * 1024, 20)
     # The fetcher reads them under these names for each request it builds.
     source = inspect.getsource(aiokafka_fetcher.Fetcher._get_actions_per_node)
     assert "self._fetch_max_wait_ms," in source
@@ -456,15 +447,6 @@ async def test_the_consumer_thread_sets_the_next_fetch_by_what_this_one_brought(
     got = await consumer_thread._fetch_records(client, None, timeout=0, max_records=10)
     assert list(got) == [ORDERS]
     assert (client._fetcher._fetch_min_bytes, client._fetcher._fetch_max_wait_ms) == (16 * 1024, 20)
-    # With a sink: a long poll once it holds nothing, the short one while it does.
-    sink = _Sink()
-    app.batch_sink = sink
-    client._fetcher._records = {}
-    await consumer_thread._fetch_records(client, None, timeout=0, max_records=10)
-    assert (client._fetcher._fetch_min_bytes, client._fetcher._fetch_max_wait_ms) == (1, 500)
-    sink.held = True
-    await consumer_thread._fetch_records(client, None, timeout=0, max_records=10)
-    assert (client._fetcher._fetch_min_bytes, client._fetcher._fetch_max_wait_ms) == (1, 100)
 
 
 def _one_buffered_record(tp: TP) -> Any:
@@ -518,9 +500,6 @@ async def test_a_sink_group_hands_each_sink_its_topics_share_in_order() -> None:
         ({TP("ts.orders", 1): [3], TP("ts.claims", 2): [0]}, 4),
         ({TP("ts.claims", 2): [1]}, 4),
     ]
-    assert not group.holding()
-    inputs.held = True
-    assert group.holding()
     # A sink with nothing in a fetch is not called; both drain, in order.
     assert calls == [
         "records ts.budget-requests",

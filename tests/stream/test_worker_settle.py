@@ -382,20 +382,3 @@ def test_a_step_that_changed_nothing_still_records_its_positions(clock: list[flo
     clock[0] += SETTLE_SECONDS
     asyncio.run(second.settle_if_due())
     assert _position(second) == 3
-
-
-def test_the_worker_says_it_holds_events_while_its_buffer_waits_for_an_input() -> None:
-    """What the fetch sizes read (streams.kafka.fetch_sizes): a fetch may wait
-    long at the broker only while nothing here waits for a fresher mark."""
-    worker = _worker(FakeStore(), FakeProducer())
-    assert not worker.holding()
-    worker.consumer.seen = 0.0  # type: ignore[attr-defined]  # every mark from before
-    _claims(worker, 0, 1)
-    assert worker.holding_partitions == {0}
-    assert worker.holding()  # held for the other inputs' marks
-    worker.forget(0)  # revoked, or a failed batch: its buffer goes with its cache
-    assert not worker.holding()
-    fresh = _worker(FakeStore(), FakeProducer())
-    _claims(fresh, 0, 1)  # every mark read after it: applied at once, nothing held
-    assert fresh.holding_partitions == set()
-    assert not fresh.holding()

@@ -99,9 +99,14 @@ class _CatalogFirst:
         await self.sink.drain()
 
 
-# The allocator first: its step is short and its delivery wait runs beside
-# the fetch loop, so a fetch's grants go out before the worker's batch runs.
+# The allocator first: it only queues the fetch for its own loop.
 app.batch_sink = _CatalogFirst(SinkGroup(allocator, worker))
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def allocate_budgets() -> None:
+    """The pools' masters: each fetch of budget requests in turn (`Allocator.run`)."""
+    await allocator.run()
 
 
 @app.task  # type: ignore[untyped-decorator]
@@ -172,5 +177,6 @@ async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
 
 @app.on_before_shutdown.connect  # type: ignore[arg-type]
 def _flush_producer(sender: Any, **kwargs: Any) -> None:
+    allocator.close()
     producer.close()
     allocator_producer.close()

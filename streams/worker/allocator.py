@@ -17,23 +17,12 @@ decides, and this shell
 
 The records come as the worker's do: faust's consumer hands each fetch of
 the budget-requests partitions to `on_records` (streams.kafka.transport,
-batch delivery), not through a faust agent's stream. Steps 3-5 run in a
-task of their own, so the fetch loop (the worker's inputs too) goes on
-while the brokers acknowledge; the allocator's lock is held until they
-have, so the next batch (one redo slot per partition) and a revoke
-(`drain`) wait for it. The agent this replaced asked its stream for a
-batch every 20 ms (`take_events`): ~12 ms of CPU a second on an idle
-worker, a third of what it spent.
-
-A pool's master is one key in one partition, so its messages are applied
-one at a time, in log order, by whichever worker owns that partition. After
-a crash the redo record is re-applied and its outputs re-sent when the
-partition is next used (same ids, same bytes; buckets de-duplicate).
-
-The writes used to go through faust's table and topics (aiokafka's
-producer, one send per key): not idempotent, so a retry after a lost
-acknowledgement could write a grant twice in the log, and a broker outage
-of a 3-broker cluster had no place to say why the allocator waited.
+batch delivery), not through a faust agent's stream. It queues them for the
+allocator's own loop (`run`, an app task), which takes them in turn, its
+delivery waits included, so the fetch loop the worker shares never waits
+for the allocator's brokers (unless QUEUED_FETCHES fetches wait). The agent
+this replaced asked its stream for a batch every 20 ms (`take_events`):
+~12 ms of CPU a second on an idle worker, a third of what it spent.
 """
 
 from __future__ import annotations
@@ -73,8 +62,13 @@ log = logging.getLogger("taskstream.allocator")
 _OUTPUT_ROLES = (BUDGET_GRANTS, BUDGET_REQUESTS, DEAD_LETTERS)
 
 # A master that is asked about a pool missing from this worker's catalog
-# waits this long for the catalog feed before its partition is fetched again.
-CATALOG_WAIT_SECONDS = 1.0
+# waits this long for the catalog feed before its partition is fetched again;
+# so does a partition whose batch failed.
+RETRY_SECONDS = 1.0
+# Fetches of budget requests that may wait for the allocator's loop before
+# the fetch loop (the worker's too) waits for it. The allocator's batches are
+# small and few (refills, returns); this bounds memory if its producer stalls.
+QUEUED_FETCHES = 16
 
 
 class Allocator:
@@ -97,9 +91,12 @@ class Allocator:
         self.output_topics = {role: settings.topic(role) for role in _OUTPUT_ROLES}
         # Per partition, rebuilt on first use after an assignment.
         self.caches: dict[int, AllocatorCache] = {}
-        # Held from a fetch's steps until its records are acknowledged.
-        self.lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()  # settles and rewinds under way
+        # Fetches waiting for `run` (on_records puts them; the fetch loop
+        # waits only when it is full).
+        self._queue: asyncio.Queue[tuple[Mapping[TP, Sequence[Any]], int]] = asyncio.Queue(
+            QUEUED_FETCHES
+        )
+        self._rewinds: set[asyncio.Task[None]] = set()  # `_rewind_later`s to come
 
     @property
     def consumer(self) -> Consumer:
@@ -113,68 +110,77 @@ class Allocator:
 
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
         """One fetch of the budget-requests partitions (aiokafka ConsumerRecords
-        per partition, fetched in `generation`): each partition's step, then
-        the delivery wait, positions and rewinds in a task (`_settle`) that
-        holds the lock until it is done."""
-        await self.lock.acquire()
-        try:
-            if self._from_an_earlier_assignment(generation):
-                for tp, tp_records in records.items():
-                    if tp_records:  # fetched again once the rebalance is over
-                        self.consumer.note_skipped(tp, tp_records[0].offset)
-                self.lock.release()
-                return
-            by_partition = {
-                tp.partition: [
-                    InMessage(BUDGET_REQUESTS, self.topic, tp.partition, r.offset, r.key, r.value)
-                    for r in tp_records
-                ]
-                for tp, tp_records in records.items()
-                if tp_records
-            }
-            done = self._steps(by_partition)
-        except BaseException:
-            self.lock.release()
-            raise
-        task = asyncio.get_running_loop().create_task(self._settle(done))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        per partition, fetched in `generation`), queued for `run`. The fetch
+        loop, which is the worker's too, waits here only while QUEUED_FETCHES
+        fetches wait for the allocator (back pressure)."""
+        await self._queue.put((records, generation))
+
+    async def run(self) -> None:
+        """The allocator's own loop (an app task): each queued fetch in turn,
+        its delivery wait included, so that wait never holds the fetch loop.
+        A failure is logged and the loop goes on: the partitions concerned
+        are loaded again (their last batch written and sent again) and their
+        messages fetched again."""
+        while True:
+            records, generation = await self._queue.get()
+            try:
+                await self._fetched(records, generation)
+            except Exception:
+                log.exception("allocator: a fetch's batch failed")
+            finally:
+                self._queue.task_done()
+
+    async def drain(self) -> None:
+        """Return once every queued fetch is done (before a revoke)."""
+        await self._queue.join()
+
+    def close(self) -> None:
+        """At shutdown: no rewind fires after the consumer is gone."""
+        for task in list(self._rewinds):
+            task.cancel()
+
+    async def _fetched(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
+        if self._from_an_earlier_assignment(generation):
+            for tp, tp_records in records.items():
+                if tp_records:  # fetched again once the rebalance is over
+                    self.consumer.note_skipped(tp, tp_records[0].offset)
+            return
+        by_partition = {
+            tp.partition: [
+                InMessage(BUDGET_REQUESTS, self.topic, tp.partition, r.offset, r.key, r.value)
+                for r in tp_records
+            ]
+            for tp, tp_records in records.items()
+            if tp_records
+        }
+        done = self._steps(by_partition, generation)
+        if not done:
+            return
+        # Raises (and forgets these partitions) when a record was not delivered.
+        await deliver(self.producer, self.store, self.forget, [p for p, _ in done])
+        for partition, result in done:
+            try:
+                await self._after_delivery(partition, result)
+            except Exception:
+                log.exception("allocator partition %d: recording its position failed", partition)
 
     def _steps(
-        self, by_partition: Mapping[int, Sequence[InMessage]]
+        self, by_partition: Mapping[int, Sequence[InMessage]], generation: int
     ) -> list[tuple[int, AllocationResult]]:
         """Each partition's step, in partition order. One that fails is
-        forgotten (its last batch is written and sent again at its next use,
-        and its messages fetched again: the next fetch finds a gap) and the
-        others go on: the fetch loop is the worker's too, so an error here
-        must not end it (the faust agent this replaced was restarted alone)."""
+        forgotten (its last batch is written and sent again at its next use)
+        and fetched again a while later from where its record stands, and
+        the others go on."""
         done = []
         for partition in sorted(by_partition):
+            messages = by_partition[partition]
             try:
-                done.append((partition, self._step(partition, by_partition[partition])))
+                done.append((partition, self._step(partition, messages)))
             except Exception:
                 self.forget(partition)
                 log.exception("allocator partition %d: the batch failed", partition)
+                self._rewind_later(TP(self.topic, partition), messages[0].offset, generation)
         return done
-
-    async def _settle(self, done: Sequence[tuple[int, AllocationResult]]) -> None:
-        """Steps 3-5 for the partitions of one fetch; releases the lock that
-        `on_records` took. A failed delivery forgets those partitions (their
-        last batch is written and sent again at their next use) and records
-        no position."""
-        try:
-            await deliver(self.producer, self.store, self.forget, [p for p, _ in done])
-            for partition, result in done:
-                await self._after_delivery(partition, result)
-        except Exception:
-            log.exception("allocator: a batch's delivery or rewind failed; it is sent again")
-        finally:
-            self.lock.release()
-
-    async def drain(self) -> None:
-        """Return once no batch is in flight (before a revoke)."""
-        async with self.lock:
-            pass
 
     def _from_an_earlier_assignment(self, generation: int | None) -> bool:
         if self.app.rebalancing or self.app.in_recovery:
@@ -213,25 +219,28 @@ class Allocator:
         if result.waiting_for_pool is None:
             await self.consumer.rewind(tp, result.rewind)
             return
-        # A pool missing from the catalog: fetch again after a while. Not
-        # waited for here: the fetch loop is the worker's too. Until the
-        # rewind the allocator drops this partition's later messages (it
-        # awaits the rewound offset: `AllocatorCache.rewinding`).
-        task = asyncio.get_running_loop().create_task(
-            self._rewind_later(tp, result.rewind, self.app.consumer_generation_id)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # A pool missing from the catalog: fetch again after a while (the
+        # later fetches of budget requests go on meanwhile). Until the rewind
+        # the allocator drops this partition's later messages: it awaits the
+        # rewound offset (`AllocatorCache.rewinding`).
+        self._rewind_later(tp, result.rewind, self.app.consumer_generation_id)
 
-    async def _rewind_later(self, tp: TP, offset: int, generation: int) -> None:
-        await asyncio.sleep(CATALOG_WAIT_SECONDS)
-        async with self.lock:
-            if self._from_an_earlier_assignment(generation) or tp.partition not in self.caches:
-                return  # moved meanwhile: its next owner starts from the committed offset
-            try:
-                await self.consumer.rewind(tp, offset)
-            except Exception:
-                log.exception("allocator: rewinding %s[%d] failed", tp.topic, tp.partition)
+    def _rewind_later(self, tp: TP, offset: int, generation: int) -> None:
+        """Fetch `tp` again from `offset` in RETRY_SECONDS (from its record's
+        next offset, if that is earlier), unless a rebalance came between."""
+        task = asyncio.get_running_loop().create_task(self._rewind_after(tp, offset, generation))
+        self._rewinds.add(task)
+        task.add_done_callback(self._rewinds.discard)
+
+    async def _rewind_after(self, tp: TP, offset: int, generation: int) -> None:
+        await asyncio.sleep(RETRY_SECONDS)
+        if self._from_an_earlier_assignment(generation) or tp not in self.consumer.assignment():
+            return  # moved meanwhile: whoever holds it starts from the committed offset
+        try:
+            stored = self._read_record(tp.partition).next_offset
+            await self.consumer.rewind(tp, offset if stored is None else min(offset, stored))
+        except Exception:
+            log.exception("allocator: fetching %s[%d] again failed", tp.topic, tp.partition)
 
     def _finish_last_batch(self, partition: int) -> None:
         """After an assignment or a failed batch: write the last batch again,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -47,10 +47,16 @@ GRANTS = SETTINGS.topic("budget-grants")
 CHANGELOG = "ts-allocator-changelog"
 
 
+_LOOPS: list[asyncio.Task[None]] = []  # each test's allocator loop, cancelled after it
+
+
 @pytest.fixture(autouse=True)
 def _no_masters_left_behind() -> Iterator[None]:
     yield
     metrics._masters.clear()  # the allocator's metrics are process-wide
+    for loop in _LOOPS:
+        loop.cancel()
+    _LOOPS.clear()
 
 
 class FakeStore:
@@ -119,6 +125,10 @@ class FakeConsumer:
         self.skipped: list[tuple[TP, int]] = []
         self.rewinds: list[tuple[TP, int]] = []
         self.commit_positions = SimpleNamespace(record=self._record)
+        self.assigned = {TP(TOPIC, p) for p in range(PARTITIONS)}
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
 
     def _record(self, tp: TP, offset: int) -> None:
         self.positions[tp] = offset
@@ -152,14 +162,19 @@ def _allocator() -> tuple[Allocator, FakeStore, FakeProducer, FakeConsumer]:
         producer,  # type: ignore[arg-type]
         catalog=lambda: CATALOG,
     )
+    _LOOPS.append(asyncio.get_running_loop().create_task(allocator.run()))  # as the app task
     return allocator, store, producer, consumer
+
+
+def _fetched(offset: int, record: object, key: bytes = b"cash") -> Any:
+    """What the allocator reads of an aiokafka ConsumerRecord."""
+    return SimpleNamespace(offset=offset, key=key, value=encode(record))  # type: ignore[arg-type]
 
 
 async def _fetch(allocator: Allocator, offset: int, record: object, generation: int = 3) -> None:
     """One fetch of the owner's budget-requests partition with one record
-    (batch delivery, as aiokafka's ConsumerRecord has it), then its settle."""
-    fetched = SimpleNamespace(offset=offset, key=b"cash", value=encode(record))  # type: ignore[arg-type]
-    await allocator.on_records({TP(TOPIC, OWNER): [fetched]}, generation)
+    (batch delivery), then until the allocator's loop is done with it."""
+    await allocator.on_records({TP(TOPIC, OWNER): [_fetched(offset, record)]}, generation)
     await allocator.drain()
 
 
@@ -267,27 +282,21 @@ async def test_a_revoked_partition_is_loaded_again() -> None:
     assert _changelog(producer) == BATCH_KEYS + BATCH_KEYS  # the last batch, again first
 
 
-async def test_the_fetch_loop_goes_on_while_the_brokers_acknowledge() -> None:
-    """The delivery wait runs beside the fetch loop (the worker's inputs share
-    it); the next fetch of requests and a revoke wait for it."""
+async def test_the_fetch_loop_never_waits_for_the_allocators_brokers() -> None:
+    """The fetch loop is the worker's too: a fetch of budget requests is only
+    queued; the allocator's loop waits for the delivery, and a revoke
+    (`drain`) waits for everything queued."""
     allocator, store, producer, consumer = _allocator()
     producer.gate = asyncio.Event()
-    first = SimpleNamespace(offset=0, key=b"cash", value=encode(_request(1)))
-    await allocator.on_records({TP(TOPIC, OWNER): [first]}, 3)  # returns before the wait
-    await asyncio.sleep(0)  # the settle task starts
-    assert [kind for kind, _ in store.log] == ["write", "send", "wait"]
-    assert consumer.positions == {}
-    second = SimpleNamespace(offset=1, key=b"cash", value=encode(_request(2)))
-    next_fetch = asyncio.create_task(allocator.on_records({TP(TOPIC, OWNER): [second]}, 3))
+    await allocator.on_records({TP(TOPIC, OWNER): [_fetched(0, _request(1))]}, 3)
+    await allocator.on_records({TP(TOPIC, OWNER): [_fetched(1, _request(2))]}, 3)  # at once
     drained = asyncio.create_task(allocator.drain())
     await asyncio.sleep(0.01)
-    assert not next_fetch.done()  # one redo slot: batch 1 first
+    assert [kind for kind, _ in store.log] == ["write", "send", "wait"]  # batch 1 waits
+    assert consumer.positions == {}
     assert not drained.done()
-    assert [kind for kind, _ in store.log] == ["write", "send", "wait"]
     producer.gate.set()
-    await next_fetch
     await drained
-    await allocator.drain()
     assert consumer.positions == {TP(TOPIC, OWNER): 2}
     assert [kind for kind, _ in store.log] == [
         *("write", "send", "wait", "acknowledge", "position"),
@@ -295,49 +304,119 @@ async def test_the_fetch_loop_goes_on_while_the_brokers_acknowledge() -> None:
     ]
 
 
-async def test_a_pool_missing_from_the_catalog_is_fetched_again_later_not_now(
+async def test_the_fetch_loop_waits_only_once_the_queue_is_full() -> None:
+    allocator, _store, producer, _consumer = _allocator()
+    producer.gate = asyncio.Event()
+    for offset in range(allocator_shell.QUEUED_FETCHES + 1):  # the loop holds the first
+        await allocator.on_records({TP(TOPIC, OWNER): [_fetched(offset, _request(offset + 1))]}, 3)
+    one_more = _fetched(allocator_shell.QUEUED_FETCHES + 1, _request(99))
+    blocked = asyncio.create_task(allocator.on_records({TP(TOPIC, OWNER): [one_more]}, 3))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # back pressure
+    producer.gate.set()
+    await blocked
+    await allocator.drain()
+
+
+async def test_a_pool_missing_from_the_catalog_is_fetched_again_later(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(allocator_shell, "CATALOG_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
     allocator, _store, producer, consumer = _allocator()
     unknown = RefillRequested("r1", "gems", 2, 1, 500, 0, 0, 0, 0, 0)
     gems = master_partition("gems", PARTITIONS)
-    fetched = SimpleNamespace(offset=0, key=b"gems", value=encode(unknown))
-    await allocator.on_records({TP(TOPIC, gems): [fetched]}, 3)
+    await allocator.on_records({TP(TOPIC, gems): [_fetched(0, unknown, b"gems")]}, 3)
     await allocator.drain()
-    assert consumer.rewinds == []  # not waited for in the fetch loop
+    assert consumer.rewinds == []  # later: the catalog may have it by then
     assert producer.sent == []  # nothing granted for a pool it does not know
     await asyncio.sleep(0.1)
     assert consumer.rewinds == [(TP(TOPIC, gems), 0)]
 
 
-async def test_a_later_fetch_is_not_rewound_for_a_partition_revoked_meanwhile(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(allocator_shell, "CATALOG_WAIT_SECONDS", 0.05)
+async def _missing_pool_then(
+    monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[Allocator, FakeConsumer, TP], None]
+) -> list[tuple[TP, int]]:
+    """The rewinds after a request for a missing pool, with `meanwhile` done
+    before the retry is due."""
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
     allocator, _store, _producer, consumer = _allocator()
     unknown = RefillRequested("r1", "gems", 2, 1, 500, 0, 0, 0, 0, 0)
-    gems = master_partition("gems", PARTITIONS)
-    fetched = SimpleNamespace(offset=0, key=b"gems", value=encode(unknown))
-    await allocator.on_records({TP(TOPIC, gems): [fetched]}, 3)
+    tp = TP(TOPIC, master_partition("gems", PARTITIONS))
+    await allocator.on_records({tp: [_fetched(0, unknown, b"gems")]}, 3)
     await allocator.drain()
-    allocator.on_revoked([TP(TOPIC, gems)])
+    meanwhile(allocator, consumer, tp)
     await asyncio.sleep(0.1)
-    assert consumer.rewinds == []
+    return consumer.rewinds
 
 
-async def test_a_failed_step_is_logged_and_the_fetch_loop_goes_on() -> None:
-    """The fetch loop is the worker's too: an allocator step that raises must
-    not end it. The partition is loaded again, and its messages fetched
-    again (the next fetch finds a gap)."""
+async def test_no_rewind_after_a_rebalance_came_between(monkeypatch: pytest.MonkeyPatch) -> None:
+    def rebalance(allocator: Allocator, consumer: FakeConsumer, tp: TP) -> None:
+        allocator.app.consumer_generation_id = 4
+
+    assert await _missing_pool_then(monkeypatch, rebalance) == []
+
+
+async def test_no_rewind_of_a_partition_no_longer_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    def revoke(allocator: Allocator, consumer: FakeConsumer, tp: TP) -> None:
+        consumer.assigned.discard(tp)
+        allocator.on_revoked([tp])
+
+    assert await _missing_pool_then(monkeypatch, revoke) == []
+
+
+async def test_the_rewind_comes_even_when_the_partition_was_reloaded_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A later failed batch drops the partition's cache; the request the
+    allocator dropped while it waited must still be fetched again."""
+
+    def fail(allocator: Allocator, consumer: FakeConsumer, tp: TP) -> None:
+        allocator.forget(tp.partition)
+
+    rewinds = await _missing_pool_then(monkeypatch, fail)
+    assert rewinds == [(TP(TOPIC, master_partition("gems", PARTITIONS)), 0)]
+
+
+async def test_a_failed_step_is_retried_from_the_stored_offset_without_a_later_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch loop is the worker's too: a step that raises is logged, its
+    partition loaded again, and its messages fetched again a while later,
+    even if no later message shows the gap (a stalled bucket waits for it)."""
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
     allocator, store, producer, consumer = _allocator()
+    await _fetch(allocator, 0, _request(1))
     store.broken = True
-    await _fetch(allocator, 0, _request(1))  # no exception reaches the fetch loop
-    assert consumer.positions == {}
+    await _fetch(allocator, 1, _request(2))  # no exception reaches the fetch loop
+    assert consumer.positions == {TP(TOPIC, OWNER): 1}
     assert OWNER not in allocator.caches
     store.broken = False
-    await _fetch(allocator, 1, _request(2))
-    assert consumer.rewinds == [(TP(TOPIC, OWNER), 0)]  # offset 0 was never applied
-    await _fetch(allocator, 0, _request(1))
+    await asyncio.sleep(0.1)
+    assert consumer.rewinds == [(TP(TOPIC, OWNER), 1)]
+    await _fetch(allocator, 1, _request(2))  # fetched again
+    assert consumer.positions == {TP(TOPIC, OWNER): 2}
+    assert [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)] == [1, 1, 2]
+
+
+async def test_a_failed_step_spares_the_other_partitions_of_the_fetch() -> None:
+    allocator, store, _producer, consumer = _allocator()
+    other_partition = (OWNER + 1) % PARTITIONS
+    broken_write = store.write
+
+    def write(partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        if partition == other_partition:
+            raise OSError("IO error: No space left on device")
+        broken_write(partition, writes)
+
+    store.write = write  # type: ignore[method-assign]
+    other = RefillRequested("r9", "cash", 2, 1, 500, 0, 0, 0, 0, 0)
+    await allocator.on_records(
+        {
+            TP(TOPIC, other_partition): [_fetched(0, other)],  # not cash's master: refused,
+            TP(TOPIC, OWNER): [_fetched(0, _request(1))],  # which writes, and fails
+        },
+        3,
+    )
+    await allocator.drain()
     assert consumer.positions == {TP(TOPIC, OWNER): 1}
-    assert [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)] == [1]
+    assert other_partition not in allocator.caches

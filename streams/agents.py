@@ -34,6 +34,7 @@ from streams.app import (
 from streams.config import MAX_MESSAGE_BYTES
 from streams.kafka.producer import BatchProducer, producer_config
 from streams.kafka.transport import BatchSink, Consumer, SinkGroup
+from streams.monitor.metrics import WorkerMetrics, install_pages
 from streams.worker.allocator import Allocator
 from streams.worker.state_store import PartitionStateStore
 from streams.worker.worker import Worker
@@ -50,6 +51,11 @@ def _producer_for(table: Any) -> BatchProducer:
     )
 
 
+# The worker's Prometheus registry and what its /metrics page reads.
+metrics = WorkerMetrics(
+    app, settings, (state, allocator_table), catalog_ready=lambda: catalog_feed.wait_ready(0)
+)
+install_pages(app, metrics)  # /metrics, /health and /ready on the web port
 producer = _producer_for(state)
 store = PartitionStateStore(state, producer)
 worker = Worker(
@@ -59,6 +65,7 @@ worker = Worker(
     producer,
     catalog=lambda: catalog_feed.catalog,
     role_of_topic=ROLE_OF_TOPIC,
+    metrics=metrics,
 )
 allocator_producer = _producer_for(allocator_table)
 allocator_store = PartitionStateStore(allocator_table, allocator_producer)
@@ -68,6 +75,7 @@ allocator = Allocator(
     allocator_store,
     allocator_producer,
     catalog=lambda: catalog_feed.catalog,
+    metrics=metrics,
 )
 # Subscribed as faust's agents subscribe their topics (the inputs are, in
 # streams.app); the records reach the allocator in whole fetches.
@@ -173,6 +181,7 @@ async def commit_processor_positions() -> None:
 async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     worker.on_revoked(revoked)
     allocator.on_revoked(revoked)
+    metrics.forget(revoked)
 
 
 @app.on_before_shutdown.connect  # type: ignore[arg-type]

@@ -13,9 +13,9 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.agents import worker
+from streams.agents import metrics, worker
 from streams.app import app, settings
-from streams.monitor import metrics
+from streams.monitor.metrics import counter_total
 
 log = logging.getLogger("taskstream.progress")
 
@@ -27,8 +27,8 @@ class _Progress:
         self.last_messages = 0
 
     def line(self) -> str:
-        total = metrics.counter_total
-        messages = total(metrics.INPUT_MESSAGES)
+        total = counter_total
+        messages = total(metrics.input_messages)
         rate = (messages - self.last_messages) / PROGRESS_INTERVAL_SECONDS
         self.last_messages = messages
         lags = metrics.input_lags()
@@ -36,14 +36,14 @@ class _Progress:
         consumer = app.consumer
         return (
             f"progress: {rate:.0f} messages/s, {messages} messages total "
-            f"({total(metrics.INPUT_MESSAGES, outcome='accepted')} accepted, "
-            f"{total(metrics.INPUT_MESSAGES, outcome='redelivered')} redelivered), "
-            f"{total(metrics.INPUT_EVENTS)} applied ({total(metrics.APPLIED_LATE)} late), "
-            f"{total(metrics.OUTPUT_EVENTS)} outputs, "
-            f"{total(metrics.DEAD_LETTERS)} dead letters, "
-            f"budget: {total(metrics.STALLS)} stalls, "
-            f"{total(metrics.BUDGET_MESSAGES, direction='received')} messages in, "
-            f"{total(metrics.ALLOCATOR_MESSAGES, kind='requests')} requests at masters, "
+            f"({total(metrics.input_messages, outcome='accepted')} accepted, "
+            f"{total(metrics.input_messages, outcome='redelivered')} redelivered), "
+            f"{total(metrics.input_events)} applied ({total(metrics.applied_late)} late), "
+            f"{total(metrics.output_events)} outputs, "
+            f"{total(metrics.dead_letters)} dead letters, "
+            f"budget: {total(metrics.stalls)} stalls, "
+            f"{total(metrics.budget_messages, direction='received')} messages in, "
+            f"{total(metrics.allocator_messages, kind='requests')} requests at masters, "
             f"lag {sum(lags.values())} "
             f"({', '.join(f'{tp}={lag}' for tp, lag in sorted(behind.items())) or 'none'}), "
             f"assigned {len(consumer.assignment())}, "

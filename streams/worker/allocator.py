@@ -52,7 +52,7 @@ from streams.allocation import (
 from streams.config import BUDGET_GRANTS, BUDGET_REQUESTS, DEAD_LETTERS, Settings
 from streams.kafka.producer import BatchProducer
 from streams.kafka.transport import Consumer
-from streams.monitor import metrics
+from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo, last_batch_again
 from streams.processor import InMessage
 from streams.worker.state_store import PartitionStateStore, deliver
@@ -81,11 +81,13 @@ class Allocator:
         store: PartitionStateStore,
         producer: BatchProducer,
         catalog: Callable[[], Catalog],
+        metrics: WorkerMetrics,
     ) -> None:
         self.app = app
         self.settings = settings
         self.store = store
         self.producer = producer
+        self.metrics = metrics
         self._catalog = catalog
         self.topic = settings.topic(BUDGET_REQUESTS)
         self.output_topics = {role: settings.topic(role) for role in _OUTPUT_ROLES}
@@ -207,7 +209,7 @@ class Allocator:
             self._send(result.outputs)
         for note in result.notes:
             log.warning("allocator partition %d: %s", partition, note)
-        metrics.observe_allocation(partition, result, time.perf_counter() - started)
+        self.metrics.observe_allocation(partition, result, time.perf_counter() - started)
         return result
 
     async def _after_delivery(self, partition: int, result: AllocationResult) -> None:

@@ -53,7 +53,7 @@ from streams.config import (
 from streams.freeze import FreezeWatch
 from streams.kafka.producer import BatchProducer
 from streams.kafka.transport import Consumer
-from streams.monitor import metrics
+from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import (
     REDO_SLOTS,
     USER_PREFIX,
@@ -119,11 +119,13 @@ class Worker:
         producer: BatchProducer,
         catalog: Callable[[], Catalog],
         role_of_topic: Mapping[str, str],
+        metrics: WorkerMetrics,
     ) -> None:
         self.app = app
         self.settings = settings
         self.store = store
         self.producer = producer
+        self.metrics = metrics
         self._catalog = catalog
         self.role_of_topic = dict(role_of_topic)
         self.topics = frozenset(role_of_topic)
@@ -183,7 +185,7 @@ class Worker:
                     if tp_records:
                         self.consumer.note_skipped(tp, tp_records[0].offset)
                         stale += len(tp_records)
-                metrics.observe_stale(stale)
+                self.metrics.observe_stale(stale)
                 log.info("skipped %d message(s) fetched before the last rebalance", stale)
                 return
             by_partition: dict[int, list[InMessage]] = {}
@@ -302,7 +304,7 @@ class Worker:
             )
             for tp, offset in due:
                 waiting = (highwaters[tp] or 0) - offset
-                metrics.observe_refetch()
+                self.metrics.observe_refetch()
                 log.warning(
                     "%s[%d]: %d message(s) from offset %d have waited %.0f s without reaching "
                     "the processor (a fetch lost in a rebalance?); fetching them again",
@@ -351,7 +353,7 @@ class Worker:
                 record = cache.record if cache is not None else None
                 if record is None:
                     record = self._read_record(tp.partition)
-                    metrics.observe_stored_record(tp.partition, record)
+                    self.metrics.observe_stored_record(tp.partition, record)
                 records[tp.partition] = record
             offset = record.next_offset.get(role)
             awaited = cache.rewinding.get(role) if cache is not None else None
@@ -373,7 +375,7 @@ class Worker:
         now = time.monotonic()
         frozen_for = self.freeze_watch.beat(now)
         if frozen_for is not None:
-            metrics.observe_freeze()
+            self.metrics.observe_freeze()
             log.warning(
                 "this worker was frozen for %.1f s (SIGSTOP? a suspended host?): it processes "
                 "nothing for %.1f s, until its consumer knows whether it still owns its partitions",
@@ -534,7 +536,7 @@ class Worker:
             cache.record = result.record
         for note in result.notes:
             log.warning("partition %d: %s", partition, note)
-        metrics.observe_batch(partition, result, time.perf_counter() - started)
+        self.metrics.observe_batch(partition, result, time.perf_counter() - started)
         return result
 
     @staticmethod

@@ -27,7 +27,7 @@ from streams.allocation import (
 )
 from streams.config import Settings
 from streams.kafka.producer import Delivered, DeliveryFailed
-from streams.monitor import metrics
+from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo
 from streams.worker import allocator as allocator_shell
 from streams.worker.allocator import Allocator
@@ -53,7 +53,6 @@ _LOOPS: list[asyncio.Task[None]] = []  # each test's allocator loop, cancelled a
 @pytest.fixture(autouse=True)
 def _no_masters_left_behind() -> Iterator[None]:
     yield
-    metrics._masters.clear()  # the allocator's metrics are process-wide
     for loop in _LOOPS:
         loop.cancel()
     _LOOPS.clear()
@@ -155,12 +154,14 @@ def _allocator() -> tuple[Allocator, FakeStore, FakeProducer, FakeConsumer]:
     store = FakeStore()
     producer = store.producer = FakeProducer(store.log)
     consumer = FakeConsumer(store.log)
+    app = FakeApp(consumer)
     allocator = Allocator(
-        FakeApp(consumer),
+        app,
         SETTINGS,
         store,  # type: ignore[arg-type]
         producer,  # type: ignore[arg-type]
         catalog=lambda: CATALOG,
+        metrics=WorkerMetrics(app, SETTINGS, (), catalog_ready=lambda: True),
     )
     _LOOPS.append(asyncio.get_running_loop().create_task(allocator.run()))  # as the app task
     return allocator, store, producer, consumer

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-import streams.monitor.metrics as worker_metrics
+from streams.agents import metrics as worker_metrics
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 DASHBOARD = DOCKER / "grafana" / "taskstream-dashboard.json"
@@ -24,7 +24,7 @@ _ALWAYS = {"job", "instance", "le", "__name__"}
 def _families() -> dict[str, set[str]]:
     """Exposed family name -> its labels, with the sample suffixes Prometheus sees."""
     exposed: dict[str, set[str]] = {}
-    for family in worker_metrics.REGISTRY.collect():
+    for family in worker_metrics.registry.collect():
         labels = set(getattr(family, "_labelnames", ()) or ()) | _declared_labels(family.name)
         if family.type == "histogram":
             suffixes = ("_bucket", "_sum", "_count")
@@ -38,7 +38,7 @@ def _families() -> dict[str, set[str]]:
 
 
 def _declared_labels(name: str) -> set[str]:
-    """Labels of a metric declared in streams.monitor.metrics (Counter, Histogram ...)."""
+    """Labels of a metric the worker declares (its WorkerMetrics' Counters, Histogram ...)."""
     for value in vars(worker_metrics).values():
         if getattr(value, "_name", None) == name:
             return set(getattr(value, "_labelnames", ()))

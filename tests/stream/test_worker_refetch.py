@@ -4,26 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from faust.types import TP
 
 from streams.config import Settings
 from streams.kafka.transport import Consumer
-from streams.monitor import metrics
+from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import PartitionRecord, encode_partition, partition_key
 from streams.worker import worker as worker_module
 from streams.worker.worker import Worker
 
 SETTINGS = Settings.from_env({})
-
-
-@pytest.fixture(autouse=True)
-def _no_records_left_behind() -> Iterator[None]:
-    yield
-    metrics._records.clear()  # the worker's metrics are process-wide
 
 
 CLAIMS, ORDERS = SETTINGS.topic("claims"), SETTINGS.topic("orders")
@@ -78,6 +70,7 @@ def _worker(consumer: FakeConsumer, records: dict[int, PartitionRecord]) -> Work
         producer=None,  # type: ignore[arg-type]  # not reached
         catalog=lambda: None,  # type: ignore[arg-type, return-value]
         role_of_topic={CLAIMS: "claims", ORDERS: "orders"},
+        metrics=WorkerMetrics(FakeApp(consumer), SETTINGS, (), catalog_ready=lambda: True),
     )
 
 
@@ -100,7 +93,7 @@ def test_messages_waiting_past_a_still_next_offset_are_fetched_again(monkeypatch
     assert consumer.rewinds == [(claims6, 209)]
     # Not processed here yet: the lag gauges read the table's record, not
     # the group's committed offsets.
-    assert metrics._records[6] == record
+    assert worker.metrics.records[6] == record
 
 
 def test_held_back_or_moving_inputs_and_rebalances_are_left_alone(monkeypatch: Any) -> None:

@@ -21,7 +21,7 @@ from schemas.codec import encode
 from streams.config import Settings
 from streams.kafka.positions import CommitPositions
 from streams.kafka.producer import DeliveryFailed
-from streams.monitor import metrics
+from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import (
     REDO_SLOTS,
     PartitionRecord,
@@ -39,12 +39,6 @@ CATALOG = parse_catalog([template()], None)
 TOPICS = {SETTINGS.topic(role): role for role in ("claims", "orders", "refunds", "ticks")}
 CLAIMS = SETTINGS.topic("claims")
 TASK_EVENTS = SETTINGS.topic("task-events")
-
-
-@pytest.fixture(autouse=True)
-def _no_records_left_behind() -> Iterator[None]:
-    yield
-    metrics._records.clear()  # the worker's metrics are process-wide
 
 
 @dataclass
@@ -134,14 +128,15 @@ class FakeProducer:
 
 
 def _worker(store: FakeStore, producer: FakeProducer) -> Worker:
-    consumer = FakeConsumer()
+    app = FakeApp(FakeConsumer())
     return Worker(
-        FakeApp(consumer),
+        app,
         SETTINGS,
         store,  # type: ignore[arg-type]
         producer,  # type: ignore[arg-type]
         catalog=lambda: CATALOG,
         role_of_topic=TOPICS,
+        metrics=WorkerMetrics(app, SETTINGS, (), catalog_ready=lambda: True),
     )
 
 

@@ -57,6 +57,12 @@ REPLACED = {
     ),
     "faust Recovery._resume_streams": (faust_recovery.Recovery._resume_streams, "d986a6710c1a"),
     "faust TableManager.recovery": (faust_manager.TableManager.recovery.fget, "f0bf5de78b4c"),
+    # Recovery._set_recovery_started also clears the end signal that
+    # Recovery.restore sets (this loop clears it only when it wakes).
+    "faust Recovery._set_recovery_started": (
+        faust_recovery.Recovery._set_recovery_started,
+        "bcfebf81ae13",
+    ),
     # Recovery.restore does, per fetch, what this loop does per record.
     "faust Recovery._slurp_changelogs": (
         faust_recovery.Recovery._slurp_changelogs.fun,  # type: ignore[attr-defined]

@@ -134,3 +134,24 @@ def test_standbys_and_tables_with_a_changelog_callback_go_fausts_way(
 
     store.table._on_changelog_event = callback
     assert not rec.takes(CHANGELOG)
+
+
+def test_a_recovery_starting_soon_after_the_last_one_waits_for_its_own_end(
+    app: faust.App, store: FencedStore
+) -> None:
+    """`restore` signals the end of a recovery outside faust's changelog loop,
+    which clears that signal only when it next wakes (every 5 s when no
+    record comes its way). A recovery started before then must not find the
+    last one's signal still set: it would be done at once, reading nothing."""
+    rec = _recovering(app, store, seen=1, highwater=2)
+    rec.restore(CHANGELOG, [_Record(2, b"u:a", b"a2")])
+    assert rec.signal_recovery_end.is_set()  # the first recovery is over
+    assert not rec.in_recovery
+    # The next assignment needs CHANGELOG up to offset 9: a new recovery.
+    rec.active_highwaters[CHANGELOG] = 9
+    assert rec.need_recovery()
+    rec._set_recovery_started()
+    assert not rec.signal_recovery_end.is_set()  # waits for its own end
+    rec.restore(CHANGELOG, [_Record(o, b"u:a", b"a%d" % o) for o in range(3, 10)])
+    assert rec.signal_recovery_end.is_set()
+    assert _value(store, b"u:a") == b"a9"

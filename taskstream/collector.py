@@ -9,9 +9,7 @@ The fold's garbage holds no reference cycles, so reference counting frees it
 at once whatever the collector does; a larger young threshold only makes the
 passes rarer. Objects alive once start-up is done (modules, the catalog,
 faust's services) are moved out of the collector's sight with `gc.freeze()`,
-as long-running CPython services commonly do. No full collection first: it
-cost ~35-50 ms of every start to free ~85 unreachable objects that the
-imports leave (they stay frozen, a few KiB).
+as long-running CPython services commonly do.
 
 This is process-wide, so only the command's entry points call it, never an
 import.
@@ -30,6 +28,7 @@ def tune_collector(threshold: int) -> str:
     _, older, oldest = gc.get_threshold()
     young = threshold or _PYTHON_DEFAULT
     gc.set_threshold(young, older, oldest)
+    gc.collect()
     gc.freeze()
     return (
         f"garbage collector: a young pass every {young:,} allocations "

@@ -15,7 +15,6 @@ later, then again `--seconds` later; the main thread and the others apart.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -24,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.peer import Quix, System, Taskstream, peer_python
-from bench.stream import bench_broker
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from bench.stream import bench_broker, stat_cpu
 
 
 def say(message: str) -> None:
@@ -46,11 +43,9 @@ def thread_times(pid: int) -> dict[int, float]:
     times: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            stat = (task / "stat").read_text()
+            times[int(task.name)] = stat_cpu(task / "stat")[1]
         except OSError:
             continue  # the thread ended meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()
-        times[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return times
 
 

@@ -40,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +339,26 @@ def latency_shape(events: int) -> LogShape:
     )
 
 
+def warm_broker(bootstrap: str, root: Path, rate: float, seconds: float) -> None:
+    """Run the latency run's log at `rate` for `seconds` through a worker of
+    its own deployment, then stop it: the broker's JIT compilation and first
+    segments cost it more than a core for its first ~10 s under load, and
+    on 2 cores that showed as the measured worker's tail (p99 76-113 ms in
+    three runs of one hour, the slow spells in the first seconds)."""
+    if seconds <= 0:
+        return
+    dep = Deployment(bootstrap, root)
+    try:
+        dep.start_worker("a")
+        shape = replace(latency_shape(int(rate * seconds)), seed=6)
+        began = time.monotonic()
+        dep.produce(generate(shape), rate=rate)
+        dep.wait_consumed(300)
+        say(f"broker warmed up: {shape.events:,} events in {time.monotonic() - began:.1f}s")
+    finally:
+        dep.stop()
+
+
 def latency(
     bootstrap: str, root: Path, rate: float, seconds: float, dump: Path | None = None
 ) -> dict[str, float]:
@@ -436,6 +456,13 @@ def main(argv: list[str]) -> int:
         type=Path,
         help="write every measured latency to this CSV file (order ms, output ms, type)",
     )
+    parser.add_argument(
+        "--latency-warmup",
+        type=float,
+        default=15.0,
+        help="seconds of load at the latency run's rate through a worker of its own "
+        "before the measured run, when no throughput run has warmed the broker up",
+    )
     parser.add_argument("--memory-users", default="100000,1000000")
     parser.add_argument("--skip", default="", help="comma list of: throughput,latency,memory")
     args, _ = parser.parse_known_args(argv)
@@ -452,6 +479,7 @@ def main(argv: list[str]) -> int:
                 )
         if "latency" not in skip:
             rate = args.rate
+            throughput_ran = "throughput" not in skip or rate is None
             if rate is None:
                 # Half of one worker's capacity on the latency run's own log
                 # (heavier per event than the throughput log above).
@@ -461,6 +489,8 @@ def main(argv: list[str]) -> int:
                     f"| {capacity:,.0f} msg/s |"
                 )
                 rate = capacity / 2
+            if not throughput_ran:
+                warm_broker(bootstrap, root, rate, args.latency_warmup)
             lat = latency(bootstrap, root, rate, args.latency_seconds, args.latency_dump)
             rows.append(
                 f"| latency at {rate:,.0f} ev/s, {lat['outputs']:,} order-caused outputs | "

@@ -51,9 +51,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from bench.loggen import LogShape, ample_sample_pools, generate
+from bench.loggen import START, LogShape, ample_sample_pools, generate
 from schemas.codec import encode
-from schemas.records import InputEvent, TaskClaim
+from schemas.records import InputEvent, TaskClaim, Tick
 from streams.config import INPUT_TOPICS, Settings
 from taskstream import broker
 from taskstream.kafka_io import ensure_topics, group_offsets, producer, route
@@ -339,28 +339,43 @@ def latency_shape(events: int) -> LogShape:
     )
 
 
-def warm_broker(bootstrap: str, root: Path, rate: float, seconds: float) -> None:
-    """Run the latency run's log at `rate` for `seconds` through a worker of
-    its own deployment, then stop it: the broker's JIT compilation and first
-    segments cost it more than a core for its first ~10 s under load, and
-    on 2 cores that showed as the measured worker's tail (p99 76-113 ms in
-    three runs of one hour, the slow spells in the first seconds)."""
-    if seconds <= 0:
-        return
-    dep = Deployment(bootstrap, root)
-    try:
-        dep.start_worker("a")
-        shape = replace(latency_shape(int(rate * seconds)), seed=6)
-        began = time.monotonic()
-        dep.produce(generate(shape), rate=rate)
-        dep.wait_consumed(300)
-        say(f"broker warmed up: {shape.events:,} events in {time.monotonic() - began:.1f}s")
-    finally:
-        dep.stop()
+def warm_up_log(shape: LogShape, events: int) -> tuple[list[InputEvent], int]:
+    """`events` of the latency log's shape as a warm-up: users and event ids
+    of their own ("w" prefixed), so no measured output is theirs and no
+    measured user holds their state, and event times from the log's start;
+    with the event-time span they take, by which the measured log is shifted
+    so that no measured event is later than one already applied (a late
+    input skips the event-time merge, which would flatter the figure)."""
+    # Denser in event time than the measured log, so the two stay within
+    # the sample templates' month together.
+    warm = replace(
+        shape, events=events, seed=shape.seed + 1, seconds_per_event=shape.seconds_per_event / 10
+    )
+    renamed: list[InputEvent] = []
+    latest = START
+    for event in generate(warm):
+        latest = max(latest, event.at)
+        if isinstance(event, Tick):
+            renamed.append(event)
+        else:
+            renamed.append(
+                replace(event, event_id=f"w{event.event_id}", user_id=f"w{event.user_id}")
+            )
+    return renamed, latest - START + 1
+
+
+def shifted(events: Iterable[InputEvent], micros: int) -> Iterator[InputEvent]:
+    for event in events:
+        yield replace(event, at=event.at + micros)
 
 
 def latency(
-    bootstrap: str, root: Path, rate: float, seconds: float, dump: Path | None = None
+    bootstrap: str,
+    root: Path,
+    rate: float,
+    seconds: float,
+    dump: Path | None = None,
+    warmup: float = 15.0,
 ) -> dict[str, float]:
     """Order -> output latencies at `rate` events/s for `seconds`; with
     `dump`, every measured output also goes to that file as a CSV line
@@ -377,10 +392,22 @@ def latency(
         )
         dep.wait_consumed(120)
         shape = latency_shape(int(rate * seconds))
+        # Warm-up load at the measured rate on this deployment's own topics:
+        # a fresh broker JIT-compiles for its first ~10 s under load (more
+        # than a core of two), and a fresh deployment's partitions answered
+        # their first second of writes slowly (librdkafka deliveries of 100-
+        # 430 ms, the worker's settles waiting on them), which alone was
+        # over 1 % of a 30 s run's outputs and so its p99.
+        warm, warm_span = warm_up_log(shape, int(rate * warmup))
+        if warm:
+            began = time.monotonic()
+            dep.produce(warm, rate=rate)
+            dep.wait_consumed(300)
+            say(f"warmed up: {len(warm):,} events in {time.monotonic() - began:.1f}s")
         parties = cpu_parties(dep, root)
         cpu_before = {name: cpu_seconds(pid) for name, pid in parties.items()}
         began = time.monotonic()
-        stamps = dep.produce(generate(shape), rate=rate)
+        stamps = dep.produce(shifted(generate(shape), warm_span), rate=rate)
         dep.wait_consumed(300)
         span = time.monotonic() - began
         cores = {
@@ -460,8 +487,8 @@ def main(argv: list[str]) -> int:
         "--latency-warmup",
         type=float,
         default=15.0,
-        help="seconds of load at the latency run's rate through a worker of its own "
-        "before the measured run, when no throughput run has warmed the broker up",
+        help="seconds of load at the latency run's rate, on the measured deployment "
+        "(users of its own, earlier event times), before the measured run",
     )
     parser.add_argument("--memory-users", default="100000,1000000")
     parser.add_argument("--skip", default="", help="comma list of: throughput,latency,memory")
@@ -479,7 +506,6 @@ def main(argv: list[str]) -> int:
                 )
         if "latency" not in skip:
             rate = args.rate
-            throughput_ran = "throughput" not in skip or rate is None
             if rate is None:
                 # Half of one worker's capacity on the latency run's own log
                 # (heavier per event than the throughput log above).
@@ -489,9 +515,9 @@ def main(argv: list[str]) -> int:
                     f"| {capacity:,.0f} msg/s |"
                 )
                 rate = capacity / 2
-            if not throughput_ran:
-                warm_broker(bootstrap, root, rate, args.latency_warmup)
-            lat = latency(bootstrap, root, rate, args.latency_seconds, args.latency_dump)
+            lat = latency(
+                bootstrap, root, rate, args.latency_seconds, args.latency_dump, args.latency_warmup
+            )
             rows.append(
                 f"| latency at {rate:,.0f} ev/s, {lat['outputs']:,} order-caused outputs | "
                 f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms |"

@@ -1,11 +1,16 @@
-"""The worker's wiring: the `Worker` that takes each fetch of the inputs, and
-the timers around it.
+"""The worker's wiring: the `Worker` that takes each fetch of the inputs, the
+pools' `Allocator` that takes each fetch of the budget requests, and the
+timers around them.
 
 One worker (concurrency 1: fetches and idle releases run one at a time under
 its lock) reads the four co-partitioned input topics and the buckets'
-budget messages (budget-grants, docs/bucketing.md). faust's consumer hands
-it whole fetches (streams.kafka.transport); streams.worker.worker says what
-a batch does.
+budget messages (budget-grants, docs/bucketing.md); the allocator reads the
+budget-requests topic, where the pools' masters live. faust's consumer
+hands both whole fetches (streams.kafka.transport, batch delivery);
+streams.worker.worker and streams.worker.allocator say what a batch does.
+Each has its own librdkafka producer: `BatchProducer.wait` waits for every
+record sent so far, and neither must wait for the other's records (nor
+take their delivery reports).
 """
 
 from __future__ import annotations
@@ -21,31 +26,37 @@ from streams.app import (
     ROLE_OF_TOPIC,
     allocator_table,
     app,
+    budget_requests,
     catalog_feed,
     settings,
     state,
 )
 from streams.config import MAX_MESSAGE_BYTES
 from streams.kafka.producer import BatchProducer, producer_config
-from streams.kafka.transport import Consumer
+from streams.kafka.transport import BatchSink, Consumer, SinkGroup
 from streams.monitor.metrics import WorkerMetrics, install_pages
+from streams.worker.allocator import Allocator
 from streams.worker.state_store import PartitionStateStore
 from streams.worker.worker import Worker
 
 log = logging.getLogger("taskstream.worker")
 
-# The worker's Prometheus registry and what its /metrics page reads (the
-# allocator's agent reports to it too).
+_client = {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()}
+
+
+def _producer_for(table: Any) -> BatchProducer:
+    return BatchProducer(
+        producer_config(_client, MAX_MESSAGE_BYTES, settings.compression),
+        tracked_topics=frozenset({table.changelog_topic.get_topic_name()}),
+    )
+
+
+# The worker's Prometheus registry and what its /metrics page reads.
 metrics = WorkerMetrics(
     app, settings, (state, allocator_table), catalog_ready=lambda: catalog_feed.wait_ready(0)
 )
 install_pages(app, metrics)  # /metrics, /health and /ready on the web port
-
-_client = {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()}
-producer = BatchProducer(
-    producer_config(_client, MAX_MESSAGE_BYTES, settings.compression),
-    tracked_topics=frozenset({state.changelog_topic.get_topic_name()}),
-)
+producer = _producer_for(state)
 store = PartitionStateStore(state, producer)
 worker = Worker(
     app,
@@ -56,6 +67,19 @@ worker = Worker(
     role_of_topic=ROLE_OF_TOPIC,
     metrics=metrics,
 )
+allocator_producer = _producer_for(allocator_table)
+allocator_store = PartitionStateStore(allocator_table, allocator_producer)
+allocator = Allocator(
+    app,
+    settings,
+    allocator_store,
+    allocator_producer,
+    catalog=lambda: catalog_feed.catalog,
+    metrics=metrics,
+)
+# Subscribed as faust's agents subscribe their topics (the inputs are, in
+# streams.app); the records reach the allocator in whole fetches.
+app.topics.add(budget_requests)
 
 
 async def wait_for_catalog() -> None:
@@ -65,25 +89,32 @@ async def wait_for_catalog() -> None:
 
 
 class _CatalogFirst:
-    """The worker as faust's batch sink, once the templates are read: a
-    fetch before that waits (and so does the next fetch)."""
+    """A batch sink that takes fetches once the templates are read: a fetch
+    before that waits (and so does the next fetch)."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.topics = worker.topics
+    def __init__(self, sink: BatchSink) -> None:
+        self.sink = sink
+        self.topics = sink.topics
         self._ready = False
 
     async def on_records(self, records: Any, generation: int) -> None:
         if not self._ready:
             await wait_for_catalog()
             self._ready = True
-        await self.worker.on_records(records, generation)
+        await self.sink.on_records(records, generation)
 
     async def drain(self) -> None:
-        await self.worker.drain()
+        await self.sink.drain()
 
 
-app.batch_sink = _CatalogFirst(worker)
+# The allocator first: it only queues the fetch for its own loop.
+app.batch_sink = _CatalogFirst(SinkGroup(allocator, worker))
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def allocate_budgets() -> None:
+    """The pools' masters: each fetch of budget requests in turn (`Allocator.run`)."""
+    await allocator.run()
 
 
 @app.task  # type: ignore[untyped-decorator]
@@ -97,7 +128,13 @@ async def warm_producer() -> None:
     settle then waits for its own records, not for the connections
     (measured: ~0.95 s of a cold producer's first delivery, with the event
     loop blocked on it)."""
-    await asyncio.to_thread(producer.warm, [store.changelog, *worker.output_topics.values()])
+    await asyncio.gather(
+        asyncio.to_thread(producer.warm, [store.changelog, *worker.output_topics.values()]),
+        asyncio.to_thread(
+            allocator_producer.warm,
+            [allocator_store.changelog, *allocator.output_topics.values()],
+        ),
+    )
 
 
 # How often the worker looks for input messages lost between fetch and processor.
@@ -143,9 +180,12 @@ async def commit_processor_positions() -> None:
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     worker.on_revoked(revoked)
+    allocator.on_revoked(revoked)
     metrics.forget(revoked)
 
 
 @app.on_before_shutdown.connect  # type: ignore[arg-type]
 def _flush_producer(sender: Any, **kwargs: Any) -> None:
+    allocator.close()
     producer.close()
+    allocator_producer.close()

@@ -55,7 +55,6 @@ class Settings:
     TASKSTREAM_PROGRESS_SECONDS how often the worker logs its progress line (default 10)
     TASKSTREAM_COMMIT_INTERVAL seconds between offset commits (default 2.8, faust's)
     TASKSTREAM_BATCH_MAX       most input messages one batch takes (default 2000)
-    TASKSTREAM_BATCH_WINDOW    seconds a batch waits to fill up (default 0.02)
     TASKSTREAM_MAX_PENDING     events one partition may hold back for event-time
                                order before it releases them anyway (default 20000)
     TASKSTREAM_MAX_IDLE_MS     how long an event waits, from when the broker appended
@@ -111,7 +110,6 @@ class Settings:
     progress_seconds: int = 10
     commit_interval: float = 2.8
     batch_max: int = 2000
-    batch_window: float = 0.02
     max_pending: int = 20_000
     max_idle_ms: int = 0
     # Decoded users kept in memory per partition between batches (0: none).
@@ -158,7 +156,6 @@ class Settings:
             ),
             commit_interval=_positive_float(env, "TASKSTREAM_COMMIT_INTERVAL", cls.commit_interval),
             batch_max=_positive_int(env, "TASKSTREAM_BATCH_MAX", cls.batch_max),
-            batch_window=_positive_float(env, "TASKSTREAM_BATCH_WINDOW", cls.batch_window),
             max_pending=_positive_int(env, "TASKSTREAM_MAX_PENDING", cls.max_pending),
             max_idle_ms=_non_negative_int(env, "TASKSTREAM_MAX_IDLE_MS", cls.max_idle_ms),
             user_cache=_non_negative_int(env, "TASKSTREAM_USER_CACHE", cls.user_cache),

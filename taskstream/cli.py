@@ -117,8 +117,7 @@ def worker(loglevel: str) -> None:
     from taskstream.worker_logs import Worker
 
     _settings()  # bad settings (e.g. an unreadable secret file): exit 2 with why
-    import streams.agents  # the worker, its timers and the /metrics pages
-    import streams.allocator_agent  # the pools' master allocator
+    import streams.agents  # the worker, the allocator, their timers and the /metrics pages
     import streams.monitor.progress  # noqa: F401  (the periodic progress line)
     from streams.api import link as api_worker  # the routing file of the render API process
     from streams.api.routing import ApiSidecar

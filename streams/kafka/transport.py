@@ -15,7 +15,7 @@ offset against the offsets stored with its state and commits its own
 positions (`streams.kafka.positions`). So `Consumer.getmany` hands the
 records of the topics a `BatchSink` claims to the sink in one call per
 fetch (a dict of partition -> records), and only the other topics' records
-go the usual way (the allocator's input, the leader topic). The sink runs in
+go the usual way (the leader topic). The sink runs in
 faust's fetcher task: the next fetch waits until the batch is done (back
 pressure), and a revoke waits for the batch in flight (`drain`).
 
@@ -87,6 +87,28 @@ class BatchSink(Protocol):
 
     async def drain(self) -> None:
         """Return once no batch is in flight (called before a revoke)."""
+
+
+class SinkGroup:
+    """Several batch sinks as one: each takes its own topics' share of a
+    fetch, in the order given (the worker and the pools' allocator share the
+    consumer's fetches this way)."""
+
+    def __init__(self, *sinks: BatchSink) -> None:
+        self.sinks = sinks
+        # Read for every partition of every fetch (`Consumer.getmany`).
+        self.topics: frozenset[str] = frozenset().union(*(sink.topics for sink in sinks))
+
+    async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
+        for sink in self.sinks:
+            topics = sink.topics
+            share = {tp: batch for tp, batch in records.items() if tp.topic in topics}
+            if share:
+                await sink.on_records(share, generation)
+
+    async def drain(self) -> None:
+        for sink in self.sinks:
+            await sink.drain()
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

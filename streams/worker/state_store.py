@@ -134,17 +134,3 @@ async def deliver(
             forget(partition)
         raise
     store.acknowledge(delivered)
-
-
-async def step_then_deliver(
-    partitions: Iterable[int],
-    step: Callable[[int], Awaitable[R]],
-    producer: BatchProducer,
-    store: PartitionStateStore,
-    forget: Callable[[int], None],
-) -> list[tuple[int, R]]:
-    """The allocator's batch loop: each partition's step, then one delivery
-    wait for all of them (the worker defers its waits: `Worker.settle`)."""
-    done = await step_each(partitions, step, forget)
-    await deliver(producer, store, forget, [partition for partition, _ in done])
-    return done

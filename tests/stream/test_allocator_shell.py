@@ -3,8 +3,9 @@ the producer and the consumer, and in which order, with fakes for each."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +29,7 @@ from streams.config import Settings
 from streams.kafka.producer import Delivered, DeliveryFailed
 from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo
+from streams.worker import allocator as allocator_shell
 from streams.worker.allocator import Allocator
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
@@ -45,6 +47,17 @@ GRANTS = SETTINGS.topic("budget-grants")
 CHANGELOG = "ts-allocator-changelog"
 
 
+_LOOPS: list[asyncio.Task[None]] = []  # each test's allocator loop, cancelled after it
+
+
+@pytest.fixture(autouse=True)
+def _no_masters_left_behind() -> Iterator[None]:
+    yield
+    for loop in _LOOPS:
+        loop.cancel()
+    _LOOPS.clear()
+
+
 class FakeStore:
     """A PartitionStateStore in dicts; `log` is every call in order."""
 
@@ -52,11 +65,14 @@ class FakeStore:
         self.dbs: dict[int, dict[bytes, bytes]] = {}
         self.log: list[tuple[str, Any]] = []
         self.producer: FakeProducer | None = None  # gets each write's changelog record
+        self.broken = False  # set: every write raises
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.dbs.get(partition, {}).get(key)
 
     def write(self, partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        if self.broken:
+            raise OSError("IO error: No space left on device")
         self.log.append(("write", [key for key, _ in writes]))
         db = self.dbs.setdefault(partition, {})
         for key, value in writes:
@@ -76,6 +92,7 @@ class FakeProducer:
         self.log = log
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self.fail = False
+        self.gate: asyncio.Event | None = None  # set: `wait` returns only once it is set
 
     def send(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
@@ -93,6 +110,8 @@ class FakeProducer:
 
     async def wait(self) -> list[Delivered]:
         self.log.append(("wait", None))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             raise DeliveryFailed("1 record(s) not delivered: leader not available")
         return [Delivered(CHANGELOG, OWNER, 7)]
@@ -105,6 +124,10 @@ class FakeConsumer:
         self.skipped: list[tuple[TP, int]] = []
         self.rewinds: list[tuple[TP, int]] = []
         self.commit_positions = SimpleNamespace(record=self._record)
+        self.assigned = {TP(TOPIC, p) for p in range(PARTITIONS)}
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
 
     def _record(self, tp: TP, offset: int) -> None:
         self.positions[tp] = offset
@@ -140,19 +163,20 @@ def _allocator() -> tuple[Allocator, FakeStore, FakeProducer, FakeConsumer]:
         catalog=lambda: CATALOG,
         metrics=WorkerMetrics(app, SETTINGS, (), catalog_ready=lambda: True),
     )
+    _LOOPS.append(asyncio.get_running_loop().create_task(allocator.run()))  # as the app task
     return allocator, store, producer, consumer
 
 
-def _event(offset: int, record: object, generation: int = 3) -> Any:
-    message = SimpleNamespace(
-        tp=TP(TOPIC, OWNER),
-        partition=OWNER,
-        offset=offset,
-        key=b"cash",
-        value=encode(record),  # type: ignore[arg-type]
-        generation_id=generation,
-    )
-    return SimpleNamespace(message=message)
+def _fetched(offset: int, record: object, key: bytes = b"cash") -> Any:
+    """What the allocator reads of an aiokafka ConsumerRecord."""
+    return SimpleNamespace(offset=offset, key=key, value=encode(record))  # type: ignore[arg-type]
+
+
+async def _fetch(allocator: Allocator, offset: int, record: object, generation: int = 3) -> None:
+    """One fetch of the owner's budget-requests partition with one record
+    (batch delivery), then until the allocator's loop is done with it."""
+    await allocator.on_records({TP(TOPIC, OWNER): [_fetched(offset, record)]}, generation)
+    await allocator.drain()
 
 
 def _request(seq: int, bucket_partition: int = 2) -> RefillRequested:
@@ -172,7 +196,7 @@ BATCH_KEYS = [allocator_redo_key(OWNER), master_key("cash"), allocator_key(OWNER
 
 async def test_a_request_is_written_sent_and_acknowledged_before_its_position() -> None:
     allocator, store, producer, consumer = _allocator()
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     kinds = [kind for kind, _ in store.log]
     # The redo record and the writes, the grant, ONE wait, then the position.
     assert kinds == ["write", "send", "wait", "acknowledge", "position"]
@@ -189,8 +213,7 @@ async def test_a_request_is_written_sent_and_acknowledged_before_its_position() 
 async def test_an_undelivered_batch_records_no_position_and_is_written_again() -> None:
     allocator, _store, producer, consumer = _allocator()
     producer.fail = True
-    with pytest.raises(DeliveryFailed):
-        await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))  # logged; the fetch loop goes on
     assert consumer.positions == {}
     assert OWNER not in allocator.caches  # rebuilt from the table next time
     # The local copy holds batch 1 (its record counts it) but the changelog
@@ -198,7 +221,7 @@ async def test_an_undelivered_batch_records_no_position_and_is_written_again() -
     # its grant again, then its own.
     producer.fail = False
     producer.sent.clear()
-    await allocator.on_events([_event(1, _request(2))])
+    await _fetch(allocator, 1, _request(2))
     assert _changelog(producer) == BATCH_KEYS + BATCH_KEYS
     assert [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)] == [1, 2]
     assert consumer.positions == {TP(TOPIC, OWNER): 2}
@@ -215,7 +238,7 @@ async def test_a_batch_cut_short_by_a_crash_is_applied_again_first() -> None:
             Redo(5, ((allocator_key(OWNER), encode_allocator(newer)),), (cut,))
         ),
     }
-    await allocator.on_events([_event(10, _request(3))])
+    await _fetch(allocator, 10, _request(3))
     # The cut batch again: its redo record and its write, then its grant.
     assert store.log[0] == ("write", [allocator_redo_key(OWNER), allocator_key(OWNER)])
     assert _grants(producer)[0] == (b"cash", b'{"cut": true}', 2)
@@ -225,26 +248,26 @@ async def test_a_batch_cut_short_by_a_crash_is_applied_again_first() -> None:
 
 async def test_events_of_an_earlier_generation_are_skipped_for_a_refetch() -> None:
     allocator, store, producer, consumer = _allocator()
-    await allocator.on_events([_event(0, _request(1), generation=2)])
+    await _fetch(allocator, 0, _request(1), generation=2)
     assert consumer.skipped == [(TP(TOPIC, OWNER), 0)]
     assert producer.sent == []
     assert consumer.positions == {}
-    assert [kind for kind, _ in store.log] == ["wait", "acknowledge"]
+    assert store.log == []  # no step, no wait
 
 
 async def test_while_rebalancing_nothing_is_processed() -> None:
     allocator, _store, producer, consumer = _allocator()
     allocator.app.rebalancing = True
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     assert consumer.skipped == [(TP(TOPIC, OWNER), 0)]
     assert producer.sent == []
 
 
 async def test_a_gap_rewinds_after_the_wait() -> None:
     allocator, store, _, consumer = _allocator()
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     store.log.clear()
-    await allocator.on_events([_event(3, _request(2))])  # offsets 1 and 2 missing
+    await _fetch(allocator, 3, _request(2))  # offsets 1 and 2 missing
     assert consumer.rewinds == [(TP(TOPIC, OWNER), 1)]
     assert consumer.positions == {TP(TOPIC, OWNER): 1}
     assert [kind for kind, _ in store.log][-4:] == ["wait", "acknowledge", "position", "rewind"]
@@ -252,9 +275,149 @@ async def test_a_gap_rewinds_after_the_wait() -> None:
 
 async def test_a_revoked_partition_is_loaded_again() -> None:
     allocator, _store, producer, _ = _allocator()
-    await allocator.on_events([_event(0, _request(1))])
+    await _fetch(allocator, 0, _request(1))
     allocator.on_revoked([TP(TOPIC, OWNER), TP("other", OWNER)])
     assert OWNER not in allocator.caches
     producer.sent.clear()
-    await allocator.on_events([_event(1, _request(2))])
+    await _fetch(allocator, 1, _request(2))
     assert _changelog(producer) == BATCH_KEYS + BATCH_KEYS  # the last batch, again first
+
+
+async def test_the_fetch_loop_never_waits_for_the_allocators_brokers() -> None:
+    """The fetch loop is the worker's too: a fetch of budget requests is only
+    queued; the allocator's loop waits for the delivery, and a revoke
+    (`drain`) waits for everything queued."""
+    allocator, store, producer, consumer = _allocator()
+    producer.gate = asyncio.Event()
+    await allocator.on_records({TP(TOPIC, OWNER): [_fetched(0, _request(1))]}, 3)
+    await allocator.on_records({TP(TOPIC, OWNER): [_fetched(1, _request(2))]}, 3)  # at once
+    drained = asyncio.create_task(allocator.drain())
+    await asyncio.sleep(0.01)
+    assert [kind for kind, _ in store.log] == ["write", "send", "wait"]  # batch 1 waits
+    assert consumer.positions == {}
+    assert not drained.done()
+    producer.gate.set()
+    await drained
+    assert consumer.positions == {TP(TOPIC, OWNER): 2}
+    assert [kind for kind, _ in store.log] == [
+        *("write", "send", "wait", "acknowledge", "position"),
+        *("write", "send", "wait", "acknowledge", "position"),
+    ]
+
+
+async def test_the_fetch_loop_waits_only_once_the_queue_is_full() -> None:
+    allocator, _store, producer, _consumer = _allocator()
+    producer.gate = asyncio.Event()
+    for offset in range(allocator_shell.QUEUED_FETCHES + 1):  # the loop holds the first
+        await allocator.on_records({TP(TOPIC, OWNER): [_fetched(offset, _request(offset + 1))]}, 3)
+    one_more = _fetched(allocator_shell.QUEUED_FETCHES + 1, _request(99))
+    blocked = asyncio.create_task(allocator.on_records({TP(TOPIC, OWNER): [one_more]}, 3))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # back pressure
+    producer.gate.set()
+    await blocked
+    await allocator.drain()
+
+
+async def test_a_pool_missing_from_the_catalog_is_fetched_again_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
+    allocator, _store, producer, consumer = _allocator()
+    unknown = RefillRequested("r1", "gems", 2, 1, 500, 0, 0, 0, 0, 0)
+    gems = master_partition("gems", PARTITIONS)
+    await allocator.on_records({TP(TOPIC, gems): [_fetched(0, unknown, b"gems")]}, 3)
+    await allocator.drain()
+    assert consumer.rewinds == []  # later: the catalog may have it by then
+    assert producer.sent == []  # nothing granted for a pool it does not know
+    await asyncio.sleep(0.1)
+    assert consumer.rewinds == [(TP(TOPIC, gems), 0)]
+
+
+async def _missing_pool_then(
+    monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[Allocator, FakeConsumer, TP], None]
+) -> list[tuple[TP, int]]:
+    """The rewinds after a request for a missing pool, with `meanwhile` done
+    before the retry is due."""
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
+    allocator, _store, _producer, consumer = _allocator()
+    unknown = RefillRequested("r1", "gems", 2, 1, 500, 0, 0, 0, 0, 0)
+    tp = TP(TOPIC, master_partition("gems", PARTITIONS))
+    await allocator.on_records({tp: [_fetched(0, unknown, b"gems")]}, 3)
+    await allocator.drain()
+    meanwhile(allocator, consumer, tp)
+    await asyncio.sleep(0.1)
+    return consumer.rewinds
+
+
+async def test_no_rewind_after_a_rebalance_came_between(monkeypatch: pytest.MonkeyPatch) -> None:
+    def rebalance(allocator: Allocator, consumer: FakeConsumer, tp: TP) -> None:
+        allocator.app.consumer_generation_id = 4
+
+    assert await _missing_pool_then(monkeypatch, rebalance) == []
+
+
+async def test_no_rewind_of_a_partition_no_longer_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    def revoke(allocator: Allocator, consumer: FakeConsumer, tp: TP) -> None:
+        consumer.assigned.discard(tp)
+        allocator.on_revoked([tp])
+
+    assert await _missing_pool_then(monkeypatch, revoke) == []
+
+
+async def test_the_rewind_comes_even_when_the_partition_was_reloaded_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A later failed batch drops the partition's cache; the request the
+    allocator dropped while it waited must still be fetched again."""
+
+    def fail(allocator: Allocator, consumer: FakeConsumer, tp: TP) -> None:
+        allocator.forget(tp.partition)
+
+    rewinds = await _missing_pool_then(monkeypatch, fail)
+    assert rewinds == [(TP(TOPIC, master_partition("gems", PARTITIONS)), 0)]
+
+
+async def test_a_failed_step_is_retried_from_the_stored_offset_without_a_later_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch loop is the worker's too: a step that raises is logged, its
+    partition loaded again, and its messages fetched again a while later,
+    even if no later message shows the gap (a stalled bucket waits for it)."""
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
+    allocator, store, producer, consumer = _allocator()
+    await _fetch(allocator, 0, _request(1))
+    store.broken = True
+    await _fetch(allocator, 1, _request(2))  # no exception reaches the fetch loop
+    assert consumer.positions == {TP(TOPIC, OWNER): 1}
+    assert OWNER not in allocator.caches
+    store.broken = False
+    await asyncio.sleep(0.1)
+    assert consumer.rewinds == [(TP(TOPIC, OWNER), 1)]
+    await _fetch(allocator, 1, _request(2))  # fetched again
+    assert consumer.positions == {TP(TOPIC, OWNER): 2}
+    assert [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)] == [1, 1, 2]
+
+
+async def test_a_failed_step_spares_the_other_partitions_of_the_fetch() -> None:
+    allocator, store, _producer, consumer = _allocator()
+    other_partition = (OWNER + 1) % PARTITIONS
+    broken_write = store.write
+
+    def write(partition: int, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        if partition == other_partition:
+            raise OSError("IO error: No space left on device")
+        broken_write(partition, writes)
+
+    store.write = write  # type: ignore[method-assign]
+    other = RefillRequested("r9", "cash", 2, 1, 500, 0, 0, 0, 0, 0)
+    await allocator.on_records(
+        {
+            TP(TOPIC, other_partition): [_fetched(0, other)],  # not cash's master: refused,
+            TP(TOPIC, OWNER): [_fetched(0, _request(1))],  # which writes, and fails
+        },
+        3,
+    )
+    await allocator.drain()
+    assert consumer.positions == {TP(TOPIC, OWNER): 1}
+    assert other_partition not in allocator.caches

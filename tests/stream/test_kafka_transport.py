@@ -204,18 +204,19 @@ class _Record:
 
 
 class _Sink:
-    topics = frozenset({"ts.orders"})
-
-    def __init__(self) -> None:
+    def __init__(self, *topics: str, calls: list[str] | None = None) -> None:
+        self.topics = frozenset(topics or {"ts.orders"})
         self.fetches: list[tuple[dict[TP, list[int]], int]] = []
+        self.calls = [] if calls is None else calls  # shared between sinks: the order
 
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
+        self.calls.append(f"records {min(self.topics)}")
         self.fetches.append(
             ({tp: [r.offset for r in rs] for tp, rs in records.items()}, generation)
         )
 
     async def drain(self) -> None:
-        return None
+        self.calls.append(f"drain {min(self.topics)}")
 
 
 async def test_a_fetch_reaches_the_sink_whole_and_other_topics_go_the_usual_way() -> None:
@@ -484,3 +485,32 @@ def _one_buffered_record(tp: TP) -> Any:
     return aiokafka_fetcher.FetchResult(
         tp, assignment=Assignment(), partition_records=Records(), backoff=0
     )
+
+
+async def test_a_sink_group_hands_each_sink_its_topics_share_in_order() -> None:
+    calls: list[str] = []
+    requests = _Sink("ts.budget-requests", calls=calls)
+    inputs = _Sink("ts.orders", "ts.claims", calls=calls)
+    group = transport.SinkGroup(requests, inputs)
+    assert group.topics == {"ts.budget-requests", "ts.orders", "ts.claims"}
+    fetched = {
+        TP("ts.orders", 1): [_Record(TP("ts.orders", 1), 3)],
+        TP("ts.budget-requests", 1): [_Record(TP("ts.budget-requests", 1), 8)],
+        TP("ts.claims", 2): [_Record(TP("ts.claims", 2), 0)],
+    }
+    await group.on_records(fetched, 4)
+    await group.on_records({TP("ts.claims", 2): [_Record(TP("ts.claims", 2), 1)]}, 4)
+    await group.drain()
+    assert requests.fetches == [({TP("ts.budget-requests", 1): [8]}, 4)]
+    assert inputs.fetches == [
+        ({TP("ts.orders", 1): [3], TP("ts.claims", 2): [0]}, 4),
+        ({TP("ts.claims", 2): [1]}, 4),
+    ]
+    # A sink with nothing in a fetch is not called; both drain, in order.
+    assert calls == [
+        "records ts.budget-requests",
+        "records ts.claims",
+        "records ts.claims",
+        "drain ts.budget-requests",
+        "drain ts.claims",
+    ]

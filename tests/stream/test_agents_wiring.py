@@ -1,0 +1,33 @@
+"""The wiring in streams.agents: which object takes which topic's fetches,
+and what runs the pools' allocator."""
+
+from __future__ import annotations
+
+import asyncio
+
+from faust.types import TP
+
+from streams.agents import _forget_revoked, allocate_budgets, allocator, worker
+from streams.app import app, budget_requests, inputs_channel
+
+
+def test_the_allocator_and_the_worker_take_their_topics_fetches() -> None:
+    sink = app.batch_sink
+    assert sink is not None
+    assert sink.sink.sinks == (allocator, worker)  # type: ignore[attr-defined]
+    assert sink.topics == allocator.topics | worker.topics
+    assert budget_requests.get_topic_name() in sink.topics
+    # Subscribed as an agent's topic would be: nothing else reads them.
+    assert budget_requests in app.topics
+    assert inputs_channel in app.topics
+
+
+def test_the_allocators_loop_runs_as_an_app_task() -> None:
+    assert allocate_budgets in app._app_tasks
+
+
+def test_a_revoke_reaches_the_allocator() -> None:
+    """Its partition caches go with the partitions (app.on_partitions_revoked)."""
+    allocator.caches[3] = object()  # type: ignore[assignment]
+    asyncio.run(_forget_revoked(app, {TP(allocator.topic, 3)}))
+    assert 3 not in allocator.caches

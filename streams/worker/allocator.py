@@ -15,6 +15,12 @@ decides, and this shell
    the changelog offsets as the local copy's recovery point;
 5. rewinds the consumer where the allocator found skipped offsets.
 
+A partition loaded again (after an assignment or a failed batch) first has
+its last batch written, sent and delivered again (`_load`): it has one redo
+record, which its next step replaces. A batch or a delivery that fails is
+fetched again RETRY_SECONDS later from the stored offset, whether or not a
+later message shows the gap.
+
 The records come as the worker's do: faust's consumer hands each fetch of
 the budget-requests partitions to `on_records` (streams.kafka.transport,
 batch delivery), not through a faust agent's stream. It queues them for the
@@ -99,6 +105,7 @@ class Allocator:
             QUEUED_FETCHES
         )
         self._rewinds: set[asyncio.Task[None]] = set()  # `_rewind_later`s to come
+        self._closed = False  # set at shutdown: nothing more is processed or rewound
 
     @property
     def consumer(self) -> Consumer:
@@ -137,15 +144,20 @@ class Allocator:
         await self._queue.join()
 
     def close(self) -> None:
-        """At shutdown: no rewind fires after the consumer is gone."""
+        """At shutdown: no rewind fires after the consumer is gone, and no
+        queued fetch is processed (faust stops the consumer and the tables
+        before it closes the producers, and cancels this loop only after)."""
+        self._closed = True
         for task in list(self._rewinds):
             task.cancel()
 
+    def _stopping(self) -> bool:
+        return self._closed or bool(self.app.should_stop)
+
     async def _fetched(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
-        if self._from_an_earlier_assignment(generation):
-            for tp, tp_records in records.items():
-                if tp_records:  # fetched again once the rebalance is over
-                    self.consumer.note_skipped(tp, tp_records[0].offset)
+        if self._stopping():
+            return  # whoever holds these partitions next fetches from the committed offsets
+        if self._skipped_as_stale(records, generation):
             return
         by_partition = {
             tp.partition: [
@@ -155,16 +167,83 @@ class Allocator:
             for tp, tp_records in records.items()
             if tp_records
         }
+        if not await self._load(by_partition, generation):
+            return
+        if self._skipped_as_stale(records, generation):
+            return
         done = self._steps(by_partition, generation)
         if not done:
             return
-        # Raises (and forgets these partitions) when a record was not delivered.
-        await deliver(self.producer, self.store, self.forget, [p for p, _ in done])
+        await self._deliver(done, by_partition, generation)
         for partition, result in done:
             try:
                 await self._after_delivery(partition, result)
             except Exception:
+                # A rewind that failed: the partition loads again, and its
+                # next message shows the gap again (or nothing was lost).
+                self.forget(partition)
                 log.exception("allocator partition %d: recording its position failed", partition)
+
+    def _skipped_as_stale(self, records: Mapping[TP, Sequence[Any]], generation: int) -> bool:
+        """Fetched before a rebalance (or one under way): fetched again after it."""
+        if not self._from_an_earlier_assignment(generation):
+            return False
+        for tp, tp_records in records.items():
+            if tp_records:
+                self.consumer.note_skipped(tp, tp_records[0].offset)
+        return True
+
+    async def _load(self, by_partition: dict[int, list[InMessage]], generation: int) -> bool:
+        """Partitions not loaded since an assignment or a failure: their last
+        batch written and sent again (`_finish_last_batch`) and delivered
+        before any new step, since a step replaces the partition's one redo
+        record: two failures in a row would otherwise lose the first batch
+        while a later commit passed it. A partition whose reload fails is
+        dropped from this fetch and fetched again later. False: nothing left."""
+        fresh = sorted(p for p in by_partition if p not in self.caches)
+        sent = []
+        for partition in fresh:
+            try:
+                if self._finish_last_batch(partition):
+                    sent.append(partition)
+            except Exception:
+                log.exception(
+                    "allocator partition %d: writing its last batch again failed", partition
+                )
+                self._retry_later(partition, by_partition.pop(partition), generation)
+                continue
+            self.caches[partition] = AllocatorCache()
+        if sent:
+            try:
+                await deliver(self.producer, self.store, self.forget, sent)
+            except Exception:
+                log.exception(
+                    "allocator: the last batches of partitions %s were not delivered", sent
+                )
+                for partition in sent:
+                    self._retry_later(partition, by_partition.pop(partition), generation)
+        return bool(by_partition)
+
+    async def _deliver(
+        self,
+        done: Sequence[tuple[int, AllocationResult]],
+        by_partition: Mapping[int, Sequence[InMessage]],
+        generation: int,
+    ) -> None:
+        """One delivery wait for the fetch's steps. When it fails the
+        partitions are forgotten (`deliver`) and their messages fetched again
+        a while later, even if no later message comes to show the gap (a
+        bucket waiting for a refill would wait for good)."""
+        try:
+            await deliver(self.producer, self.store, self.forget, [p for p, _ in done])
+        except Exception:
+            for partition, _ in done:
+                self._retry_later(partition, by_partition[partition], generation)
+            raise
+
+    def _retry_later(self, partition: int, messages: Sequence[InMessage], generation: int) -> None:
+        self.forget(partition)
+        self._rewind_later(TP(self.topic, partition), messages[0].offset, generation)
 
     def _steps(
         self, by_partition: Mapping[int, Sequence[InMessage]], generation: int
@@ -179,9 +258,8 @@ class Allocator:
             try:
                 done.append((partition, self._step(partition, messages)))
             except Exception:
-                self.forget(partition)
                 log.exception("allocator partition %d: the batch failed", partition)
-                self._rewind_later(TP(self.topic, partition), messages[0].offset, generation)
+                self._retry_later(partition, messages, generation)
         return done
 
     def _from_an_earlier_assignment(self, generation: int | None) -> bool:
@@ -190,9 +268,7 @@ class Allocator:
         return generation is not None and generation != self.app.consumer_generation_id
 
     def _step(self, partition: int, messages: Sequence[InMessage]) -> AllocationResult:
-        if partition not in self.caches:
-            self._finish_last_batch(partition)
-            self.caches[partition] = AllocatorCache()
+        """One partition's batch, its cache loaded (`_load`)."""
         started = time.perf_counter()
         result = process_requests(
             self._read_record(partition),
@@ -230,29 +306,35 @@ class Allocator:
     def _rewind_later(self, tp: TP, offset: int, generation: int) -> None:
         """Fetch `tp` again from `offset` in RETRY_SECONDS (from its record's
         next offset, if that is earlier), unless a rebalance came between."""
+        if self._closed:
+            return
         task = asyncio.get_running_loop().create_task(self._rewind_after(tp, offset, generation))
         self._rewinds.add(task)
         task.add_done_callback(self._rewinds.discard)
 
     async def _rewind_after(self, tp: TP, offset: int, generation: int) -> None:
         await asyncio.sleep(RETRY_SECONDS)
-        if self._from_an_earlier_assignment(generation) or tp not in self.consumer.assignment():
-            return  # moved meanwhile: whoever holds it starts from the committed offset
         try:
+            if self._stopping() or self._from_an_earlier_assignment(generation):
+                return  # whoever holds it next starts from the committed offset
+            if tp not in self.consumer.assignment():
+                return  # moved meanwhile: the same
             stored = self._read_record(tp.partition).next_offset
             await self.consumer.rewind(tp, offset if stored is None else min(offset, stored))
         except Exception:
+            # Loaded again on its next message, which then shows the gap.
+            self.forget(tp.partition)
             log.exception("allocator: fetching %s[%d] again failed", tp.topic, tp.partition)
 
-    def _finish_last_batch(self, partition: int) -> None:
+    def _finish_last_batch(self, partition: int) -> bool:
         """After an assignment or a failed batch: write the last batch again,
         changelog records included (`last_batch_again`: the local copy may
         hold it while the changelog does not), and send its outputs again
-        (they may not have arrived)."""
+        (they may not have arrived). False: there was none."""
         key = allocator_redo_key(partition)
         raw = self.store.get(partition, key)
         if raw is None:
-            return
+            return False
         redo = decode_redo(raw)
         if redo.seq > self._read_record(partition).seq:
             log.warning(
@@ -264,6 +346,7 @@ class Allocator:
             )
         self.store.write(partition, last_batch_again(key, raw, redo))
         self._send(redo.outputs)
+        return True
 
     def _send(self, outputs: Iterable[Output]) -> None:
         self.producer.send_outputs(outputs, self.output_topics)

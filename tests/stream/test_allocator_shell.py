@@ -144,6 +144,7 @@ class FakeConsumer:
 class FakeApp:
     rebalancing = False
     in_recovery = False
+    should_stop = False
     consumer_generation_id = 3
 
     def __init__(self, consumer: FakeConsumer) -> None:
@@ -421,3 +422,85 @@ async def test_a_failed_step_spares_the_other_partitions_of_the_fetch() -> None:
     await allocator.drain()
     assert consumer.positions == {TP(TOPIC, OWNER): 1}
     assert other_partition not in allocator.caches
+
+
+async def test_an_undelivered_batch_is_fetched_again_without_a_later_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivery that fails is retried from the stored offset even if no
+    later request comes to show the gap (a bucket waiting for its refill
+    would otherwise wait for good)."""
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
+    allocator, _store, producer, consumer = _allocator()
+    producer.fail = True
+    await _fetch(allocator, 0, _request(1))
+    assert consumer.positions == {}
+    producer.fail = False
+    await asyncio.sleep(0.1)
+    assert consumer.rewinds == [(TP(TOPIC, OWNER), 0)]
+
+
+async def test_two_failed_deliveries_in_a_row_lose_no_batch() -> None:
+    """One redo record per partition: the first failed batch is delivered
+    again before the next step replaces its redo record, so a commit never
+    passes a grant that was never delivered."""
+    allocator, _store, producer, consumer = _allocator()
+    producer.fail = True
+    await _fetch(allocator, 0, _request(1))  # fails: partition forgotten
+    await _fetch(allocator, 1, _request(2))  # its reload (batch 1 again) fails too
+    assert consumer.positions == {}
+    producer.fail = False
+    producer.sent.clear()
+    await _fetch(allocator, 1, _request(2))  # fetched again (the retry's rewind)
+    seqs = [orjson.loads(v or b"")["request_seq"] for _, v, _ in _grants(producer)]
+    assert seqs == [1, 2]  # batch 1 again, delivered, then batch 2
+    assert consumer.positions == {TP(TOPIC, OWNER): 2}
+
+
+async def test_a_reload_is_delivered_before_the_next_step() -> None:
+    allocator, store, producer, _ = _allocator()
+    producer.fail = True
+    await _fetch(allocator, 0, _request(1))
+    producer.fail = False
+    store.log.clear()
+    await _fetch(allocator, 1, _request(2))
+    kinds = [kind for kind, _ in store.log]
+    # batch 1 written and sent again, delivered; then batch 2, delivered.
+    assert kinds[: kinds.index("wait") + 1] == ["write", "send", "wait"]
+    assert kinds.count("wait") == 2
+
+
+async def test_nothing_is_processed_once_the_app_stops() -> None:
+    allocator, store, producer, consumer = _allocator()
+    allocator.app.should_stop = True  # faust has stopped the consumer and tables
+    await _fetch(allocator, 0, _request(1))
+    assert store.log == []
+    assert producer.sent == []
+    assert consumer.skipped == []
+
+
+async def test_no_rewind_after_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(allocator_shell, "RETRY_SECONDS", 0.05)
+    allocator, store, _producer, consumer = _allocator()
+    store.broken = True
+    await _fetch(allocator, 0, _request(1))  # a retry is due later
+    allocator.close()
+    allocator._rewind_later(TP(TOPIC, OWNER), 0, 3)  # one asked for after close
+    await asyncio.sleep(0.1)
+    assert consumer.rewinds == []
+
+
+async def test_a_rewind_that_fails_loads_the_partition_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gap's rewind that raises must not leave the cache awaiting an offset
+    that is never fetched (every later message dropped)."""
+    allocator, _store, _producer, consumer = _allocator()
+    await _fetch(allocator, 0, _request(1))
+
+    async def broken(tp: TP, offset: int) -> None:
+        raise RuntimeError("IllegalStateError: not assigned")
+
+    monkeypatch.setattr(consumer, "rewind", broken)
+    await _fetch(allocator, 5, _request(2))  # a gap: offsets 1-4 missing
+    assert OWNER not in allocator.caches

@@ -169,7 +169,8 @@ class Allocator:
         }
         if not await self._load(by_partition, generation):
             return
-        if self._skipped_as_stale(records, generation):
+        # The reload's delivery wait may have spanned a rebalance or the stop.
+        if self._stopping() or self._skipped_as_stale(records, generation):
             return
         done = self._steps(by_partition, generation)
         if not done:

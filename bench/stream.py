@@ -10,9 +10,13 @@ same local broker, with `taskstream worker` processes as users run them:
   are the processor's own positions (streams/kafka/positions.py), so
   "committed to the end" means every input is in the table.
 - **latency**: one worker runs; orders, claims and refunds are produced at a
-  steady rate: half of one worker's throughput on a backlog of the latency
-  run's own log (heavier per event than the throughput log: half its orders
-  count for a task), unless --rate is given. For
+  steady rate: half of one worker's throughput on a backlog of the very log
+  the latency run then produces live (`--latency-events`, 600,000: heavier
+  per event than the throughput log, half its orders count for a task, and
+  heavier the longer it runs, as task users' states grow), unless --rate is
+  given (then --latency-seconds of it). Before it, `--latency-warmup`
+  seconds of the same load with users of their own warm the broker and the
+  deployment. For
   every output caused by an order (task_advanced, task_completed,
   reward_granted) latency = the output message's timestamp (CreateTime:
   when the worker handed it to librdkafka) - the order message's timestamp
@@ -373,11 +377,12 @@ def latency(
     bootstrap: str,
     root: Path,
     rate: float,
-    seconds: float,
+    events: int,
     dump: Path | None = None,
     warmup: float = 15.0,
 ) -> dict[str, float]:
-    """Order -> output latencies at `rate` events/s for `seconds`; with
+    """Order -> output latencies over `events` of the latency log produced
+    live at `rate` events/s; with
     `dump`, every measured output also goes to that file as a CSV line
     (order's timestamp ms, output's timestamp ms, output type), to see
     when in the run the slow ones came."""
@@ -391,7 +396,7 @@ def latency(
             for n in range(2000)
         )
         dep.wait_consumed(120)
-        shape = latency_shape(int(rate * seconds))
+        shape = latency_shape(events)
         # Warm-up load at the measured rate on this deployment's own topics:
         # a fresh broker JIT-compiles for its first ~10 s under load (more
         # than a core of two), and a fresh deployment's partitions answered
@@ -477,7 +482,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--events", type=int, default=200_000, help="backlog size")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--rate", type=float, help="latency run's events/s (default: half)")
-    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--latency-events",
+        type=int,
+        default=600_000,
+        help="events of the latency log: the capacity run takes them as a backlog, then the "
+        "latency run produces the same events live at half that capacity",
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=30.0,
+        help="with --rate: the latency run's length (rate x seconds events)",
+    )
     parser.add_argument(
         "--latency-dump",
         type=Path,
@@ -508,16 +525,22 @@ def main(argv: list[str]) -> int:
             rate = args.rate
             if rate is None:
                 # Half of one worker's capacity on the latency run's own log
-                # (heavier per event than the throughput log above).
-                capacity = throughput(bootstrap, root, 1, latency_shape(args.events))
+                # (heavier per event than the throughput log above), all of
+                # it: a task user's state grows with every order in its
+                # window, and so does the work of each next order (a
+                # capacity taken on the first 200,000 events of this log left
+                # the worker ~90 % busy by the end of a 675,000-event run at
+                # "half" of it, BENCHMARKS.md "stream").
+                events = args.latency_events
+                capacity = throughput(bootstrap, root, 1, latency_shape(events))
                 rows.append(
-                    f"| throughput, 1 worker, {args.events:,} events of the latency run's log "
+                    f"| throughput, 1 worker, {events:,} events of the latency run's log "
                     f"| {capacity:,.0f} msg/s |"
                 )
                 rate = capacity / 2
-            lat = latency(
-                bootstrap, root, rate, args.latency_seconds, args.latency_dump, args.latency_warmup
-            )
+            else:
+                events = int(rate * args.latency_seconds)
+            lat = latency(bootstrap, root, rate, events, args.latency_dump, args.latency_warmup)
             rows.append(
                 f"| latency at {rate:,.0f} ev/s, {lat['outputs']:,} order-caused outputs | "
                 f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms |"

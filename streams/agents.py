@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from faust.types import TP
@@ -186,6 +187,19 @@ async def _forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
 
 @app.on_before_shutdown.connect  # type: ignore[arg-type]
 def _flush_producer(sender: Any, **kwargs: Any) -> None:
-    allocator.close()
-    producer.close()
-    allocator_producer.close()
+    close_all(
+        ("the allocator", allocator.close),
+        ("the worker's producer", producer.close),
+        ("the allocator's producer", allocator_producer.close),
+    )
+
+
+def close_all(*parts: tuple[str, Callable[[], object]]) -> None:
+    """Close each part in turn; one that raises is logged and the next ones
+    are closed all the same (each producer flushes records the others'
+    partitions may still need)."""
+    for name, close in parts:
+        try:
+            close()
+        except Exception:
+            log.exception("closing %s failed; closing the rest", name)

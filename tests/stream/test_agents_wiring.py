@@ -4,10 +4,11 @@ and what runs the pools' allocator."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from faust.types import TP
 
-from streams.agents import _forget_revoked, allocate_budgets, allocator, worker
+from streams.agents import _forget_revoked, allocate_budgets, allocator, close_all, worker
 from streams.app import app, budget_requests, inputs_channel
 
 
@@ -31,3 +32,20 @@ def test_a_revoke_reaches_the_allocator() -> None:
     allocator.caches[3] = object()  # type: ignore[assignment]
     asyncio.run(_forget_revoked(app, {TP(allocator.topic, 3)}))
     assert 3 not in allocator.caches
+
+
+def test_shutdown_closes_every_part_even_after_one_fails(caplog: Any) -> None:
+    """A producer whose close raises must not leave the next one unflushed."""
+    closed: list[str] = []
+
+    def failing() -> None:
+        closed.append("worker's producer")
+        raise RuntimeError("flush failed")
+
+    close_all(
+        ("the allocator", lambda: closed.append("allocator")),
+        ("the worker's producer", failing),
+        ("the allocator's producer", lambda: closed.append("allocator's producer")),
+    )
+    assert closed == ["allocator", "worker's producer", "allocator's producer"]
+    assert "closing the worker's producer failed" in caplog.text

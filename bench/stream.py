@@ -66,6 +66,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 TASKSTREAM = str(Path(sys.executable).with_name("taskstream"))
 OUTPUTS = ("task-events", "rewards", "dead-letters")
+# The latency log's length when the capacity is measured on it (`main`).
+LATENCY_EVENTS = 600_000
 
 
 def say(message: str) -> None:
@@ -485,15 +487,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--latency-events",
         type=int,
-        default=600_000,
-        help="events of the latency log: the capacity run takes them as a backlog, then the "
-        "latency run produces the same events live at half that capacity",
+        help="events of the latency log (default 600,000): the capacity run takes them as a "
+        "backlog, then the latency run produces the same events live at half that capacity; "
+        "with --rate, the latency run's events instead of rate x --latency-seconds",
     )
     parser.add_argument(
         "--latency-seconds",
         type=float,
         default=30.0,
-        help="with --rate: the latency run's length (rate x seconds events)",
+        help="with --rate and no --latency-events: the latency run's length "
+        "(rate x seconds events)",
     )
     parser.add_argument(
         "--latency-dump",
@@ -531,7 +534,7 @@ def main(argv: list[str]) -> int:
                 # capacity taken on the first 200,000 events of this log left
                 # the worker ~90 % busy by the end of a 675,000-event run at
                 # "half" of it, BENCHMARKS.md "stream").
-                events = args.latency_events
+                events = args.latency_events or LATENCY_EVENTS
                 capacity = throughput(bootstrap, root, 1, latency_shape(events))
                 rows.append(
                     f"| throughput, 1 worker, {events:,} events of the latency run's log "
@@ -539,7 +542,7 @@ def main(argv: list[str]) -> int:
                 )
                 rate = capacity / 2
             else:
-                events = int(rate * args.latency_seconds)
+                events = args.latency_events or int(rate * args.latency_seconds)
             lat = latency(bootstrap, root, rate, events, args.latency_dump, args.latency_warmup)
             rows.append(
                 f"| latency at {rate:,.0f} ev/s, {lat['outputs']:,} order-caused outputs | "

@@ -13,7 +13,8 @@ same local broker, with `taskstream worker` processes as users run them:
   steady rate: half of one worker's throughput on a backlog of the very log
   the latency run then produces live (`--latency-events`, 600,000: heavier
   per event than the throughput log, half its orders count for a task, and
-  heavier the longer it runs, as task users' states grow), unless --rate is
+  heavier the longer it runs, as more users hold a task and their states
+  grow), unless --rate is
   given (then --latency-seconds of it). Before it, `--latency-warmup`
   seconds of the same load with users of their own warm the broker and the
   deployment. For
@@ -529,11 +530,11 @@ def main(argv: list[str]) -> int:
             if rate is None:
                 # Half of one worker's capacity on the latency run's own log
                 # (heavier per event than the throughput log above), all of
-                # it: a task user's state grows with every order in its
-                # window, and so does the work of each next order (a
-                # capacity taken on the first 200,000 events of this log left
-                # the worker ~90 % busy by the end of a 675,000-event run at
-                # "half" of it, BENCHMARKS.md "stream").
+                # it: the work per event grows along it, as more of its
+                # orders reach a user with a task and those users' states
+                # grow (a capacity taken on its first 200,000 events left
+                # the worker's event loop 86-89 % busy from the middle of a
+                # 675,000-event run at "half" of it, BENCHMARKS.md "stream").
                 events = args.latency_events or LATENCY_EVENTS
                 capacity = throughput(bootstrap, root, 1, latency_shape(events))
                 rows.append(

@@ -14,9 +14,9 @@ same local broker, with `taskstream worker` processes as users run them:
   the latency run then produces live (`--latency-events`, 600,000: heavier
   per event than the throughput log, half its orders count for a task, and
   heavier the longer it runs, as more users hold a task and their states
-  grow), unless --rate is
-  given (then --latency-seconds of it). Before it, `--latency-warmup`
-  seconds of the same load with users of their own warm the broker and the
+  grow), unless --rate is given (then `--latency-events` of the log, or
+  `--latency-seconds` at that rate). Before it, `--latency-warmup` seconds
+  of the same load with users of their own warm the broker and the
   deployment. For
   every output caused by an order (task_advanced, task_completed,
   reward_granted) latency = the output message's timestamp (CreateTime:

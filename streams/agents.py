@@ -196,8 +196,8 @@ def _flush_producer(sender: Any, **kwargs: Any) -> None:
 
 def close_all(*parts: tuple[str, Callable[[], object]]) -> None:
     """Close each part in turn; one that raises is logged and the next ones
-    are closed all the same (each producer flushes records the others'
-    partitions may still need)."""
+    are closed all the same (a producer left unclosed drops the records it
+    still buffers, which the next owner would then have to redo)."""
     for name, close in parts:
         try:
             close()

@@ -89,6 +89,26 @@ class BatchSink(Protocol):
         """Return once no batch is in flight (called before a revoke)."""
 
 
+def fetched_before_a_rebalance(app: Any, generation: int) -> bool:
+    """Whether a sink's fetch (or a retry scheduled) in `generation` may no
+    longer be acted on: the group has moved to another generation, or is
+    rebalancing or recovering now. Its partitions may be another worker's,
+    or still recovering here."""
+    return bool(app.rebalancing or app.in_recovery or generation != app.consumer_generation_id)
+
+
+def skip_fetch(consumer: Any, records: Mapping[TP, Sequence[Any]]) -> int:
+    """Leave a fetch unprocessed: each partition's first offset is noted as
+    skipped, so it is fetched again once the rebalance is over
+    (`Consumer.refetch_skipped`). Returns how many records were skipped."""
+    skipped = 0
+    for tp, tp_records in records.items():
+        if tp_records:
+            consumer.note_skipped(tp, tp_records[0].offset)
+            skipped += len(tp_records)
+    return skipped
+
+
 class SinkGroup:
     """Several batch sinks as one: each takes its own topics' share of a
     fetch, in the order given (the worker and the pools' allocator share the

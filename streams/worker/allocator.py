@@ -57,7 +57,7 @@ from streams.allocation import (
 )
 from streams.config import BUDGET_GRANTS, BUDGET_REQUESTS, DEAD_LETTERS, Settings
 from streams.kafka.producer import BatchProducer
-from streams.kafka.transport import Consumer
+from streams.kafka.transport import Consumer, fetched_before_a_rebalance, skip_fetch
 from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import Output, Redo, decode_redo, encode_redo, last_batch_again
 from streams.processor import InMessage
@@ -187,11 +187,9 @@ class Allocator:
 
     def _skipped_as_stale(self, records: Mapping[TP, Sequence[Any]], generation: int) -> bool:
         """Fetched before a rebalance (or one under way): fetched again after it."""
-        if not self._from_an_earlier_assignment(generation):
+        if not fetched_before_a_rebalance(self.app, generation):
             return False
-        for tp, tp_records in records.items():
-            if tp_records:
-                self.consumer.note_skipped(tp, tp_records[0].offset)
+        skip_fetch(self.consumer, records)
         return True
 
     async def _load(self, by_partition: dict[int, list[InMessage]], generation: int) -> bool:
@@ -263,11 +261,6 @@ class Allocator:
                 self._retry_later(partition, messages, generation)
         return done
 
-    def _from_an_earlier_assignment(self, generation: int | None) -> bool:
-        if self.app.rebalancing or self.app.in_recovery:
-            return True
-        return generation is not None and generation != self.app.consumer_generation_id
-
     def _step(self, partition: int, messages: Sequence[InMessage]) -> AllocationResult:
         """One partition's batch, its cache loaded (`_load`)."""
         started = time.perf_counter()
@@ -316,7 +309,7 @@ class Allocator:
     async def _rewind_after(self, tp: TP, offset: int, generation: int) -> None:
         await asyncio.sleep(RETRY_SECONDS)
         try:
-            if self._stopping() or self._from_an_earlier_assignment(generation):
+            if self._stopping() or fetched_before_a_rebalance(self.app, generation):
                 return  # whoever holds it next starts from the committed offset
             if tp not in self.consumer.assignment():
                 return  # moved meanwhile: the same

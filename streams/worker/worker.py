@@ -52,7 +52,7 @@ from streams.config import (
 )
 from streams.freeze import FreezeWatch
 from streams.kafka.producer import BatchProducer
-from streams.kafka.transport import Consumer
+from streams.kafka.transport import Consumer, fetched_before_a_rebalance, skip_fetch
 from streams.monitor.metrics import WorkerMetrics
 from streams.partition_state import (
     REDO_SLOTS,
@@ -176,15 +176,10 @@ class Worker:
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
         await self.wait_out_a_freeze()
         async with self.lock:
-            if self._moved_since(generation):
-                # Fetched before a rebalance: the partition may now be another
-                # worker's or still recovering here. Skipping is safe: the
-                # processor fetches again any offset it never accepted.
-                stale = 0
-                for tp, tp_records in records.items():
-                    if tp_records:
-                        self.consumer.note_skipped(tp, tp_records[0].offset)
-                        stale += len(tp_records)
+            if fetched_before_a_rebalance(self.app, generation):
+                # Skipping is safe: the processor fetches again any offset it
+                # never accepted.
+                stale = skip_fetch(self.consumer, records)
                 self.metrics.observe_stale(stale)
                 log.info("skipped %d message(s) fetched before the last rebalance", stale)
                 return
@@ -229,10 +224,6 @@ class Worker:
     async def drain(self) -> None:
         async with self.lock:
             await self.settle()  # before a revoke: nothing of ours left unacknowledged
-
-    def _moved_since(self, generation: int) -> bool:
-        app = self.app
-        return bool(app.rebalancing or app.in_recovery or generation != app.consumer_generation_id)
 
     # ------------------------------------------------------- the idle wait
 

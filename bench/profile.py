@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.loggen import LogShape, generate
-from bench.stream import TASKSTREAM, Deployment, bench_broker, say
+from bench.stream import TASKSTREAM, Deployment, bench_broker, latency_shape, say
 from taskstream import broker
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
@@ -156,6 +156,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--peer", action="store_true", help="the peer benchmark's log and template (bench peer)"
     )
+    parser.add_argument(
+        "--latency-log",
+        action="store_true",
+        help="the latency run's log (bench stream's latency_shape): half the orders count for a "
+        "task, and users' states grow through it",
+    )
     parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL")
     parser.add_argument(
         "--idle", action="store_true", help="also sample waiting threads (where the worker waits)"
@@ -165,6 +171,9 @@ def main(argv: list[str]) -> int:
     with bench_broker("bench-profile-") as (bootstrap, root):
         if args.peer:
             dep = _peer_deployment(bootstrap, root, args.events, args.users)
+        elif args.latency_log:
+            dep = Deployment(bootstrap, root)
+            dep.produce(generate(latency_shape(args.events)))
         else:
             dep = Deployment(bootstrap, root)
             dep.produce(generate(LogShape(events=args.events, users=args.users, seed=20261123)))
@@ -174,7 +183,10 @@ def main(argv: list[str]) -> int:
             dep.stop()
     say(f"{messages:,} messages in {seconds:.1f} s (worker start included)")
     stacks = parse_collapsed(args.out / "profile.txt")
-    print(f"`python -m bench profile --events {args.events}`: one worker, {messages:,} messages")
+    flags = " --peer" if args.peer else " --latency-log" if args.latency_log else ""
+    flags += " --gil" if args.gil else ""
+    command = f"python -m bench profile --events {args.events}{flags}"
+    print(f"`{command}`: one worker, {messages:,} messages")
     print()
     print(summarise(stacks, args.top))
     return 0

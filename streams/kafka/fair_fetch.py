@@ -36,11 +36,13 @@ def shares(left: int, ready: int) -> int:
 
 
 def drain_in_turns(
-    fetcher: Any, partitions: set[TP] | None, max_records: int | None
+    fetcher: Any, partitions: set[TP] | None, max_records: int | None, errors_later: bool = False
 ) -> dict[TP, list[Any]]:
     """The buffered records of `partitions` (None: all), at most
     `max_records`, shared out in turns; raises a partition's fetch error as
-    aiokafka does (at once if nothing was drained, else at the next call)."""
+    aiokafka does (at once if nothing was drained, else at the next call;
+    `errors_later`: always at the next call, for a caller that already
+    holds records of this call)."""
     buffered = fetcher._records
     ready: list[TP] = []
     for tp in list(buffered):
@@ -51,7 +53,7 @@ def drain_in_turns(
         result = buffered[tp]
         if type(result) is FetchResult:
             ready.append(tp)
-        elif ready:
+        elif ready or errors_later:
             break  # an error: raised at the next call, after these records
         else:
             del buffered[tp]  # so the partition is fetched again

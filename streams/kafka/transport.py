@@ -39,6 +39,11 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
 9. `streams.kafka.fetch_sizes`: a fetch waits at the broker for 16 KiB or
    20 ms while records flow (aiokafka answers at the first byte), and as
    before once they stop.
+10. `streams.kafka.follow_up`: a drain that hands out records also waits
+   for the fetch sent at that drain, asked to answer at once, and hands out
+   its records too: what was appended while the last batch ran, and marks
+   read after the drained records arrived (`ConsumerThread.on_start`,
+   `ConsumerThread._fetch_records`).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.kafka import fair_fetch, fetch_sizes, watermark_stamps
+from streams.kafka import fair_fetch, fetch_sizes, follow_up, watermark_stamps
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
 from streams.kafka.recovery import Recovery
@@ -132,14 +137,16 @@ class SinkGroup:
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """The thread that runs aiokafka's consumer, with repairs 1, 3, 8 and 9."""
+    """The thread that runs aiokafka's consumer, with repairs 1, 3, 8, 9 and 10."""
 
     async def on_start(self) -> None:
         """Repair 8: once faust has made and started aiokafka's consumer (its
         fetcher is made in `start`, and fetches nothing before the group
         assigns it partitions), its marks are stamped at send time."""
         await super().on_start()
-        watermark_stamps.stamp_at_send(self._ensure_consumer()._fetcher)
+        fetcher = self._ensure_consumer()._fetcher
+        watermark_stamps.stamp_at_send(fetcher)
+        follow_up.install(fetcher)  # repair 10
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -205,6 +212,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         with fetcher._subscriptions.fetch_context():
             # Repair 7: the batch shared out in turns over the partitions.
             drained = await fair_fetch.fetched_records(fetcher, active, timeout, max_records)
+            # Repair 10: with what was appended while the last batch ran.
+            await follow_up.take_follow_up(fetcher, active, max_records, drained)
         # The next fetch request waits at the broker by whether records flow.
         fetch_sizes.apply(fetcher, fetch_sizes.sizes_after(bool(drained)))
         return drained

@@ -106,7 +106,10 @@ REPLACED = {
     "aiokafka FetchResult.getall": (aiokafka_fetcher.FetchResult.getall, "3e717e30de50"),
     "aiokafka FetchResult.has_more": (aiokafka_fetcher.FetchResult.has_more, "a25ee8ab9340"),
     # Repair 9 (streams.kafka.fetch_sizes) sets the sizes this reads for
-    # every fetch request it builds.
+    # every fetch request it builds. Repair 10 (streams.kafka.follow_up)
+    # wraps it and _proc_fetch_request on one fetcher, as repair 8 does the
+    # latter (tests/stream/test_follow_up.py checks the calls go through
+    # the instance).
     "aiokafka Fetcher._get_actions_per_node": (
         aiokafka_fetcher.Fetcher._get_actions_per_node,
         "1dab2cf937d1",

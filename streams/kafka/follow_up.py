@@ -67,23 +67,22 @@ class FollowUps:
         # The sizes to put back once the follow-up requests are built (None:
         # not armed).
         self.restore: FetchSizes | None = None
-        self.built: asyncio.Future[None] | None = None
         self.waiting: set[int] = set()  # id() of the follow-up requests not answered yet
+        # Done once the armed requests are built and answered (`on_built`
+        # alone resolves it when none were built).
         self.answered: asyncio.Future[None] | None = None
 
     def arm(self, then: FetchSizes) -> None:
         """The next requests the fetcher builds answer at once; those after
         them are asked with `then`."""
-        loop = asyncio.get_running_loop()
         self.restore = then
-        self.built = loop.create_future()
-        self.answered = loop.create_future()
+        self.answered = asyncio.get_running_loop().create_future()
         self.waiting = set()
         fetch_sizes.apply(self.fetcher, FOLLOW_UP)
 
     def disarm(self, then: FetchSizes) -> None:
         self.restore = None
-        self.built = self.answered = None
+        self.answered = None
         self.waiting = set()
         fetch_sizes.apply(self.fetcher, then)
 
@@ -94,7 +93,6 @@ class FollowUps:
         fetch_sizes.apply(self.fetcher, self.restore)
         self.restore = None
         self.waiting = {id(request) for _, request in fetch_requests}
-        _resolve(self.built)
         if not self.waiting:
             _resolve(self.answered)
 
@@ -108,19 +106,14 @@ class FollowUps:
     async def wait(self, timeout: float) -> bool:
         """Wait until the armed requests are built and answered, at most
         `timeout` seconds in all; whether they were."""
-        built, answered = self.built, self.answered
-        if built is None or answered is None:
+        answered = self.answered
+        if answered is None:
             return False
         try:
-            await asyncio.wait_for(_both(built, answered), timeout)
+            await asyncio.wait_for(asyncio.shield(answered), timeout)
         except TimeoutError:
             return False
         return True
-
-
-async def _both(first: asyncio.Future[None], second: asyncio.Future[None]) -> None:
-    await asyncio.shield(first)
-    await asyncio.shield(second)
 
 
 def _resolve(future: asyncio.Future[None] | None) -> None:

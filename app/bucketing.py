@@ -764,8 +764,10 @@ class PartitionBudget:
         self.buckets[pool_id] = credit(self._touch(pool_id), units)
 
     def commit(self) -> None:
-        self.outbox.extend(self._staged)
-        self._at_rest()
+        if self._staged:
+            self.outbox.extend(self._staged)
+        if self._touched or self._unsettled:  # else `_at_rest` has nothing to do
+            self._at_rest()
 
     def _at_rest(self) -> None:
         """After an event: `end_event` for the buckets it touched and for any

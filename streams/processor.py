@@ -60,9 +60,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import NamedTuple
 
 from app.bucketing import AwaitingBudget, PartitionBudget, master_partition
@@ -238,18 +238,30 @@ class PartitionCache:
     # read from the table nor decoded again (Kafka Streams keeps a record
     # cache; Flink's heap backend keeps objects). The table stays the truth:
     # the shell drops the whole cache when a batch fails or the partition moves.
-    users: OrderedDict[str, UserState | None] = field(default_factory=OrderedDict)
+    # A plain dict kept in use order: a batch takes out the users it reads
+    # (`take_user`) and puts every user it touched back at the end
+    # (`keep_users`, one `update`), so no per-user reordering in Python.
+    users: dict[str, UserState | None] = field(default_factory=dict)
     users_max: int = 0
 
+    def take_user(self, user_id: str) -> object:
+        """The cached state of a user (None: known to have none), or `_ABSENT`;
+        taken out until the batch puts it back (`keep_users`)."""
+        return self.users.pop(user_id, _ABSENT)
+
     def keep_users(self, states: Mapping[str, UserState | None]) -> None:
-        if not self.users_max:
-            return
         users = self.users
-        for user_id, state in states.items():
-            users[user_id] = state
-            users.move_to_end(user_id)
-        while len(users) > self.users_max:
-            users.popitem(last=False)
+        if not self.users_max:
+            users.clear()
+            return
+        users.update(states)
+        excess = len(users) - self.users_max
+        if excess > 0:
+            # Evict the least recently used in bulk, an eighth of the cache
+            # at a time: finding a dict's oldest key walks past the slots its
+            # earlier deletions left, so one walk per many evictions.
+            for user_id in list(islice(users, excess + self.users_max // 8)):
+                del users[user_id]
 
     def load(self, record: PartitionRecord) -> dict[str, int]:
         """Start from a stored record; return where each input must be fetched
@@ -665,7 +677,8 @@ class _Batch:
             return None
         budget.commit()
         self._record(user_id, state, outcome)
-        self._send_budget()
+        if budget.outbox:  # most events send the masters nothing: no call for them
+            self._send_budget()
         return None
 
     def _send_budget(self) -> None:
@@ -686,17 +699,22 @@ class _Batch:
         )
 
     def _record(self, user_id: str, old: UserState | None, outcome: Outcome) -> None:
-        if outcome.state is not old:
-            self.users[user_id] = outcome.state
+        new = outcome.state
+        if new is not old:
+            self.users[user_id] = new
             self.changed.add(user_id)
-            self.cache.deadlines.update(
-                user_id,
-                None if old is None else old.next_deadline,
-                None if outcome.state is None else outcome.state.next_deadline,
-            )
+            deadline = None if new is None else new.next_deadline
+            # Most changes keep the deadline: no index call for them.
+            if deadline is not None and (old is None or deadline != old.next_deadline):
+                self.cache.deadlines.update(
+                    user_id, None if old is None else old.next_deadline, deadline
+                )
+        events = outcome.events
+        if not events:
+            return
         key = user_id.encode()
         by_type = self.stats.outputs_by_type
-        for output in outcome.events:
+        for output in events:
             kind = output.TYPE
             by_type[kind] = by_type.get(kind, 0) + 1
             if kind in _REWARD_TYPES:
@@ -723,7 +741,7 @@ class _Batch:
         state = users.get(user_id, _ABSENT)
         if state is not _ABSENT:
             return state  # type: ignore[return-value]
-        state = self.cache.users.get(user_id, _ABSENT)
+        state = self.cache.take_user(user_id)
         if state is _ABSENT:
             state = self.load_user(user_id)
         users[user_id] = state  # type: ignore[assignment]

@@ -14,6 +14,7 @@ from schemas.codec import encode
 from schemas.records import Record, RefillRequested
 from streams.partition_state import PartitionRecord
 from streams.processor import (
+    _ABSENT,
     BUDGET,
     BUDGET_REQUESTS,
     CLAIMS,
@@ -403,3 +404,28 @@ def test_a_cache_used_again_after_a_batch_raised_still_releases_in_event_time_or
     )
     assert result.stats.applied_at == [t(2), t(3)]
     assert result.stats.late == 0
+
+
+def test_the_user_cache_keeps_the_most_recently_used_users_within_its_bound() -> None:
+    cache = PartitionCache(users_max=16)
+    cache.keep_users({f"u{n}": None for n in range(16)})
+    # A batch reads u0 again (taken out) and a new user: both become the
+    # most recent, so the next eviction spares them.
+    assert cache.take_user("u0") is None
+    assert cache.take_user("new") is _ABSENT
+    cache.keep_users({"u0": None, "new": None})
+    assert len(cache.users) <= 16
+    assert "u0" in cache.users
+    assert "new" in cache.users
+    assert "u1" not in cache.users  # the least recently used went first
+    # Evictions come in bulk (an eighth of the bound at a time), never past it.
+    for n in range(100):
+        cache.keep_users({f"v{n}": None})
+        assert len(cache.users) <= 16
+    assert "v99" in cache.users
+
+
+def test_a_cache_without_room_keeps_no_user() -> None:
+    cache = PartitionCache(users_max=0)
+    cache.keep_users({"u0": None})
+    assert cache.take_user("u0") is _ABSENT

@@ -44,6 +44,10 @@ Repairs (each found on a real broker; the symptom in the method's docstring)
    its records too: what was appended while the last batch ran, and marks
    read after the drained records arrived (`ConsumerThread.on_start`,
    `ConsumerThread._fetch_records`).
+11. `streams.kafka.raw_records`: the sink's topics get aiokafka's parsed
+   records (offset, timestamp, key, value, headers) without a
+   `ConsumerRecord` made for each (`ConsumerThread.on_start`): a speed
+   repair, ~1 µs of the consumer thread per record.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from faust.transport import drivers as faust_drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.kafka import fair_fetch, fetch_sizes, follow_up, watermark_stamps
+from streams.kafka import fair_fetch, fetch_sizes, follow_up, raw_records, watermark_stamps
 from streams.kafka.positions import CommitPositions
 from streams.kafka.read_offsets import RewindAwareReadOffsets
 from streams.kafka.recovery import Recovery
@@ -87,7 +91,9 @@ class BatchSink(Protocol):
     def topics(self) -> frozenset[str]: ...
 
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
-        """aiokafka ConsumerRecords per partition, in offset order, fetched
+        """aiokafka's records per partition (each with `offset`, `timestamp`,
+        `timestamp_type`, `key`, `value`, `headers`: repair 11 hands out
+        the parsed records, not ConsumerRecords), in offset order, fetched
         while the group was in `generation`."""
 
     async def drain(self) -> None:
@@ -137,7 +143,7 @@ class SinkGroup:
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """The thread that runs aiokafka's consumer, with repairs 1, 3, 8, 9 and 10."""
+    """The thread that runs aiokafka's consumer, with repairs 1, 3, 8, 9, 10 and 11."""
 
     async def on_start(self) -> None:
         """Repair 8: once faust has made and started aiokafka's consumer (its
@@ -145,6 +151,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         assigns it partitions), its marks are stamped at send time."""
         await super().on_start()
         fetcher = self._ensure_consumer()._fetcher
+        sink = self.consumer.batch_sink if isinstance(self.consumer, Consumer) else None
+        if sink is not None:
+            # Repair 11, first: the sink's buffers are made parsed-only
+            # before the other wrappers learn that a response was handled.
+            raw_records.install(fetcher, sink.topics)
         watermark_stamps.stamp_at_send(fetcher)
         follow_up.install(fetcher)  # repair 10
 

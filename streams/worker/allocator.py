@@ -118,7 +118,7 @@ class Allocator:
         return frozenset({self.topic})
 
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
-        """One fetch of the budget-requests partitions (aiokafka ConsumerRecords
+        """One fetch of the budget-requests partitions (aiokafka's records
         per partition, fetched in `generation`), queued for `run`. The fetch
         loop, which is the worker's too, waits here only while QUEUED_FETCHES
         fetches wait for the allocator (back pressure)."""

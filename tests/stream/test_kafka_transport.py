@@ -114,6 +114,24 @@ REPLACED = {
         aiokafka_fetcher.Fetcher._get_actions_per_node,
         "1dab2cf937d1",
     ),
+    # Repair 11 (streams.kafka.raw_records) sets, on the buffers of the
+    # sink's topics, the per-instance `_consumer_record` that the records
+    # generator calls for each record, before the generator has started
+    # (it is made in __init__ and runs as the buffer is drained); the
+    # buffer is FetchResult's `_partition_records`.
+    "aiokafka PartitionRecords.__init__": (
+        aiokafka_fetcher.PartitionRecords.__init__,
+        "8ec1c2ae6ea1",
+    ),
+    "aiokafka PartitionRecords._unpack_records": (
+        aiokafka_fetcher.PartitionRecords._unpack_records,
+        "b803e6d46480",
+    ),
+    "aiokafka PartitionRecords._consumer_record": (
+        aiokafka_fetcher.PartitionRecords._consumer_record,
+        "e668541600b0",
+    ),
+    "aiokafka FetchResult.__init__": (aiokafka_fetcher.FetchResult.__init__, "126a3e45763b"),
 }
 
 

@@ -15,7 +15,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams.kafka import follow_up, transport, watermark_stamps
+from streams.kafka import follow_up, raw_records, transport, watermark_stamps
 from streams.kafka.watermark_stamps import read_mark
 
 ORDERS = TopicPartition("ts.orders", 4)
@@ -203,13 +203,17 @@ async def test_the_consumer_thread_sets_it_up_on_the_fetcher_it_starts(
         return [], {}, 0.1
 
     fetcher._get_actions_per_node = get_actions_per_node  # type: ignore[attr-defined]
+    fetcher._records = {}  # type: ignore[attr-defined]
+    app.batch_sink = SimpleNamespace(topics=frozenset({ORDERS.topic}))  # type: ignore[assignment]
     monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_start", faust_on_start)
     await thread.on_start()
     assignment = _Assignment(ORDERS)
     await fetcher._proc_fetch_request(assignment, 1, _request(ORDERS))
     assert assignment.states[ORDERS].timestamp <= _now_ms()
-    # ... and repair 10 sits on the same fetcher (streams.kafka.follow_up).
+    # ... and repairs 10 and 11 sit on the same fetcher (streams.kafka.follow_up,
+    # streams.kafka.raw_records: for the sink's topics).
     assert follow_up.follow_ups_of(fetcher) is not None
+    assert raw_records.topics_of(fetcher) == frozenset({ORDERS.topic})
 
 
 async def test_the_consumer_reads_the_published_pair_of_an_assigned_partition() -> None:

@@ -34,10 +34,21 @@ from streams.kafka import transport
 
 settings = Settings.from_env()
 
+
+class WorkerApp(transport.BatchApp):
+    """The worker's faust app. Its tables' stores read two things from it:
+    the RocksDB memory budget every table opens in (streams.rocksdb_memory)
+    and how to read a range of a changelog back (streams.fenced_store's
+    repair of a zombie's writes), both built from the settings below."""
+
+    rocksdb_budget: rocksdb_memory.MemoryBudget | None = None
+    changelog_range_reader: fenced_store.RangeReader | None = None
+
+
 # Our consumer (batch delivery, faust's repairs: streams.kafka.transport) and
 # table manager (streams.kafka.recovery), for this app only.
 scheme = transport.register()
-app = transport.BatchApp(
+app = WorkerApp(
     settings.app_id,
     broker=[f"{scheme}://{host}" for host in settings.bootstrap.split(",")],
     TableManager="streams.kafka.recovery:TableManager",
@@ -125,9 +136,9 @@ output_topics = {
 # dropped 190 MiB at once as the memtables flushed, with throughput dipping
 # ~20 % and the lag at 30 s while it did (BENCHMARKS "soak"). Small
 # memtables flush sooner and in smaller steps.
-rocksdb_memory.configure(settings.rocksdb_memory_mb)
+app.rocksdb_budget = rocksdb_memory.MemoryBudget(settings.rocksdb_memory_mb * rocksdb_memory.MIB)
 fenced_store.install()  # rocksdb:// -> the budget's store, fencing zombie writes
-fenced_store.FencedStore.range_reader = functools.partial(
+app.changelog_range_reader = functools.partial(
     changelog_reader.read_range,
     {"bootstrap.servers": settings.bootstrap, **settings.kafka_security.confluent_config()},
 )

@@ -41,10 +41,12 @@ RangeReader = Callable[[str, int, int, int], list[Written]]
 class FencedStore(BoundedStore):
     """faust's RocksDB store with the zombie fencing of streams.fencing."""
 
-    range_reader: RangeReader | None = None
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # How to read a range of the changelog back, for `_repair` (the app's,
+        # streams/app.py: streams.changelog_reader); None: a gap found is
+        # only distrusted, not repaired.
+        self.range_reader: RangeReader | None = getattr(self.app, "changelog_range_reader", None)
         self._highest: dict[int, int] = {}  # partition -> highest epoch applied
         self._own: dict[int, int] = {}  # partition -> epoch of own writes (this assignment)
         self._acks: dict[int, AckTracker] = {}

@@ -10,7 +10,9 @@ of live load, and with per-database 32 MiB caches still ~0.2 MiB/s after
 10 minutes (BENCHMARKS "soak").
 
 Here, as Kafka Streams' `BoundedMemoryRocksDBConfig` does, every database
-of the process shares:
+of the process shares one `MemoryBudget` (the app's, `WorkerApp.rocksdb_budget`,
+built from the settings with the app; the render API process builds its
+own for its read-only views):
 
 - one LRU block cache of `TASKSTREAM_ROCKSDB_MEMORY_MB` (default 64 MiB);
 - one write-buffer manager that charges the memtables to that same cache
@@ -97,31 +99,27 @@ class MemoryBudget:
         return options
 
 
-_budget: MemoryBudget | None = None
-
-
-def configure(limit_mib: int) -> MemoryBudget:
-    """Set this process's budget; only before the first database opens."""
-    global _budget
-    if _budget is not None and _budget.limit != limit_mib * MIB:
-        raise RuntimeError("the RocksDB memory budget is already in use")
-    if _budget is None:
-        _budget = MemoryBudget(limit_mib * MIB)
-    return _budget
-
-
-def budget() -> MemoryBudget:
-    """This process's budget (the default size if `configure` was not called)."""
-    return _budget if _budget is not None else configure(DEFAULT_MEMORY_MIB)
+def budget_of(app: Any) -> MemoryBudget:
+    """The budget of the app whose tables open here (`WorkerApp.rocksdb_budget`,
+    built from the settings with the app, streams/app.py)."""
+    found = getattr(app, "rocksdb_budget", None)
+    if not isinstance(found, MemoryBudget):
+        raise RuntimeError(
+            "the app has no RocksDB memory budget: set app.rocksdb_budget "
+            "(streams.rocksdb_memory.MemoryBudget) before its tables open"
+        )
+    return found
 
 
 class BoundedOptions(RocksDBOptions):
-    """faust's options object, opening databases in the process's budget."""
+    """faust's options object, opening databases in one budget (`budget`)."""
+
+    budget: MemoryBudget
 
     def as_options(self) -> rocksdict.Options:
         if not self.use_rocksdict:
             raise ValueError("the bounded RocksDB store needs the rocksdict driver")
-        options = budget().options(
+        options = self.budget.options(
             self.write_buffer_size, self.max_write_buffer_number, self.bloom_filter_size
         )
         if self.max_open_files is not None:
@@ -131,11 +129,12 @@ class BoundedOptions(RocksDBOptions):
 
 
 class BoundedStore(Store):
-    """faust's RocksDB store (rocksdict driver) in the process's memory budget."""
+    """faust's RocksDB store (rocksdict driver) in its app's memory budget."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         given = self.rocksdb_options
         bounded = BoundedOptions(use_rocksdict=self.use_rocksdict, ttl=given.ttl)
         bounded.__dict__.update(given.__dict__)  # every size faust or the table set
+        bounded.budget = budget_of(self.app)
         self.rocksdb_options = bounded

@@ -84,7 +84,9 @@ class Ops:
             lambda: catalogs.catalog.pools,
         )
         allocator = SecondaryTables(
-            settings.data_dir / "api-secondary-allocator", paths=allocator_paths
+            settings.data_dir / "api-secondary-allocator",
+            paths=allocator_paths,
+            budget=state.budget,  # one RocksDB memory budget per process
         )
         return cls(settings, routing, state, allocator, catalogs, feed)
 

@@ -763,7 +763,7 @@ def _pending(
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the API for the worker whose data dir is `settings.data_dir` until `stop`."""
-    rocksdb_memory.configure(settings.rocksdb_memory_mb)  # before any database opens
+    budget = rocksdb_memory.MemoryBudget(settings.rocksdb_memory_mb * rocksdb_memory.MIB)
     consumer_config = {
         "bootstrap.servers": settings.bootstrap,
         **settings.kafka_security.confluent_config(),
@@ -772,7 +772,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     api = Api(
         settings=settings,
         routing=RoutingView(routing_path(settings.data_dir)),
-        tables=SecondaryTables(settings.data_dir / "api-secondary"),
+        tables=SecondaryTables(settings.data_dir / "api-secondary", budget=budget),
         catalogs=catalogs,
         kafka=Kafka(settings),
     )

@@ -138,8 +138,14 @@ class SecondaryTables:
         max_staleness: float = 0.1,
         clock: Clock = time.monotonic,
         paths: Callable[[Routing], dict[int, Path]] = state_paths,
+        budget: rocksdb_memory.MemoryBudget | None = None,
     ) -> None:
         self._paths = paths
+        # Every view of the process in one RocksDB memory budget (the API
+        # process's, `serve`); one of its own when none is given.
+        self.budget = budget or rocksdb_memory.MemoryBudget(
+            rocksdb_memory.DEFAULT_MEMORY_MIB * rocksdb_memory.MIB
+        )
         # A secondary instance keeps its own info log here (nothing else).
         self._scratch = scratch
         shutil.rmtree(scratch, ignore_errors=True)
@@ -223,7 +229,7 @@ class SecondaryTables:
             opened[1].close()
         # In the process's RocksDB memory budget, like the worker's own (one
         # cache for every partition read here); raw bytes keys and values.
-        options = rocksdb_memory.budget().options(
+        options = self.budget.options(
             rocksdb_memory.SECONDARY_WRITE_BUFFER, max_write_buffer_number=2
         )
         options.set_max_open_files(-1)  # RocksDB's advice for secondary instances

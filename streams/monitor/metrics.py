@@ -431,7 +431,9 @@ class _StateCollector:
         yield from metrics._bucket_gauges()
         yield from metrics._master_metrics()
         yield metrics._event_lag_metric()
-        yield from _rocksdb_memory_gauges()
+        budget = getattr(metrics.app, "rocksdb_budget", None)
+        if isinstance(budget, rocksdb_memory.MemoryBudget):
+            yield from _rocksdb_memory_gauges(budget)
         yield from metrics._fencing_counters()
 
 
@@ -447,8 +449,8 @@ def counter_total(counter: Counter, **labels: str) -> int:
     return int(total)
 
 
-def _rocksdb_memory_gauges() -> Iterator[Metric]:
-    usage = rocksdb_memory.budget().usage()
+def _rocksdb_memory_gauges(budget: rocksdb_memory.MemoryBudget) -> Iterator[Metric]:
+    usage = budget.usage()
     used = GaugeMetricFamily(
         "taskstream_rocksdb_memory_bytes",
         "The process's shared RocksDB memory budget: everything charged to the block "

@@ -49,3 +49,10 @@ def test_shutdown_closes_every_part_even_after_one_fails(caplog: Any) -> None:
     )
     assert closed == ["allocator", "worker's producer", "allocator's producer"]
     assert "closing the worker's producer failed" in caplog.text
+
+
+def test_the_app_carries_the_rocksdb_memory_budget_its_settings_ask_for() -> None:
+    from streams.app import settings
+    from streams.rocksdb_memory import MIB, budget_of
+
+    assert budget_of(app).limit == settings.rocksdb_memory_mb * MIB

@@ -18,6 +18,7 @@ from faust.types import TP
 from streams.changelog_reader import Written
 from streams.fenced_store import DISTRUSTED_KEY, EPOCH_KEY, FencedStore, FencedTable
 from streams.fencing import EPOCH_HEADER
+from streams.rocksdb_memory import MIB, MemoryBudget
 
 CHANGELOG = "fence-test-t-changelog"
 
@@ -25,6 +26,7 @@ CHANGELOG = "fence-test-t-changelog"
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[FencedStore]:
     app = faust.App("fence-test", datadir=str(tmp_path), Table=FencedTable, store="memory://")
+    app.rocksdb_budget = MemoryBudget(8 * MIB)  # type: ignore[attr-defined]
     table = app.Table("t", key_type=bytes, value_type=bytes, partitions=2)
     made = FencedStore("rocksdb://", app, table, options={"driver": "rocksdict"})
     made.range_reader = None  # no broker here; the repair tests give a fake

@@ -16,6 +16,7 @@ from faust.types import TP
 from streams.fenced_store import FencedStore, FencedTable
 from streams.fencing import EPOCH_HEADER
 from streams.kafka import recovery, transport
+from streams.rocksdb_memory import MIB, MemoryBudget
 
 CHANGELOG = TP("restore-test-t-changelog", 1)
 OTHER = TP("restore-test-t-changelog", 0)
@@ -44,6 +45,7 @@ def app(tmp_path: Path) -> faust.App:
 @pytest.fixture
 def store(app: faust.App) -> Iterator[FencedStore]:
     table = app.Table("t", key_type=bytes, value_type=bytes, partitions=2)
+    app.rocksdb_budget = MemoryBudget(8 * MIB)  # type: ignore[attr-defined]
     made = FencedStore("rocksdb://", app, table, options={"driver": "rocksdict"})
     made.range_reader = None
     table._data = made

@@ -17,6 +17,7 @@ from faust.types import TP
 from streams.fenced_store import DISTRUSTED_KEY, FencedStore, FencedTable
 from streams.fencing import EPOCH_HEADER
 from streams.kafka.producer import Delivered, producer_config
+from streams.rocksdb_memory import MIB, MemoryBudget
 from streams.worker.state_store import PartitionStateStore
 
 
@@ -42,6 +43,7 @@ class RecordingProducer:
 @pytest.fixture
 def table(tmp_path: Path) -> Iterator[Any]:
     app = faust.App("store-test", datadir=str(tmp_path), Table=FencedTable, store="memory://")
+    app.rocksdb_budget = MemoryBudget(8 * MIB)  # type: ignore[attr-defined]
     made = app.Table("state", key_type=bytes, value_type=bytes, partitions=4)
     store = FencedStore("rocksdb://", app, made, options={"driver": "rocksdict"})
     store.range_reader = None

@@ -5,14 +5,15 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import faust.stores
 import pytest
 from rocksdict import Rdict
 
-from streams import fenced_store, rocksdb_memory
+from streams import fenced_store
 from streams.config import Settings
-from streams.rocksdb_memory import MIB, BoundedOptions, BoundedStore, MemoryBudget
+from streams.rocksdb_memory import MIB, BoundedOptions, BoundedStore, MemoryBudget, budget_of
 
 VALUE = bytes(range(256)) * 2  # 512 bytes, not compressible to nothing
 
@@ -84,20 +85,22 @@ def test_rocksdb_urls_open_the_fenced_store_in_the_budget() -> None:
 
 def test_bounded_options_keep_the_tables_sizes(tmp_path: Path) -> None:
     options = BoundedOptions(write_buffer_size=2 * MIB, max_write_buffer_number=2)
+    options.budget = MemoryBudget(8 * MIB)
     db = Rdict(str(tmp_path / "db"), options.as_options())
     try:
         db[b"k"] = b"v"
         assert db[b"k"] == b"v"
-        assert rocksdb_memory.budget().usage().memtables > 0
+        assert options.budget.usage().memtables > 0  # charged to that budget
     finally:
         db.close()
 
 
-def test_a_budget_in_use_cannot_be_resized() -> None:
-    size = rocksdb_memory.budget().limit // MIB
-    assert rocksdb_memory.configure(size) is rocksdb_memory.budget()
-    with pytest.raises(RuntimeError, match="already in use"):
-        rocksdb_memory.configure(size + 1)
+def test_a_store_opens_in_its_apps_budget_and_an_app_without_one_is_refused() -> None:
+    small, large = MemoryBudget(8 * MIB), MemoryBudget(16 * MIB)
+    assert budget_of(SimpleNamespace(rocksdb_budget=small)) is small
+    assert budget_of(SimpleNamespace(rocksdb_budget=large)) is large
+    with pytest.raises(RuntimeError, match="no RocksDB memory budget"):
+        budget_of(SimpleNamespace())
 
 
 def test_a_tiny_budget_is_refused() -> None:

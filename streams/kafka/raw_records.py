@@ -9,8 +9,8 @@ The record it starts from, aiokafka's compiled `DefaultRecord` (or
 `LegacyRecord` for old message formats), already has the same `offset`,
 `timestamp`, `timestamp_type`, `key`, `value` and `headers`; the topic and
 partition are the fetch's, which the sink gets with every batch. On the
-peer log the consumer thread spent 0.62 of the worker's 6.8 CPU s, most of
-it there (BENCHMARKS.md "peer").
+peer log the consumer thread spent 0.62 of the worker's ~6.8 CPU s; without
+the `ConsumerRecord`s, 0.47 (BENCHMARKS.md "peer", thirteenth session).
 
 So the sink's topics get their records as parsed: once a fetch response is
 handled (`Fetcher._proc_fetch_request`, wrapped on one fetcher), each new

@@ -35,10 +35,16 @@ def as_parsed(tp: TP, record: Any) -> Any:
     return record
 
 
+def topics_of(fetcher: Any) -> frozenset[str] | None:
+    """The topics `install` was called with on `fetcher` (None: not installed)."""
+    topics: frozenset[str] | None = getattr(fetcher, _ATTRIBUTE, None)
+    return topics
+
+
 def install(fetcher: Any, topics: frozenset[str]) -> None:
     """Wrap `fetcher`'s response handling so the buffers of `topics` hand
     out parsed records (once per fetcher)."""
-    if getattr(fetcher, _ATTRIBUTE, None) is not None:
+    if topics_of(fetcher) is not None:
         return
     process: Callable[[Any, int, Any], Awaitable[Any]] = fetcher._proc_fetch_request
 
@@ -50,12 +56,6 @@ def install(fetcher: Any, topics: frozenset[str]) -> None:
 
     fetcher._proc_fetch_request = proc_fetch_request
     setattr(fetcher, _ATTRIBUTE, topics)
-
-
-def topics_of(fetcher: Any) -> frozenset[str] | None:
-    """The topics `install` was called with on `fetcher` (None: not installed)."""
-    topics: frozenset[str] | None = getattr(fetcher, _ATTRIBUTE, None)
-    return topics
 
 
 def unwrap(buffered: dict[TP, Any], topics: frozenset[str]) -> int:

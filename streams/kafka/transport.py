@@ -146,9 +146,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """The thread that runs aiokafka's consumer, with repairs 1, 3, 8, 9, 10 and 11."""
 
     async def on_start(self) -> None:
-        """Repair 8: once faust has made and started aiokafka's consumer (its
-        fetcher is made in `start`, and fetches nothing before the group
-        assigns it partitions), its marks are stamped at send time."""
+        """Repairs 8, 10 and 11 on the fetcher, once faust has made and started
+        aiokafka's consumer (its fetcher is made in `start`, and fetches
+        nothing before the group assigns it partitions): the sink's records
+        as parsed (11), marks stamped at send time (8), the follow-up fetch
+        (10)."""
         await super().on_start()
         fetcher = self._ensure_consumer()._fetcher
         sink = self.consumer.batch_sink if isinstance(self.consumer, Consumer) else None
